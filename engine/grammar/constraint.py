@@ -1,0 +1,105 @@
+"""The per-request grammar constraint the sampler talks to.
+
+    c = GrammarConstraint(compile_grammar(gbnf_text), trie_for(tokenizer))
+    c.accepts(t)   # is token t allowed now? (the sampler's check-first test, spec §7.1)
+    c.mask()       # (V,) bool of allowed tokens (the resample path)
+    c.accept(t)    # advance; raises GrammarError if t is not allowed
+    c.is_complete()  # could the grammar end here (EOG allowed)?
+
+Compiled grammars (with their DFA) are cached by text and token tries by tokenizer, so both are
+reused across requests; masks are cached per (vocabulary, DFA state).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections import OrderedDict
+from typing import Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+from engine.errors import GrammarError
+from engine.grammar.gbnf import parse_gbnf
+from engine.grammar.matcher import DEAD, CompiledGrammar
+from engine.grammar.trie import TokenTrie, compute_mask
+
+_MASK_CACHE_SIZE = 256  # masks kept per compiled grammar: ~V bytes each
+
+
+class TokenSource(Protocol):
+    """What the constraint needs from a tokenizer (engine/tokenizer)."""
+
+    n_vocab: int
+
+    @property
+    def eog_ids(self) -> frozenset[int] | set[int] | list[int]: ...
+
+    def token_bytes(self, token: int) -> bytes: ...
+
+
+@functools.lru_cache(maxsize=32)
+def compile_grammar(text: str) -> CompiledGrammar:
+    """Parse and compile GBNF text (cached: the DFA built by one request serves the next)."""
+    return CompiledGrammar(parse_gbnf(text))
+
+
+@functools.lru_cache(maxsize=4)
+def trie_for(tokenizer: TokenSource) -> TokenTrie:
+    """The token trie of a tokenizer, built once. Pieces are the texts llama.cpp matches:
+    token_to_piece with special tokens rendered."""
+    pieces = [tokenizer.token_bytes(t) for t in range(tokenizer.n_vocab)]
+    return TokenTrie(pieces, tokenizer.eog_ids)
+
+
+class GrammarConstraint:
+    """Grammar state for one generation: which tokens may come next, and advancing by one."""
+
+    def __init__(self, grammar: CompiledGrammar | str, trie: TokenTrie) -> None:
+        self.grammar = compile_grammar(grammar) if isinstance(grammar, str) else grammar
+        self.trie = trie
+        self.state = self.grammar.start
+        self._masks = self.grammar.mask_cache.setdefault(trie.key, OrderedDict())
+
+    def is_complete(self) -> bool:
+        """True when some parse stack is empty: the grammar may end, so EOG is allowed."""
+        return bool(self.grammar.can_end[self.state])
+
+    def _walk(self, token: int) -> int:
+        state = self.grammar.at_token_start(self.state)
+        for byte in self.trie.pieces[token]:
+            state = self.grammar.step(state, byte)
+            if state == DEAD:
+                break
+        return state
+
+    def accepts(self, token: int) -> bool:
+        """Is `token` allowed in the current state? Walks only this token's bytes."""
+        if self.trie.eog[token]:
+            return self.is_complete()
+        if not self.trie.valid[token]:
+            return False
+        state = self._walk(token)
+        return state != DEAD and bool(self.grammar.end_ok[state])
+
+    def mask(self) -> npt.NDArray[np.bool_]:
+        """(V,) bool, True for the tokens allowed now. Read-only; cached per state."""
+        start = self.grammar.at_token_start(self.state)
+        mask = self._masks.get(start)
+        if mask is None:
+            mask = compute_mask(self.grammar, self.trie, start)
+            mask.setflags(write=False)
+            self._masks[start] = mask
+            if len(self._masks) > _MASK_CACHE_SIZE:
+                self._masks.popitem(last=False)
+        else:
+            self._masks.move_to_end(start)
+        return mask
+
+    def accept(self, token: int) -> None:
+        """Advance by `token`. Raises GrammarError when the grammar does not allow it."""
+        if not self.accepts(token):
+            piece = self.trie.pieces[token]
+            raise GrammarError(f"token {token} ({piece!r}) is not allowed by the grammar here")
+        if not self.trie.eog[token]:
+            self.state = self._walk(token)
