@@ -323,10 +323,11 @@ def dequantize(
         raise UnsupportedQuantType(_type_name(ggml_type))
     block, size = TYPE_SIZES[ggml_type]
     n_elements = math.prod(shape)
-    if n_elements % block or raw.size != n_elements // block * size:
+    row = shape[-1] if shape else 1
+    if row % block or raw.size != n_elements // block * size:
         raise ValueError(
             f"{raw.size} bytes of {_type_name(ggml_type)} cannot hold shape {shape}: expected "
-            f"{n_elements // block * size} bytes and a multiple of {block} elements"
+            f"{n_elements // block * size} bytes and rows a multiple of {block} elements"
         )
     if block == 1:  # plain floats: one pass, no temporaries to keep in cache
         return kernel(raw).reshape(shape)
