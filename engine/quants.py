@@ -76,8 +76,7 @@ def block_elements(t: GGMLType) -> int:
 def tensor_nbytes(t: GGMLType, shape: tuple[int, ...]) -> int:
     """Bytes a tensor of NumPy `shape` occupies; shape[-1] must be a multiple of the block."""
     block, size = TYPE_SIZES[t]
-    n = int(np.prod(shape, dtype=np.int64))
-    return n // block * size
+    return math.prod(shape) // block * size  # Python ints: no int64 wrap-around
 
 
 # F32 / F16 / BF16: one element per "block". F32 is returned as a view of the bytes, as in
