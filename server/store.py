@@ -100,15 +100,15 @@ class Manifest:
         """Layers then config: the order pull and push walk them in (§14)."""
         return (*self.layers, self.config)
 
-    def encode(self) -> bytes:
-        return gojson.encode_line(
-            {
-                "schemaVersion": 2,
-                "mediaType": MEDIA_MANIFEST,
-                "config": self.config.to_json(),
-                "layers": [layer.to_json() for layer in self.layers],
-            }
-        )
+    def encode(self, newline: bool = True) -> bytes:
+        """Compact JSON; stored files end in a newline, pushed bodies do not (Go's Marshal)."""
+        obj = {
+            "schemaVersion": 2,
+            "mediaType": MEDIA_MANIFEST,
+            "config": self.config.to_json(),
+            "layers": [layer.to_json() for layer in self.layers],
+        }
+        return gojson.encode_line(obj) if newline else gojson.encode(obj).encode("utf-8")
 
     @classmethod
     def decode(cls, data: bytes) -> Manifest:
@@ -268,7 +268,7 @@ class Store:
                 f.flush()
                 os.fsync(f.fileno())
             digest = f"sha256:{h.hexdigest()}"
-            return digest, self._commit_blob(tmp, digest)
+            return digest, self.commit_temp(tmp, digest)
         finally:
             tmp.unlink(missing_ok=True)
 
@@ -280,8 +280,8 @@ class Store:
         with open(path, "rb") as f:
             return self.add_blob_stream(iter(lambda: f.read(CHUNK), b""))
 
-    def _commit_blob(self, tmp: Path, digest: str) -> bool:
-        """Rename a verified temp file to its digest's name; False if it already existed."""
+    def commit_temp(self, tmp: Path, digest: str) -> bool:
+        """Rename a temp file holding `digest`'s bytes into place; False if it already existed."""
         target = self.blob_path(digest)
         if target.exists():
             os.utime(target)
@@ -297,7 +297,7 @@ class Store:
             raise ServerError(
                 f"digest mismatch, file must be downloaded again: want {digest}, got {actual}"
             )
-        self._commit_blob(tmp, digest)
+        self.commit_temp(tmp, digest)
         tmp.unlink(missing_ok=True)
 
     def layer_from_bytes(self, media_type: str, data: bytes) -> tuple[Layer, bool]:
@@ -350,10 +350,11 @@ class Store:
         finally:
             tmp.unlink(missing_ok=True)
 
-    def write_manifest_bytes(self, name: Name, data: bytes) -> Name:
-        """Store raw manifest bytes under a name (its blobs must exist); returns the stored name.
+    def write_manifest_bytes(self, name: Name, data: bytes) -> tuple[Name, list[str]]:
+        """Store raw manifest bytes under a name (its blobs must exist).
 
         Blobs referenced only by the manifest previously stored under that name are pruned.
+        Returns the name as stored (existing spelling) and the pruned digests.
         """
         manifest = Manifest.decode(data)
         with self.lock:
@@ -363,15 +364,14 @@ class Store:
             name = self.canonical(name)
             old = self.read_manifest(name)
             self._write_file_atomic(self.manifest_path(name), data)
-            if old is not None:
-                self.prune_blobs({b.digest for b in old[1].blobs})
-        return name
+            removed = self.prune_blobs({b.digest for b in old[1].blobs}) if old else []
+        return name, removed
 
     def write_model(self, name: Name, layers: Iterable[Layer], config: dict[str, Any]) -> Name:
         """Write the config blob, then the manifest: the last step that makes the model visible."""
         config_layer, _ = self.layer_from_bytes(MEDIA_CONFIG, gojson.encode_line(config))
         manifest = Manifest(config_layer, tuple(layers))
-        return self.write_manifest_bytes(name, manifest.encode())
+        return self.write_manifest_bytes(name, manifest.encode())[0]
 
     def names(self) -> Iterator[Name]:
         """Every stored name whose path parts are valid, in no particular order."""

@@ -1,0 +1,525 @@
+"""HTTP routes for model management: blobs, create, tags, show, copy, delete, pull, push.
+
+`model_routes(store)` returns Starlette routes that server/app.py mounts beside the inference
+routes. Each endpoint parses, delegates to server/store.py, server/create.py or server/oci.py,
+and formats Ollama's answer (spec/ollama-api.md §11). Errors are answered here, with Ollama's
+per-endpoint wording, so these routes behave the same in any application that mounts them.
+Progress endpoints (create, pull, push) drive their sync generator from a worker thread.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import logging
+import math
+import os
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import anyio
+import numpy as np
+from gguf import GGUFValueType
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+from starlette.routing import Route
+
+from engine.errors import EngineError, GGUFError
+from engine.gguf import GGUFFile
+from engine.gotemplate import Field, walk
+from engine.gotemplate import parse as parse_template
+from server import oci
+from server.create import Quantizer, original_case, parse_create, run_create
+from server.errors import (
+    DigestMismatch,
+    InvalidName,
+    InvalidRequest,
+    ModelNotFound,
+    ServerError,
+    go_quote,
+)
+from server.modelfile import render_modelfile, show_parameters
+from server.names import parse_digest, parse_name
+from server.schemas import decode_body
+from server.store import CHUNK, ModelRecord, Store, file_type_name
+
+log = logging.getLogger(__name__)
+
+JSON_UTF8 = "application/json; charset=utf-8"
+JSON_PLAIN = "application/json"  # Ollama's progress endpoints and stream errors: no charset
+NDJSON = "application/x-ndjson"
+
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+def _json(obj: Any, status: int = 200, media_type: str = JSON_UTF8) -> Response:
+    body = json.dumps(obj, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    return Response(body.encode("utf-8"), status_code=status, media_type=media_type)
+
+
+def _error(exc: ServerError, media_type: str = JSON_UTF8) -> Response:
+    return _json({"error": exc.message}, exc.status_code, media_type)
+
+
+def _answers_errors(handler: Handler) -> Handler:
+    """Turn ServerError (and stray engine errors, as 500) into `{"error": …}` responses."""
+
+    @functools.wraps(handler)
+    async def wrapped(request: Request) -> Response:
+        try:
+            return await handler(request)
+        except ServerError as e:
+            return _error(e)
+        except EngineError as e:
+            log.warning("%s %s: %s", request.method, request.url.path, e)
+            return _error(ServerError(str(e)))
+
+    return wrapped
+
+
+def local_time(ns: int) -> str:
+    """RFC 3339 in the server's zone with ns precision, trailing zeros cut (`modified_at`)."""
+    secs, frac = divmod(ns, 1_000_000_000)
+    local = time.localtime(secs)
+    offset = local.tm_gmtoff
+    sign = "+" if offset >= 0 else "-"
+    hh, mm = divmod(abs(offset) // 60, 60)
+    digits = f"{frac:09d}".rstrip("0")
+    return (
+        time.strftime("%Y-%m-%dT%H:%M:%S", local)
+        + (f".{digits}" if digits else "")
+        + f"{sign}{hh:02d}:{mm:02d}"
+    )
+
+
+# ---- progress streams (create, pull, push) ----------------------------------------------------
+
+
+async def _progress_response(events: Iterator[dict[str, Any]], stream: bool) -> Response:
+    """NDJSON progress, or only the last object when `stream` is false (spec §1.6, §1.7).
+
+    The first object is computed before the response starts, so an error before any progress
+    keeps its own status; later errors end the stream with an `{"error": …}` line.
+    """
+    if not stream:
+        try:
+            last = await anyio.to_thread.run_sync(_last, events)
+        except ServerError as e:
+            return _error(e, JSON_PLAIN)
+        return _json(last, media_type=JSON_PLAIN)
+    try:
+        first = await anyio.to_thread.run_sync(next, events, None)
+    except ServerError as e:
+        return _error(e, JSON_PLAIN)
+    if first is None:
+        return Response(b"", media_type=NDJSON)
+    return StreamingResponse(_lines(first, events), media_type=NDJSON)
+
+
+def _last(events: Iterator[dict[str, Any]]) -> dict[str, Any]:
+    last: dict[str, Any] = {}
+    for last in events:  # noqa: B007 (only the final object is answered)
+        pass
+    return last
+
+
+def _line(obj: dict[str, Any]) -> bytes:
+    return (json.dumps(obj, ensure_ascii=False, separators=(",", ":")) + "\n").encode("utf-8")
+
+
+async def _lines(first: dict[str, Any], events: Iterator[dict[str, Any]]) -> AsyncIterator[bytes]:
+    yield _line(first)
+    try:
+        while (event := await anyio.to_thread.run_sync(next, events, None)) is not None:
+            yield _line(event)
+    except (ServerError, EngineError, OSError) as e:
+        log.warning("progress stream failed: %s", e)
+        yield _line({"error": str(e)})
+    finally:
+        await anyio.to_thread.run_sync(_close, events)
+
+
+def _close(events: Iterator[dict[str, Any]]) -> None:
+    close = getattr(events, "close", None)
+    if close is not None:
+        close()
+
+
+def _guarded(events: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+    """Re-raise stray engine or OS errors as ServerError (500) so they become error lines."""
+    try:
+        yield from events
+    except ServerError:
+        raise
+    except (EngineError, OSError) as e:
+        raise ServerError(str(e)) from e
+
+
+# ---- request fields ----------------------------------------------------------------------------
+
+
+def _str_field(body: dict[str, Any], *keys: str) -> str:
+    for key in keys:
+        value = body.get(key)
+        if value is None or value == "":
+            continue
+        if not isinstance(value, str):
+            raise InvalidRequest(
+                f"json: cannot unmarshal into Go struct field .{key} of type string"
+            )
+        return value
+    return ""
+
+
+def _bool_field(body: dict[str, Any], key: str, default: bool) -> bool:
+    value = body.get(key)
+    if value is None:
+        return default
+    if not isinstance(value, bool):
+        raise InvalidRequest(f"json: cannot unmarshal into Go struct field .{key} of type bool")
+    return value
+
+
+# ---- GGUF facts for tags and show -------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _GGUFFacts:
+    """The few GGUF values /api/tags needs, cached per blob (blobs never change)."""
+
+    arch: str
+    has_pooling: bool
+    has_vision: bool
+    has_audio: bool
+    context_length: int
+    embedding_length: int
+    file_type: int
+
+
+@functools.lru_cache(maxsize=128)
+def _gguf_facts(path: Path) -> _GGUFFacts:
+    meta = GGUFFile(path).metadata
+    arch = str(meta.get("general.architecture", ""))
+
+    def integer(key: str) -> int:
+        value = meta.get(key, 0)
+        return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+    return _GGUFFacts(
+        arch=arch,
+        has_pooling=f"{arch}.pooling_type" in meta,
+        has_vision=f"{arch}.vision.block_count" in meta,
+        has_audio=f"{arch}.audio.block_count" in meta,
+        context_length=integer(f"{arch}.context_length"),
+        embedding_length=integer(f"{arch}.embedding_length"),
+        file_type=integer("general.file_type"),
+    )
+
+
+def template_capabilities(template: str | None) -> list[str]:
+    """`tools` and `insert` from the template's field names (§11.2.3, step 5).
+
+    Thinking-tag inference (§8.1) is not done here.
+    """
+    if template is None:
+        return []
+    try:
+        nodes = parse_template(template)
+    except EngineError:
+        return []
+    idents = {i.lower() for n in walk(nodes) if isinstance(n, Field) for i in n.idents}
+    return [cap for cap, ident in (("tools", "tools"), ("insert", "suffix")) if ident in idents]
+
+
+def capabilities(record: ModelRecord) -> list[str]:
+    """The model's capabilities in Ollama's order, without duplicates (§11.2.3)."""
+    caps: list[str] = [str(c) for c in record.config.get("capabilities") or []]
+    facts = _gguf_facts(record.gguf_path)
+    caps.append("embedding" if facts.has_pooling else "completion")
+    if facts.has_vision:
+        caps.append("vision")
+    if facts.has_audio:
+        caps.append("audio")
+    if record.projectors:
+        caps.append("vision")
+    caps += template_capabilities(record.template)
+    return list(dict.fromkeys(caps))
+
+
+def _metadata_value(value: Any, vtype: Any, verbose: bool) -> Any:
+    if vtype.type == GGUFValueType.ARRAY:
+        if len(value) and not verbose:
+            return None
+        items = value.tolist() if isinstance(value, np.ndarray) else list(value)
+        if vtype.element == GGUFValueType.FLOAT32:
+            items = [_float32(x) for x in items]
+        return items
+    if vtype.type == GGUFValueType.FLOAT32:
+        return _float32(value)
+    return value
+
+
+def _float32(x: float) -> float | None:
+    # Go marshals a float32 with its own shortest digits: 9.999999747378752e-06 prints 1e-05.
+    return float(str(np.float32(x))) if math.isfinite(x) else None
+
+
+def model_info(gguf: GGUFFile, verbose: bool) -> dict[str, Any]:
+    """/api/show `model_info`: GGUF metadata minus the name and chat template (§11.2.2)."""
+    info = {
+        key: _metadata_value(value, gguf.metadata_types[key], verbose)
+        for key, value in gguf.metadata.items()
+        if key not in ("general.name", "tokenizer.chat_template")
+    }
+    info["general.parameter_count"] = sum(t.n_elements for t in gguf.tensors.values())
+    return info
+
+
+def tensor_list(gguf: GGUFFile) -> list[dict[str, Any]]:
+    return [
+        {"name": t.name, "type": t.ggml_type.name, "shape": list(reversed(t.shape))}
+        for t in gguf.tensors.values()
+    ]
+
+
+# ---- endpoints ---------------------------------------------------------------------------------
+
+
+class ModelEndpoints:
+    def __init__(self, store: Store, quantizer: Quantizer | None) -> None:
+        self.store = store
+        self.quantizer = quantizer
+
+    # blobs (§11.6)
+
+    async def head_blob(self, request: Request) -> Response:
+        digest = request.path_params["digest"]
+        parse_digest(digest)
+        if not self.store.has_blob(digest):
+            return _json({"error": f"blob {go_quote(digest)} not found"}, 404)
+        return Response(status_code=200)
+
+    async def post_blob(self, request: Request) -> Response:
+        digest = request.path_params["digest"]
+        parse_digest(digest)
+        if self.store.has_blob(digest):
+            return Response(status_code=200)
+        tmp = self.store.temp_path()
+        h = hashlib.sha256()
+        try:
+            with open(tmp, "wb") as f:
+                batch = bytearray()
+                async for chunk in request.stream():
+                    batch += chunk
+                    if len(batch) >= CHUNK * 4:
+                        await anyio.to_thread.run_sync(_write_hashed, f, h, bytes(batch))
+                        batch.clear()
+                await anyio.to_thread.run_sync(_write_hashed, f, h, bytes(batch))
+                await anyio.to_thread.run_sync(os.fsync, f.fileno())
+            actual = f"sha256:{h.hexdigest()}"
+            # Ollama keeps the bytes under their true digest even when they mismatch the URL.
+            await anyio.to_thread.run_sync(self.store.commit_temp, tmp, actual)
+        finally:
+            tmp.unlink(missing_ok=True)
+        if actual != digest:
+            raise DigestMismatch(digest, actual)
+        return Response(status_code=201)
+
+    # create (§11.5)
+
+    async def create(self, request: Request) -> Response:
+        body = decode_body(await request.body(), "CreateRequest")
+        req = parse_create(body)
+        stream = _bool_field(body, "stream", True)
+        pull = functools.partial(oci.pull, self.store, insecure=False)
+        events = _guarded(run_create(self.store, req, self.quantizer, pull))
+        return await _progress_response(events, stream)
+
+    # tags (§11.1)
+
+    async def tags(self, request: Request) -> Response:
+        records = await anyio.to_thread.run_sync(self.store.list_models)
+        models = []
+        for rec in records:
+            try:
+                models.append(await anyio.to_thread.run_sync(self._tag_entry, rec))
+            except (EngineError, OSError) as e:
+                log.warning("skipping %s in /api/tags: %s", rec.name, e)
+        return _json({"models": models})
+
+    def _tag_entry(self, rec: ModelRecord) -> dict[str, Any]:
+        facts = _gguf_facts(rec.gguf_path)
+        details = rec.details.to_json()
+        if details["quantization_level"] in ("", "unknown"):
+            ft = facts.file_type
+            details["quantization_level"] = "F32" if ft == 0 else file_type_name(ft)
+        if facts.context_length:
+            details["context_length"] = facts.context_length
+        if facts.embedding_length:
+            details["embedding_length"] = facts.embedding_length
+        entry = {
+            "name": rec.name,
+            "model": rec.name,
+            "modified_at": local_time(rec.modified_ns),
+            "size": rec.size,
+            "digest": rec.digest,
+            "details": details,
+        }
+        caps = capabilities(rec)
+        if caps:
+            entry["capabilities"] = caps
+        return entry
+
+    # show (§11.2)
+
+    async def show(self, request: Request) -> Response:
+        body = decode_body(await request.body(), "ShowRequest")
+        raw = _str_field(body, "model", "name").strip()
+        if not raw:
+            raise InvalidRequest("model is required")
+        name = parse_name(raw)
+        verbose = _bool_field(body, "verbose", False)
+        system = _str_field(body, "system")
+        options = original_case(body.get("options"))
+        try:
+            rec = self.store.resolve(name)
+        except ModelNotFound:
+            raise ModelNotFound(raw, f"model '{name.short}' not found") from None
+        extra = options if isinstance(options, dict) else {}
+        return _json(await anyio.to_thread.run_sync(self._show, rec, verbose, system, extra))
+
+    def _show(
+        self, rec: ModelRecord, verbose: bool, system: str, options: dict[str, Any]
+    ) -> dict[str, Any]:
+        try:
+            gguf: GGUFFile | None = GGUFFile(rec.gguf_path)
+        except GGUFError:
+            gguf = None
+        system_text = system or rec.system or ""
+        out: dict[str, Any] = {}
+        if rec.license:
+            out["license"] = "\n".join(rec.license)
+        out["modelfile"] = render_modelfile(
+            rec.name,
+            rec.gguf_path,
+            rec.template,
+            system_text,
+            {**rec.parameters, **options},
+            rec.license,
+            rec.messages,
+            rec.adapters,
+            rec.projectors,
+        )
+        params = show_parameters(rec.parameters)
+        if params:
+            out["parameters"] = params
+        out["template"] = rec.template if rec.template is not None else "{{ .Prompt }}"
+        if system_text:
+            out["system"] = system_text
+        out["details"] = rec.details.to_json()
+        if rec.messages:
+            out["messages"] = [
+                {"role": m.get("role"), "content": m.get("content")} for m in rec.messages
+            ]
+        out["model_info"] = model_info(gguf, verbose) if gguf is not None else {}
+        if rec.projectors:
+            try:
+                out["projector_info"] = model_info(GGUFFile(rec.projectors[0]), verbose)
+            except GGUFError as e:
+                log.warning("projector of %s does not parse: %s", rec.name, e)
+        if gguf is not None:
+            out["tensors"] = tensor_list(gguf)
+        out["capabilities"] = capabilities(rec)
+        out["modified_at"] = local_time(rec.modified_ns)
+        if rec.config.get("requires"):
+            out["requires"] = rec.config["requires"]
+        return out
+
+    # copy (§11.3) and delete (§11.4)
+
+    async def copy(self, request: Request) -> Response:
+        body = decode_body(await request.body(), "CopyRequest")
+        source = _str_field(body, "source")
+        destination = _str_field(body, "destination")
+        try:
+            src = parse_name(source)
+        except InvalidName:
+            raise InvalidName(source, f"source {go_quote(source)} is invalid") from None
+        try:
+            dst = parse_name(destination)
+        except InvalidName:
+            raise InvalidName(
+                destination, f"destination {go_quote(destination)} is invalid"
+            ) from None
+        try:
+            await anyio.to_thread.run_sync(self.store.copy, src, dst)
+        except ModelNotFound:
+            raise ModelNotFound(source, f"model {go_quote(source)} not found") from None
+        return Response(status_code=200)
+
+    async def delete(self, request: Request) -> Response:
+        body = decode_body(await request.body(), "DeleteRequest")
+        raw = _str_field(body, "model", "name").strip()
+        if not raw:
+            raise InvalidRequest("model is required")
+        try:
+            name = parse_name(raw)
+        except InvalidName:
+            raise InvalidName(raw, f"name {go_quote(raw)} is invalid") from None
+        try:
+            await anyio.to_thread.run_sync(self.store.delete, name)
+        except ModelNotFound:
+            raise ModelNotFound(raw, f"model '{raw}' not found") from None
+        return Response(status_code=200)
+
+    # pull (§11.7) and push (§11.8)
+
+    async def pull(self, request: Request) -> Response:
+        body = decode_body(await request.body(), "PullRequest")
+        raw = _str_field(body, "model", "name").strip()
+        name = parse_name(raw)
+        insecure = _bool_field(body, "insecure", False)
+        events = _guarded(oci.pull(self.store, name, insecure))
+        return await _progress_response(events, _bool_field(body, "stream", True))
+
+    async def push(self, request: Request) -> Response:
+        body = decode_body(await request.body(), "PushRequest")
+        raw = _str_field(body, "model", "name")
+        if not raw:
+            raise InvalidRequest("model is required")
+        name = parse_name(raw)
+        insecure = _bool_field(body, "insecure", False)
+        events = _guarded(oci.push(self.store, name, insecure))
+        return await _progress_response(events, _bool_field(body, "stream", True))
+
+
+def _write_hashed(f: Any, h: Any, data: bytes) -> None:
+    h.update(data)
+    f.write(data)
+
+
+def model_routes(
+    store: Store, scheduler: object | None = None, quantizer: Quantizer | None = None
+) -> list[Route]:
+    """The model-management routes over `store` (spec §1.2).
+
+    `scheduler` is accepted from create_app but unused: like Ollama, deleting or replacing a
+    model never unloads a loaded instance.
+    """
+    ep = ModelEndpoints(store, quantizer)
+    routes = [
+        ("/api/blobs/{digest}", ep.head_blob, ["HEAD"]),
+        ("/api/blobs/{digest}", ep.post_blob, ["POST"]),
+        ("/api/create", ep.create, ["POST"]),
+        ("/api/tags", ep.tags, ["GET", "HEAD"]),
+        ("/api/show", ep.show, ["POST"]),
+        ("/api/copy", ep.copy, ["POST"]),
+        ("/api/delete", ep.delete, ["DELETE"]),
+        ("/api/pull", ep.pull, ["POST"]),
+        ("/api/push", ep.push, ["POST"]),
+    ]
+    return [Route(path, _answers_errors(fn), methods=methods) for path, fn, methods in routes]
