@@ -1,0 +1,612 @@
+"""Request parsing and response building for the native Ollama API.
+
+Bodies are decoded the way Ollama's Go `encoding/json` decodes them (spec/ollama-api.md §1.4):
+empty body is an error, `null` is an all-defaults request, top-level keys match
+case-insensitively, unknown keys are ignored, a `null` field means "unset". `keep_alive` follows
+Go's `time.ParseDuration` (§3.1) and `think` the level rules of §8.2. Response events are plain
+dicts in Ollama's wire key order (§4.4, §5.3); `ndjson_line` renders them, turning non-finite
+floats into finite ones on purpose (see `json_safe`).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import math
+import re
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from server.errors import InvalidRequest, go_quote
+
+FLT_MAX = float(np.finfo(np.float32).max)
+FOREVER = math.inf  # keep_alive for "never unload"
+THINK_LEVELS = ("high", "medium", "low", "max")
+
+# --------------------------------------------------------------------------------------------
+# Decoding (spec §1.4)
+
+
+def decode_body(raw: bytes, struct: str) -> dict[str, Any]:
+    """One JSON object with lowercased top-level keys (last duplicate wins); `null` gives {}."""
+    if not raw:
+        raise InvalidRequest("missing request body")
+    text = raw.decode("utf-8", errors="replace").lstrip()
+    try:
+        # raw_decode stops after the first value: trailing bytes are ignored, as Go's decoder does.
+        value, _ = json.JSONDecoder(object_pairs_hook=_lower_keys).raw_decode(text)
+    except json.JSONDecodeError as e:
+        raise InvalidRequest(_go_syntax_error(e, text)) from None
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise InvalidRequest(
+            f"json: cannot unmarshal {_json_kind(value)} into Go value of type api.{struct}"
+        )
+    return value
+
+
+def _lower_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    # Applied to every object; nested objects whose keys are case-sensitive (options, format,
+    # tool arguments) are re-read from the original pairs by `_CaseKeeper`.
+    return _CaseKeeper(pairs)
+
+
+class _CaseKeeper(dict):  # type: ignore[type-arg]
+    """A dict with lowercased keys that remembers the original pairs for `original()`."""
+
+    def __init__(self, pairs: list[tuple[str, Any]]) -> None:
+        super().__init__((k.lower(), v) for k, v in pairs)
+        self._pairs = pairs
+
+    def original(self) -> dict[str, Any]:
+        return {k: _restore(v) for k, v in self._pairs}
+
+
+def _restore(value: Any) -> Any:
+    """Undo the key lowercasing inside values whose keys are data, not field names."""
+    if isinstance(value, _CaseKeeper):
+        return value.original()
+    if isinstance(value, list):
+        return [_restore(v) for v in value]
+    return value
+
+
+def _go_syntax_error(e: json.JSONDecodeError, text: str) -> str:
+    if e.pos >= len(text.rstrip()):
+        return "unexpected EOF"
+    return f"invalid character {text[e.pos]!r} {e.msg.lower()}"
+
+
+def _json_kind(value: Any) -> str:
+    if isinstance(value, bool):
+        return "bool"
+    if isinstance(value, int | float):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, list):
+        return "array"
+    return "object"
+
+
+class _Fields:
+    """Typed access to one decoded object; wrong types fail with Go's unmarshal message."""
+
+    def __init__(self, body: dict[str, Any], struct: str) -> None:
+        self.body, self.struct = body, struct
+
+    def _fail(self, key: str, value: Any, go_type: str) -> InvalidRequest:
+        return InvalidRequest(
+            f"json: cannot unmarshal {_json_kind(value)} into Go struct field "
+            f"{self.struct}.{key} of type {go_type}"
+        )
+
+    def raw(self, key: str) -> Any:
+        return _restore(self.body.get(key))
+
+    def str(self, key: str) -> str:
+        value = self.body.get(key)
+        if value is None:
+            return ""
+        if not isinstance(value, str):
+            raise self._fail(key, value, "string")
+        return value
+
+    def bool(self, key: str, default: bool) -> bool:
+        value = self.body.get(key)
+        if value is None:
+            return default
+        if not isinstance(value, bool):
+            raise self._fail(key, value, "bool")
+        return value
+
+    def int(self, key: str) -> int:
+        value = self.body.get(key)
+        if value is None:
+            return 0
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise self._fail(key, value, "int")
+        return value
+
+    def ints(self, key: str) -> list[int] | None:
+        value = self.body.get(key)
+        if value is None:
+            return None
+        if not isinstance(value, list):
+            raise self._fail(key, value, "[]int")
+        for v in value:
+            if isinstance(v, bool) or not isinstance(v, int):
+                raise self._fail(key, v, "int")
+        return value
+
+    def object(self, key: str) -> dict[str, Any]:
+        value = self.body.get(key)
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            raise self._fail(key, value, "map[string]interface {}")
+        return _restore(value)  # type: ignore[no-any-return]
+
+    def list(self, key: str, go_type: str) -> list[Any]:
+        value = self.body.get(key)
+        if value is None:
+            return []
+        if not isinstance(value, list):
+            raise self._fail(key, value, go_type)
+        return value
+
+
+# --------------------------------------------------------------------------------------------
+# keep_alive (spec §3.1): seconds as a float; FOREVER for negative values; None when unset.
+
+_UNITS_NS = {"ns": 1, "us": 1_000, "µs": 1_000, "μs": 1_000, "ms": 1_000_000,
+             "s": 1_000_000_000, "m": 60_000_000_000, "h": 3_600_000_000_000}  # fmt: skip
+_GO_TYPES = {bool: "bool", dict: "map[string]interface {}", list: "[]interface {}"}
+
+
+def parse_keep_alive(value: Any) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        go_type = next(t for py, t in _GO_TYPES.items() if isinstance(value, py))
+        raise InvalidRequest(f"Unsupported type: '{go_type}'")
+    if isinstance(value, str):
+        seconds = parse_go_duration(value)
+    else:
+        seconds = float(value)
+    return FOREVER if seconds < 0 else seconds
+
+
+def parse_go_duration(text: str) -> float:
+    """Go's time.ParseDuration, in seconds: `"1h30m"`, `"0.5s"`, `"-5m"`, `"0"`."""
+    s, negative = text, False
+    if s and s[0] in "+-":
+        negative, s = s[0] == "-", s[1:]
+    if s == "0":
+        return 0.0
+    if not s:
+        raise InvalidRequest(f"time: invalid duration {go_quote(text)}")
+    total_ns = 0.0
+    while s:
+        m = re.match(r"(\d*)(?:\.(\d*))?", s)
+        assert m is not None  # the pattern also matches the empty string
+        whole, frac = m.group(1), m.group(2)
+        if not whole and not frac:
+            raise InvalidRequest(f"time: invalid duration {go_quote(text)}")
+        s = s[m.end() :]
+        unit_match = re.match(r"[^\d.]*", s)
+        assert unit_match is not None
+        unit = unit_match.group(0)
+        if not unit:
+            raise InvalidRequest(f"time: missing unit in duration {go_quote(text)}")
+        if unit not in _UNITS_NS:
+            raise InvalidRequest(
+                f"time: unknown unit {go_quote(unit)} in duration {go_quote(text)}"
+            )
+        s = s[len(unit) :]
+        scale = _UNITS_NS[unit]
+        total_ns += int(whole or "0") * scale + (int(frac) / 10 ** len(frac) * scale if frac else 0)
+    return (-total_ns if negative else total_ns) / 1e9
+
+
+# --------------------------------------------------------------------------------------------
+# think (spec §8.2)
+
+
+def parse_think(value: Any) -> bool | str | None:
+    if value is None or isinstance(value, bool):
+        return value
+    if isinstance(value, str):
+        if value not in THINK_LEVELS:
+            raise InvalidRequest(
+                f"invalid think value: {go_quote(value)} "
+                '(must be "high", "medium", "low", "max", true, or false)'
+            )
+        return value
+    raise InvalidRequest(
+        'think must be a boolean or string ("high", "medium", "low", "max", true, or false)'
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# images (spec §1.4 rule 8): standard base64 with padding; line breaks tolerated.
+
+_B64_ALPHABET = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/")
+
+
+def decode_image(text: Any) -> bytes:
+    if not isinstance(text, str):
+        raise InvalidRequest(
+            f"json: cannot unmarshal {_json_kind(text)} into Go value of type []uint8"
+        )
+    data = text.replace("\r", "").replace("\n", "")
+    for i, ch in enumerate(data):
+        if ch == "=":
+            break
+        if ch not in _B64_ALPHABET:
+            raise InvalidRequest(f"illegal base64 data at input byte {i}")
+    try:
+        return base64.b64decode(data, validate=True)
+    except binascii.Error:
+        raise InvalidRequest(f"illegal base64 data at input byte {len(data.rstrip('='))}") from None
+
+
+# --------------------------------------------------------------------------------------------
+# Requests
+
+
+@dataclass(frozen=True)
+class Message:
+    role: str
+    content: str = ""
+    thinking: str = ""
+    images: tuple[bytes, ...] = ()
+    tool_calls: tuple[dict[str, Any], ...] = ()
+    tool_name: str = ""
+    tool_call_id: str = ""
+
+    @classmethod
+    def from_json(cls, value: Any) -> Message:
+        if not isinstance(value, dict):
+            raise InvalidRequest(
+                f"json: cannot unmarshal {_json_kind(value)} into Go value of type api.Message"
+            )
+        f = _Fields(value, "Message")
+        return cls(
+            role=f.str("role").lower(),
+            content=f.str("content"),
+            thinking=f.str("thinking"),
+            images=tuple(decode_image(v) for v in f.list("images", "[]api.ImageData")),
+            tool_calls=tuple(_restore(c) for c in f.list("tool_calls", "[]api.ToolCall")),
+            tool_name=f.str("tool_name"),
+            tool_call_id=f.str("tool_call_id"),
+        )
+
+
+@dataclass(frozen=True)
+class _Common:
+    """Fields generate and chat share."""
+
+    model: str
+    format: Any
+    options: dict[str, Any]
+    stream: bool
+    keep_alive: float | None
+    think: bool | str | None
+    truncate: bool
+    shift: bool
+    logprobs: bool
+    top_logprobs: int
+    debug_render_only: bool
+    trace: bool  # refllama extension: per-token sampler trace in each event
+
+    @staticmethod
+    def _common(f: _Fields) -> dict[str, Any]:
+        top = f.int("top_logprobs")
+        if not 0 <= top <= 20:
+            raise InvalidRequest("top_logprobs must be between 0 and 20")
+        return dict(
+            model=f.str("model"),
+            format=f.raw("format"),
+            options=f.object("options"),
+            stream=f.bool("stream", True),
+            keep_alive=parse_keep_alive(f.raw("keep_alive")),
+            think=parse_think(f.raw("think")),
+            truncate=f.bool("truncate", True),
+            shift=f.bool("shift", True),
+            logprobs=f.bool("logprobs", False),
+            top_logprobs=top,
+            debug_render_only=f.bool("_debug_render_only", False),
+            trace=f.bool("trace", False),
+        )
+
+
+@dataclass(frozen=True)
+class GenerateRequest(_Common):
+    prompt: str = ""
+    suffix: str = ""
+    system: str = ""
+    template: str = ""
+    context: list[int] | None = None
+    raw: bool = False
+    images: tuple[bytes, ...] = ()
+
+    @classmethod
+    def from_body(cls, raw: bytes) -> GenerateRequest:
+        f = _Fields(decode_body(raw, "GenerateRequest"), "GenerateRequest")
+        return cls(
+            **cls._common(f),
+            prompt=f.str("prompt"),
+            suffix=f.str("suffix"),
+            system=f.str("system"),
+            template=f.str("template"),
+            context=f.ints("context"),
+            raw=f.bool("raw", False),
+            images=tuple(decode_image(v) for v in f.list("images", "[]api.ImageData")),
+        )
+
+
+@dataclass(frozen=True)
+class ChatRequest(_Common):
+    messages: tuple[Message, ...] = ()
+    tools: tuple[dict[str, Any], ...] = ()
+
+    @classmethod
+    def from_body(cls, raw: bytes) -> ChatRequest:
+        f = _Fields(decode_body(raw, "ChatRequest"), "ChatRequest")
+        return cls(
+            **cls._common(f),
+            messages=tuple(Message.from_json(m) for m in f.list("messages", "[]api.Message")),
+            tools=tuple(_restore(t) for t in f.list("tools", "api.Tools")),
+        )
+
+
+@dataclass(frozen=True)
+class EmbedRequest:
+    model: str
+    input: list[str]
+    truncate: bool
+    dimensions: int
+    keep_alive: float | None
+    options: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_body(cls, raw: bytes) -> EmbedRequest:
+        f = _Fields(decode_body(raw, "EmbedRequest"), "EmbedRequest")
+        return cls(
+            model=f.str("model"),
+            input=_embed_inputs(f.raw("input")),
+            truncate=f.bool("truncate", True),
+            dimensions=f.int("dimensions"),
+            keep_alive=parse_keep_alive(f.raw("keep_alive")),
+            options=f.object("options"),
+        )
+
+
+def _embed_inputs(value: Any) -> list[str]:
+    """spec §10.1 step 3: a string, a list of strings, or nothing."""
+    if value is None or value == "":
+        return []
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return value
+    raise InvalidRequest("invalid input type")
+
+
+@dataclass(frozen=True)
+class EmbeddingsRequest:
+    model: str
+    prompt: str
+    keep_alive: float | None
+    options: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_body(cls, raw: bytes) -> EmbeddingsRequest:
+        f = _Fields(decode_body(raw, "EmbeddingRequest"), "EmbeddingRequest")
+        return cls(
+            model=f.str("model"),
+            prompt=f.str("prompt"),
+            keep_alive=parse_keep_alive(f.raw("keep_alive")),
+            options=f.object("options"),
+        )
+
+
+@dataclass(frozen=True)
+class TokenizeRequest:
+    """refllama extension, shaped like llama-server's POST /tokenize plus a `model`."""
+
+    model: str
+    content: str
+    add_special: bool
+    parse_special: bool
+    with_pieces: bool
+
+    @classmethod
+    def from_body(cls, raw: bytes) -> TokenizeRequest:
+        f = _Fields(decode_body(raw, "TokenizeRequest"), "TokenizeRequest")
+        return cls(
+            model=f.str("model"),
+            content=f.str("content"),
+            add_special=f.bool("add_special", False),
+            parse_special=f.bool("parse_special", True),
+            with_pieces=f.bool("with_pieces", False),
+        )
+
+
+@dataclass(frozen=True)
+class DetokenizeRequest:
+    model: str
+    tokens: list[int]
+
+    @classmethod
+    def from_body(cls, raw: bytes) -> DetokenizeRequest:
+        f = _Fields(decode_body(raw, "DetokenizeRequest"), "DetokenizeRequest")
+        return cls(model=f.str("model"), tokens=f.ints("tokens") or [])
+
+
+# --------------------------------------------------------------------------------------------
+# Responses (spec §1.5, §4.4, §5.3)
+
+
+def utc_timestamp(ns: int) -> str:
+    """RFC 3339 in UTC, fraction up to 9 digits without trailing zeros: `...T20:47:51.1475Z`."""
+    secs, frac = divmod(ns, 1_000_000_000)
+    digits = f"{frac:09d}".rstrip("0")
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(secs)) + (
+        f".{digits}Z" if digits else "Z"
+    )
+
+
+def local_timestamp(seconds: float) -> str:
+    """RFC 3339 in the server's time zone with a numeric offset (`expires_at`, spec §1.5)."""
+    whole = math.floor(seconds)
+    local = time.localtime(whole)
+    offset = local.tm_gmtoff
+    sign = "+" if offset >= 0 else "-"
+    hh, mm = divmod(abs(offset) // 60, 60)
+    digits = f"{round((seconds - whole) * 1e9):09d}"[:9].rstrip("0")
+    frac = f".{digits}" if digits else ""
+    return time.strftime("%Y-%m-%dT%H:%M:%S", local) + f"{frac}{sign}{hh:02d}:{mm:02d}"
+
+
+@dataclass
+class Metrics:
+    """Final-event counts and durations (ns). Each is omitted from JSON when zero."""
+
+    total_duration: int = 0
+    load_duration: int = 0
+    prompt_eval_count: int = 0
+    prompt_eval_duration: int = 0
+    eval_count: int = 0
+    eval_duration: int = 0
+
+    def fields(self) -> dict[str, int]:
+        return {k: v for k, v in self.__dict__.items() if v}
+
+
+def generate_event(
+    model: str,
+    response: str,
+    *,
+    thinking: str = "",
+    done: bool = False,
+    done_reason: str = "",
+    context: list[int] | None = None,
+    metrics: Metrics | None = None,
+    debug_info: dict[str, Any] | None = None,
+    logprobs: list[dict[str, Any]] | None = None,
+    trace: list[dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    event: dict[str, Any] = {
+        "model": model,
+        "created_at": utc_timestamp(time.time_ns()),
+        "response": response,
+    }
+    if thinking:
+        event["thinking"] = thinking
+    event["done"] = done
+    if done_reason:
+        event["done_reason"] = done_reason
+    if context:
+        event["context"] = context
+    if metrics is not None:
+        event.update(metrics.fields())
+    if debug_info is not None:
+        event["_debug_info"] = debug_info
+    if logprobs:
+        event["logprobs"] = logprobs
+    if trace:
+        event["trace"] = trace
+    return event
+
+
+def chat_event(
+    model: str,
+    content: str,
+    *,
+    thinking: str = "",
+    tool_calls: list[dict[str, Any]] | None = None,
+    done: bool = False,
+    done_reason: str = "",
+    metrics: Metrics | None = None,
+    debug_info: dict[str, Any] | None = None,
+    logprobs: list[dict[str, Any]] | None = None,
+    trace: list[dict[str, Any]] | None = None,
+    role: str = "assistant",
+) -> dict[str, Any]:
+    message: dict[str, Any] = {"role": role, "content": content}
+    if thinking:
+        message["thinking"] = thinking
+    if tool_calls:
+        message["tool_calls"] = tool_calls
+    event: dict[str, Any] = {
+        "model": model,
+        "created_at": utc_timestamp(time.time_ns()),
+        "message": message,
+        "done": done,
+    }
+    if done_reason:
+        event["done_reason"] = done_reason
+    if debug_info is not None:
+        event["_debug_info"] = debug_info
+    if logprobs:
+        event["logprobs"] = logprobs
+    if metrics is not None:
+        event.update(metrics.fields())
+    if trace:
+        event["trace"] = trace
+    return event
+
+
+def logprob_entry(
+    token: str, logprob: float, top: list[tuple[str, float]] | None
+) -> dict[str, Any]:
+    """One `logprobs` item (spec §4.6); `bytes` omitted for empty text, `top_logprobs` if asked."""
+    entry: dict[str, Any] = {"token": token, "logprob": logprob}
+    if token:
+        entry["bytes"] = list(token.encode("utf-8"))
+    if top:
+        entry["top_logprobs"] = [
+            {"token": t, "logprob": lp, **({"bytes": list(t.encode("utf-8"))} if t else {})}
+            for t, lp in top
+        ]
+    return entry
+
+
+def float32_list(vector: npt.NDArray[np.float32]) -> list[float]:
+    """float32 values as the shortest decimals that round-trip a float32 (`0.010071029`)."""
+    return [float(np.format_float_positional(v, unique=True, trim="-")) for v in vector]
+
+
+def json_safe(value: Any) -> Any:
+    """Make a value JSON-encodable with allow_nan=False, deliberately.
+
+    ±inf becomes ±FLT_MAX: llama.cpp reports a zero probability's logprob as -FLT_MAX, and a
+    logit masked to -inf by a sampler stage reads the same way. NaN becomes null.
+    """
+    if isinstance(value, float):
+        if math.isnan(value):
+            return None
+        if math.isinf(value):
+            return FLT_MAX if value > 0 else -FLT_MAX
+        return value
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(v) for v in value]
+    return value
+
+
+def dumps(value: Any) -> str:
+    return json.dumps(json_safe(value), ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+
+
+def ndjson_line(event: dict[str, Any]) -> bytes:
+    return (dumps(event) + "\n").encode("utf-8")
