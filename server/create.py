@@ -19,7 +19,7 @@ from typing import Any
 
 from engine.errors import GGUFError, TemplateError
 from engine.gguf import GGUF_MAGIC, GGUFFile
-from engine.gotemplate import parse as parse_template
+from engine.templates import GoTemplate
 from server.errors import InvalidName, InvalidRequest, ServerError, Unsupported
 from server.names import Name, parse_name
 from server.store import (
@@ -373,7 +373,7 @@ def _apply_fields(store: Store, req: CreateRequest, build: _Build) -> None:
     """Template, system, license, params and messages layers, in Ollama's order (§11.5.3)."""
     if req.template:
         try:
-            parse_template(req.template)
+            GoTemplate(req.template)
         except TemplateError as e:
             raise InvalidRequest(f"template error: {e}") from e
         layer, created = store.layer_from_bytes(MEDIA_TEMPLATE, req.template.encode("utf-8"))

@@ -28,10 +28,9 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
-from engine.errors import EngineError, GGUFError
+from engine.errors import EngineError, GGUFError, TemplateError
 from engine.gguf import GGUFFile
-from engine.gotemplate import Field, walk
-from engine.gotemplate import parse as parse_template
+from engine.templates import load_template
 from server import oci
 from server.create import Quantizer, original_case, parse_create, run_create
 from server.errors import (
@@ -198,12 +197,14 @@ class _GGUFFacts:
     context_length: int
     embedding_length: int
     file_type: int
+    chat_template: str | None
 
 
 @functools.lru_cache(maxsize=128)
 def _gguf_facts(path: Path) -> _GGUFFacts:
     meta = GGUFFile(path).metadata
     arch = str(meta.get("general.architecture", ""))
+    template = meta.get("tokenizer.chat_template")
 
     def integer(key: str) -> int:
         value = meta.get(key, 0)
@@ -217,22 +218,20 @@ def _gguf_facts(path: Path) -> _GGUFFacts:
         context_length=integer(f"{arch}.context_length"),
         embedding_length=integer(f"{arch}.embedding_length"),
         file_type=integer("general.file_type"),
+        chat_template=template if isinstance(template, str) and template else None,
     )
 
 
-def template_capabilities(template: str | None) -> list[str]:
-    """`tools` and `insert` from the template's field names (§11.2.3, step 5).
+@functools.lru_cache(maxsize=128)
+def template_capabilities(go_template: str | None, jinja_template: str | None) -> tuple[str, ...]:
+    """`tools`, `insert`, `thinking` from the template the model is served with (§11.2.3, 5).
 
-    Thinking-tag inference (§8.1) is not done here.
+    That is the TEMPLATE layer, else the GGUF's Jinja chat template (engine/templates.py).
     """
-    if template is None:
-        return []
     try:
-        nodes = parse_template(template)
-    except EngineError:
-        return []
-    idents = {i.lower() for n in walk(nodes) if isinstance(n, Field) for i in n.idents}
-    return [cap for cap, ident in (("tools", "tools"), ("insert", "suffix")) if ident in idents]
+        return load_template(go_template, jinja_template).capabilities
+    except TemplateError:
+        return ()
 
 
 def capabilities(record: ModelRecord) -> list[str]:
@@ -246,7 +245,7 @@ def capabilities(record: ModelRecord) -> list[str]:
         caps.append("audio")
     if record.projectors:
         caps.append("vision")
-    caps += template_capabilities(record.template)
+    caps += template_capabilities(record.template, facts.chat_template)
     return list(dict.fromkeys(caps))
 
 
