@@ -59,19 +59,26 @@ class GrammarConstraint:
         self.grammar = compile_grammar(grammar) if isinstance(grammar, str) else grammar
         self.trie = trie
         self.state = self.grammar.start
+        # llama.cpp drops empty stacks whenever it accepts a token (llama_grammar_accept_token);
+        # they come back only through a completed code point. After a token that completed
+        # none (only bytes of an unfinished UTF-8 sequence) the grammar therefore cannot end.
+        self._ended_mid_char = False
         self._masks = self.grammar.mask_cache.setdefault(trie.key, OrderedDict())
 
     def is_complete(self) -> bool:
         """True when some parse stack is empty: the grammar may end, so EOG is allowed."""
-        return bool(self.grammar.can_end[self.state])
+        return bool(self.grammar.can_end[self.state]) and not self._ended_mid_char
 
-    def _walk(self, token: int) -> int:
+    def _walk(self, token: int) -> tuple[int, bool]:
+        """(state after the token's bytes, whether any code point was completed)."""
         state = self.grammar.at_token_start(self.state)
+        completed = False
         for byte in self.trie.pieces[token]:
             state = self.grammar.step(state, byte)
             if state == DEAD:
                 break
-        return state
+            completed = completed or not self.grammar.is_partial(state)
+        return state, completed
 
     def accepts(self, token: int) -> bool:
         """Is `token` allowed in the current state? Walks only this token's bytes."""
@@ -79,21 +86,23 @@ class GrammarConstraint:
             return self.is_complete()
         if not self.trie.valid[token]:
             return False
-        state = self._walk(token)
+        state, _ = self._walk(token)
         return state != DEAD and bool(self.grammar.end_ok[state])
 
     def mask(self) -> npt.NDArray[np.bool_]:
         """(V,) bool, True for the tokens allowed now. Read-only; cached per state."""
         start = self.grammar.at_token_start(self.state)
-        mask = self._masks.get(start)
+        key = 2 * start + self._ended_mid_char
+        mask = self._masks.get(key)
         if mask is None:
             mask = compute_mask(self.grammar, self.trie, start)
+            mask[self.trie.eog] &= not self._ended_mid_char
             mask.setflags(write=False)
-            self._masks[start] = mask
+            self._masks[key] = mask
             if len(self._masks) > _MASK_CACHE_SIZE:
                 self._masks.popitem(last=False)
         else:
-            self._masks.move_to_end(start)
+            self._masks.move_to_end(key)
         return mask
 
     def accept(self, token: int) -> None:
@@ -102,4 +111,5 @@ class GrammarConstraint:
             piece = self.trie.pieces[token]
             raise GrammarError(f"token {token} ({piece!r}) is not allowed by the grammar here")
         if not self.trie.eog[token]:
-            self.state = self._walk(token)
+            self.state, completed = self._walk(token)
+            self._ended_mid_char = not completed

@@ -248,6 +248,10 @@ class CompiledGrammar:
             return state
         return self._state(sid, value, n_remain, True)
 
+    def is_partial(self, state: int) -> bool:
+        """Does the state hold an unfinished UTF-8 sequence?"""
+        return self._keys[state][2] != 0
+
     def stacks(self, state: int) -> StackSet:
         """The stack set of a state (for tests and debugging)."""
         return self._stacksets[self._keys[state][0]]
