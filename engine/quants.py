@@ -328,14 +328,14 @@ def dequantize(
             f"{raw.size} bytes of {_type_name(ggml_type)} cannot hold shape {shape}: expected "
             f"{n_elements // block * size} bytes and rows a multiple of {block} elements"
         )
-    if block == 1:  # plain floats: one pass, no temporaries to keep in cache
+    if block == 1:  # plain floats: one pass over the whole tensor (F32: a view, as in gguf-py)
         return kernel(raw).reshape(shape)
     blocks = raw.reshape(-1, size)
-    out = np.empty((len(blocks), block), dtype=np.float32)
+    out = np.empty(n_elements, dtype=np.float32)
     step = max(1, CHUNK_ELEMENTS // block)
     with np.errstate(all="ignore"):
         for i in range(0, len(blocks), step):
-            out[i : i + step] = kernel(blocks[i : i + step])
+            out[i * block : (i + step) * block] = kernel(blocks[i : i + step]).reshape(-1)
     return out.reshape(shape)
 
 

@@ -1,0 +1,142 @@
+"""Dequantization throughput per ggml type: engine.quants vs gguf-py, plus GGUF load time.
+
+Usage: OPENBLAS_NUM_THREADS=1 python benchmarks/bench_quants.py [--elements N] [--repeat R]
+       python benchmarks/bench_quants.py --smoke
+
+Each type dequantizes the same random blocks (f16 scale fields set to finite values) through
+`engine.quants.dequantize` and `gguf.quants.dequantize`; the table gives the median and best
+MB/s of float32 output over R timed runs after one warm-up. The load-time table opens the
+Gemma 3 GGUF (262k-token vocabulary) with `engine.gguf.GGUFFile` and `gguf.GGUFReader`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.metadata
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import gguf
+import numpy as np
+from gguf import GGMLQuantizationType as GGMLType
+
+from engine import quants
+from engine.fetch import model_path
+from engine.gguf import GGUFFile
+
+ROW = 2048  # elements per tensor row; gguf-py works on groups of rows, as GGUFReader gives them
+
+# Byte offsets of the f16 scale fields of each block (random bytes there could be NaN/inf).
+F16_FIELDS: dict[GGMLType, tuple[int, ...]] = {
+    GGMLType.Q4_0: (0,),
+    GGMLType.Q4_1: (0, 2),
+    GGMLType.Q5_0: (0,),
+    GGMLType.Q5_1: (0, 2),
+    GGMLType.Q8_0: (0,),
+    GGMLType.Q2_K: (80, 82),
+    GGMLType.Q3_K: (108,),
+    GGMLType.Q4_K: (0, 2),
+    GGMLType.Q5_K: (0, 2),
+    GGMLType.Q6_K: (208,),
+    GGMLType.IQ4_NL: (0,),
+    GGMLType.IQ4_XS: (0,),
+}
+
+
+def random_blocks(t: GGMLType, n_elements: int, rng: np.random.Generator) -> np.ndarray:
+    """Random uint8 bytes for `n_elements` of type `t`, with finite scale fields."""
+    block, size = quants.TYPE_SIZES[t]
+    n_blocks = n_elements // block
+    if block == 1:  # plain floats: draw values, not bytes
+        values = rng.standard_normal(n_blocks).astype(np.float32)
+        if t == GGMLType.F32:
+            return values.view(np.uint8)
+        if t == GGMLType.F16:
+            return values.astype(np.float16).view(np.uint8)
+        return (values.view(np.uint32) >> 16).astype(np.uint16).view(np.uint8)
+    blocks = rng.integers(0, 256, size=(n_blocks, size), dtype=np.uint8)
+    for at in F16_FIELDS.get(t, ()):
+        scale = (rng.random(n_blocks) * 0.01).astype(np.float16)
+        blocks[:, at : at + 2] = scale.view(np.uint8).reshape(n_blocks, 2)
+    if t == GGMLType.Q8_K:
+        d = (rng.random(n_blocks) * 0.01).astype(np.float32)
+        blocks[:, 0:4] = d.view(np.uint8).reshape(n_blocks, 4)
+    return blocks.reshape(-1)
+
+
+def time_runs(repeat: int, fn: Callable[..., object], *args: object) -> list[float]:
+    fn(*args)  # warm-up
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn(*args)
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def bench_dequant(n_elements: int, repeat: int) -> None:
+    rng = np.random.default_rng(0)
+    mb = n_elements * 4 / 1e6
+    print(f"dequantize {n_elements} elements ({mb:.1f} MB float32 out), {repeat} runs, MB/s")
+    header = f"{'type':8} {'ours med':>10} {'ours max':>10} {'gguf med':>10} {'gguf max':>10}"
+    print(header + f" {'speedup':>8}")
+    for t in quants.QUANTS:
+        raw = random_blocks(t, n_elements, rng)
+        shape = (n_elements // ROW, ROW)
+        ours = time_runs(repeat, quants.dequantize, raw, t, shape)
+        ref_raw = raw.reshape(n_elements // ROW, -1)
+        if t in (GGMLType.F32, GGMLType.F16):
+            ref_raw = ref_raw.view(np.float32 if t == GGMLType.F32 else np.float16)
+        try:
+            ref = time_runs(repeat, gguf.quants.dequantize, ref_raw, t)
+        except NotImplementedError:
+            ref = []
+        o_med, o_min = statistics.median(ours), min(ours)
+        row = f"{t.name:8} {mb / o_med:10.0f} {mb / o_min:10.0f}"
+        if ref:
+            r_med, r_min = statistics.median(ref), min(ref)
+            row += f" {mb / r_med:10.0f} {mb / r_min:10.0f} {r_med / o_med:7.2f}x"
+        else:
+            row += f" {'n/a':>10} {'n/a':>10} {'':>8}"
+        print(row)
+
+
+def bench_load(path: Path, repeat: int) -> None:
+    print(f"\nload {path.name} ({path.stat().st_size / 1e6:.0f} MB), {repeat} runs, seconds")
+    print(f"{'reader':22} {'median':>8} {'min':>8}")
+    for name, reader in (("engine.gguf.GGUFFile", GGUFFile), ("gguf.GGUFReader", gguf.GGUFReader)):
+        times = time_runs(repeat, reader, path)
+        print(f"{name:22} {statistics.median(times):8.3f} {min(times):8.3f}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--elements", type=int, default=1 << 22, help="elements per type")
+    parser.add_argument("--repeat", type=int, default=7, help="timed runs per measurement")
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes, one run; no load test")
+    parser.add_argument("--no-load", action="store_true", help="skip the GGUF load timing")
+    args = parser.parse_args(argv)
+    n_elements, repeat = (1 << 14, 1) if args.smoke else (args.elements, args.repeat)
+    n_elements -= n_elements % ROW
+    gguf_version = importlib.metadata.version("gguf")
+    print(f"numpy {np.__version__}, gguf-py {gguf_version}, CPU: {cpu_name()}")
+    bench_dequant(n_elements, repeat)
+    if not (args.smoke or args.no_load):
+        bench_load(model_path("gemma3"), max(3, repeat // 2))
+
+
+if __name__ == "__main__":
+    main()
