@@ -1,0 +1,139 @@
+"""HuggingFace `tokenizers` pipelines equivalent to llama.cpp's BPE, SPM and WPM tokenizers.
+
+Spec: gguf-and-models.md sections 6.4-6.6. Each builder returns a `tokenizers.Tokenizer` whose
+`encode(text, add_special_tokens=False)` gives llama.cpp's ids for one raw-text string; BOS/EOS are
+added by the caller. Special tokens are HF "added tokens", matched on the raw text before the
+model runs, as llama.cpp's `tokenizer_st_partition` does: CONTROL/UNKNOWN ones are HF-special
+(ignored when `encode_special_tokens` is set, i.e. parse_special off), USER_DEFINED ones are not.
+HF matches all added tokens at once (leftmost, longest) where llama.cpp splits by one token at a
+time in decreasing length; the two differ only for overlapping special-token texts.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+from tokenizers import AddedToken, Regex, models, normalizers, pre_tokenizers
+from tokenizers import Tokenizer as HFTokenizer
+
+from engine.errors import TokenizerError
+from engine.tokenizer.vocab import SPECIAL, Attr, Vocab
+
+log = logging.getLogger(__name__)
+
+SPACE_MARK = "\u2581"  # ▁, SentencePiece's visible space
+
+
+def build(vocab: Vocab) -> HFTokenizer:
+    """The HF tokenizer for `vocab.model` ("gpt2", "llama" or "bert") with its added tokens."""
+    if vocab.model == "gpt2":
+        tok = _bpe(vocab)
+    elif vocab.model == "llama":
+        tok = _spm(vocab)
+    else:
+        tok = _wpm(vocab)
+    tok.add_tokens(
+        [
+            AddedToken(
+                vocab.tokens[i],
+                special=bool(vocab.attrs[i] & SPECIAL),
+                normalized=False,
+                lstrip=bool(vocab.attrs[i] & Attr.LSTRIP),
+                rstrip=bool(vocab.attrs[i] & Attr.RSTRIP),
+            )
+            for i in vocab.special_ids
+        ]
+    )
+    return tok
+
+
+def _bpe(vocab: Vocab) -> HFTokenizer:
+    """Byte-level BPE: regex pre-split, GPT-2 byte alphabet, merges by rank (6.4)."""
+    assert vocab.pre_tokenizer is not None
+    ids = vocab.ids
+    merges = [(a, b) for a, b in vocab.merges if a in ids and b in ids and a + b in ids]
+    if len(merges) != len(vocab.merges):
+        # llama.cpp would merge these and then spell the result byte by byte; HF cannot.
+        log.warning(
+            "dropped %d merges with out-of-vocabulary parts", len(vocab.merges) - len(merges)
+        )
+    model = models.BPE(
+        ids, merges, ignore_merges=vocab.pre_tokenizer.ignore_merges, byte_fallback=False
+    )
+    tok = HFTokenizer(model)
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.Split(Regex(r), behavior="isolated") for r in vocab.pre_tokenizer.regexes]
+        + [pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)]
+    )
+    return tok
+
+
+def spm_merges(vocab: Vocab) -> list[tuple[str, str]]:
+    """SentencePiece-BPE merges derived from the scores: every split `t = a + b` of a non-byte
+    token into two vocabulary tokens, ordered by score(t) descending (ties: lower id, shorter a).
+
+    llama.cpp's SPM merges the adjacent pair whose concatenation is the best-scoring token; a
+    BPE whose merge ranks follow those scores makes the same choices.
+    """
+    if vocab.scores is None:
+        raise TokenizerError("tokenizer.ggml.scores is missing; the llama (SPM) model needs it")
+    ids, tokens, attrs = vocab.ids, vocab.tokens, vocab.attrs
+    order = np.argsort(-vocab.scores.astype(np.float64), kind="stable")  # (V,) best first
+    byte = int(Attr.BYTE)
+    merges: list[tuple[str, str]] = []
+    append = merges.append
+    for i in order.tolist():
+        t = tokens[i]
+        if attrs[i] & byte:
+            continue
+        for k in range(1, len(t)):  # the hot loop of the build: ~1.2M splits for Gemma 3
+            a = t[:k]
+            if a in ids:
+                b = t[k:]
+                if b in ids:
+                    append((a, b))
+    return merges
+
+
+def _spm(vocab: Vocab) -> HFTokenizer:
+    """SentencePiece BPE: spaces to ▁, score-ordered merges, byte fallback `<0xXX>` (6.5)."""
+    unk = vocab.tokens[vocab.unk_id] if vocab.unk_id is not None else None
+    model = models.BPE(
+        vocab.ids, spm_merges(vocab), unk_token=unk, byte_fallback=True, fuse_unk=True
+    )
+    tok = HFTokenizer(model)
+    steps = [normalizers.Replace(" ", SPACE_MARK)]
+    if vocab.add_space_prefix:
+        # HF normalizes each segment between added tokens separately, which is llama.cpp's
+        # "prefix a space to the first fragment and to every fragment after a special token".
+        steps.insert(0, normalizers.Prepend(SPACE_MARK))
+    tok.normalizer = normalizers.Sequence(steps)
+    return tok
+
+
+def _wpm(vocab: Vocab) -> HFTokenizer:
+    """WordPiece: GGUF stores word-initial pieces as `▁x` and continuations as `x`; HF wants
+    `x` and `##x` (6.6)."""
+    if vocab.unk_id is None:
+        raise TokenizerError("the bert (WPM) tokenizer needs an unknown token")
+    renamed: dict[str, int] = {}
+    for i, (t, a) in enumerate(zip(vocab.tokens, vocab.attrs, strict=True)):
+        if a & Attr.NORMAL:
+            t = t[1:] if t.startswith(SPACE_MARK) else "##" + t
+        renamed.setdefault(t, i)
+    model = models.WordPiece(
+        renamed,
+        unk_token=vocab.tokens[vocab.unk_id],
+        continuing_subword_prefix="##",
+        max_input_chars_per_word=1 << 30,  # llama.cpp has no per-word limit
+    )
+    tok = HFTokenizer(model)
+    tok.normalizer = normalizers.BertNormalizer(
+        clean_text=True,
+        handle_chinese_chars=True,
+        strip_accents=vocab.strip_accents,
+        lowercase=vocab.lowercase,
+    )
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    return tok
