@@ -1,0 +1,399 @@
+"""The Starlette application: route table, thin endpoints, one exception-to-HTTP map.
+
+Endpoints parse (server/schemas.py), delegate (server/inference.py, server/scheduler.py, the
+model routes of server/routes_models.py) and format. Every error is an exception: the map in
+`EXCEPTION_STATUS` turns it into Ollama's `{"error": "..."}` body with its status
+(spec/ollama-api.md §1.7, §19). CORS and Host checks follow spec §1.3.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import logging
+import os
+import socket
+import time
+from collections.abc import AsyncIterator, Iterator
+from fnmatch import fnmatch
+from typing import Any
+
+import anyio
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, Response, StreamingResponse
+from starlette.routing import BaseRoute, Route
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from engine import load
+from engine.errors import ContextOverflow, EngineError, InvalidOption
+from server import inference
+from server.errors import InvalidRequest, ModelNotFound, ServerError
+from server.names import parse_name
+from server.routes_models import model_routes
+from server.scheduler import Scheduler
+from server.schemas import (
+    ChatRequest,
+    DetokenizeRequest,
+    EmbeddingsRequest,
+    EmbedRequest,
+    GenerateRequest,
+    TokenizeRequest,
+    chat_event,
+    dumps,
+    generate_event,
+    local_timestamp,
+    ndjson_line,
+)
+from server.store import ModelRecord, Store
+
+log = logging.getLogger(__name__)
+
+# The Ollama API version this server speaks (GET /api/version); clients gate features on it.
+OLLAMA_VERSION = "0.12.6"
+# Go's maximum time.Duration: "forever" expires about 292 years from now (spec §3.2).
+_FOREVER_SECONDS = (2**63 - 1) / 1e9
+
+# --------------------------------------------------------------------------------------------
+# Errors: the one map (STYLE §2.7). Starlette walks each exception's MRO, so the most specific
+# class listed wins. ServerError subclasses carry their own status.
+
+EXCEPTION_STATUS: dict[type[Exception], int] = {
+    ContextOverflow: 400,  # "the input length exceeds the context length" (spec §19)
+    InvalidOption: 500,  # Ollama answers option type errors with 500 (spec §2.3)
+    EngineError: 500,
+}
+
+
+class JSONBody(Response):
+    """`application/json; charset=utf-8`, rendered by schemas.dumps (non-finite floats handled)."""
+
+    media_type = "application/json"
+
+    def render(self, content: Any) -> bytes:
+        return dumps(content).encode("utf-8")
+
+
+def _error_response(request: Request, exc: Exception) -> Response:
+    if isinstance(exc, ServerError):
+        status = exc.status_code
+    else:
+        status = next(EXCEPTION_STATUS[c] for c in type(exc).__mro__ if c in EXCEPTION_STATUS)
+    if status >= 500:
+        log.warning("%s %s: %s", request.method, request.url.path, exc)
+    return JSONBody({"error": str(exc).strip()}, status_code=status)
+
+
+def _http_exception(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    if exc.status_code == 404:
+        return PlainTextResponse("404 page not found", 404)
+    if exc.status_code == 405:
+        return PlainTextResponse("405 method not allowed", 405)
+    return PlainTextResponse(exc.detail, exc.status_code, headers=exc.headers)
+
+
+# --------------------------------------------------------------------------------------------
+# Streaming: NumPy runs in worker threads; the event loop only moves bytes.
+
+
+class NDJSONStream(StreamingResponse):
+    """An NDJSON response over a sync event iterator, each step run in a worker thread.
+
+    When the client goes away (send fails) or the response is cancelled, the iterator is closed,
+    which ends generation and releases the model.
+    """
+
+    media_type = "application/x-ndjson"
+
+    def __init__(self, first: bytes, events: Iterator[dict[str, Any]]) -> None:
+        self._events = events
+        super().__init__(self._lines(first))
+
+    async def _lines(self, first: bytes) -> AsyncIterator[bytes]:
+        yield first
+        while (event := await anyio.to_thread.run_sync(next, self._events, None)) is not None:
+            yield ndjson_line(event)
+
+    async def stream_response(self, send: Send) -> None:
+        try:
+            await super().stream_response(send)
+        finally:
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(_close, self._events)
+
+
+def _close(events: Iterator[dict[str, Any]]) -> None:
+    close = getattr(events, "close", None)
+    if close is not None:
+        close()
+
+
+async def _respond(
+    events: Iterator[dict[str, Any]], stream: bool, combine: inference.Combine
+) -> Response:
+    """Stream the events as NDJSON, or combine them into one object (spec §1.6).
+
+    The first event is computed before the response starts, so an error during prompt
+    processing still gets its own status instead of a 200 stream (spec §1.7).
+    """
+    if not stream:
+        try:
+            final = await anyio.to_thread.run_sync(combine, events)
+        finally:
+            await anyio.to_thread.run_sync(_close, events)
+        return JSONBody(final)
+    try:
+        first = await anyio.to_thread.run_sync(next, events)
+    except BaseException:
+        await anyio.to_thread.run_sync(_close, events)
+        raise
+    return NDJSONStream(ndjson_line(first), events)
+
+
+# --------------------------------------------------------------------------------------------
+# Endpoints
+
+
+class Endpoints:
+    def __init__(self, store: Store, scheduler: Scheduler) -> None:
+        self.store = store
+        self.scheduler = scheduler
+
+    async def root(self, request: Request) -> Response:
+        return PlainTextResponse("Ollama is running")
+
+    async def version(self, request: Request) -> Response:
+        return JSONBody({"version": OLLAMA_VERSION})
+
+    async def generate(self, request: Request) -> Response:
+        arrived = time.perf_counter_ns()
+        req = GenerateRequest.from_body(await request.body())
+        if not req.model.strip():
+            raise ModelNotFound("", "model '' not found")
+        record = self._resolve(req.model)
+        if not req.prompt and req.keep_alive == 0:
+            self.scheduler.unload(record)
+            return JSONBody(generate_event(req.model, "", done=True, done_reason="unload"))
+        job = await inference.prepare_generate(record, req, self.scheduler, arrived)
+        if job is None:
+            return JSONBody(generate_event(req.model, "", done=True, done_reason="load"))
+        return await _respond(job.events(), req.stream and not job.single, job.combine)
+
+    async def chat(self, request: Request) -> Response:
+        arrived = time.perf_counter_ns()
+        req = ChatRequest.from_body(await request.body())
+        if not req.model.strip():
+            raise InvalidRequest("model is required")
+        record = self._resolve(req.model)
+        if not req.messages and req.keep_alive == 0:
+            self.scheduler.unload(record)
+            return JSONBody(chat_event(req.model, "", done=True, done_reason="unload"))
+        job = await inference.prepare_chat(record, req, self.scheduler, arrived)
+        if job is None:
+            return JSONBody(chat_event(req.model, "", done=True, done_reason="load"))
+        return await _respond(job.events(), req.stream and not job.single, job.combine)
+
+    async def embed(self, request: Request) -> Response:
+        arrived = time.perf_counter_ns()
+        req = EmbedRequest.from_body(await request.body())
+        if not req.model.strip():
+            raise ModelNotFound("", "model '' not found")
+        record = self._resolve(req.model, pull_hint=True)
+        body = await inference.embed(record, req, self.scheduler, arrived)
+        return JSONBody(body)
+
+    async def embeddings(self, request: Request) -> Response:
+        req = EmbeddingsRequest.from_body(await request.body())
+        if not req.model.strip():
+            raise InvalidRequest("model is required")
+        record = self._resolve(req.model, pull_hint=True)
+        return JSONBody(await inference.embeddings(record, req, self.scheduler))
+
+    async def ps(self, request: Request) -> Response:
+        now = time.time()
+        models = []
+        for runner in self.scheduler.loaded():
+            rec = runner.record
+            details = rec.details.to_json()
+            details["parent_model"] = ""
+            models.append(
+                {
+                    "name": rec.name,
+                    "model": rec.name,
+                    "size": runner.size(),
+                    "digest": rec.digest,
+                    "details": details,
+                    "expires_at": local_timestamp(
+                        min(runner.ps_expiry(now), now + _FOREVER_SECONDS)
+                    ),
+                    "size_vram": 0,
+                    "context_length": runner.num_ctx,
+                }
+            )
+        return JSONBody({"models": models})
+
+    async def tokenize(self, request: Request) -> Response:
+        req = TokenizeRequest.from_body(await request.body())
+        if not req.model.strip():
+            raise InvalidRequest("model is required")
+        record = self._resolve(req.model)
+        return JSONBody(await inference.tokenize(record, req, self.scheduler))
+
+    async def detokenize(self, request: Request) -> Response:
+        req = DetokenizeRequest.from_body(await request.body())
+        if not req.model.strip():
+            raise InvalidRequest("model is required")
+        record = self._resolve(req.model)
+        return JSONBody(await inference.detokenize(record, req, self.scheduler))
+
+    def _resolve(self, raw: str, pull_hint: bool = False) -> ModelRecord:
+        """The stored model for a request's `model`, with the endpoint's not-found wording."""
+        name = parse_name(raw.strip())
+        try:
+            return self.store.resolve(name)
+        except ModelNotFound:
+            if pull_hint:
+                raise ModelNotFound(raw, f'model "{raw}" not found, try pulling it first') from None
+            raise ModelNotFound(raw) from None
+
+
+# --------------------------------------------------------------------------------------------
+# CORS and Host checks (spec §1.3)
+
+_LOCAL_ORIGINS = ("localhost", "127.0.0.1", "0.0.0.0")
+_APP_SCHEMES = ("app", "file", "tauri", "vscode-webview", "vscode-file")
+_EXTENSION_SCHEMES = ("chrome-extension", "moz-extension", "safari-web-extension")
+_ALLOWED_HEADERS = (
+    "Authorization, Content-Type, User-Agent, Accept, X-Requested-With, OpenAI-Beta, "
+    "x-stainless-arch, x-stainless-async, x-stainless-custom-poll-interval, "
+    "x-stainless-helper-method, x-stainless-lang, x-stainless-os, x-stainless-package-version, "
+    "x-stainless-poll-helper, x-stainless-retry-count, x-stainless-runtime, "
+    "x-stainless-runtime-version, x-stainless-timeout"
+)
+
+
+def origin_allowed(origin: str, extra: tuple[str, ...]) -> bool:
+    scheme, _, rest = origin.partition("://")
+    host = rest.split(":")[0].strip("/")
+    if scheme in ("http", "https") and host in _LOCAL_ORIGINS:
+        return True
+    if scheme in _APP_SCHEMES or scheme in _EXTENSION_SCHEMES:
+        return True
+    return any(fnmatch(origin, pattern) for pattern in extra)
+
+
+def host_allowed(host_header: str) -> bool:
+    host = host_header
+    if host.startswith("["):  # [::1]:11434
+        host = host[1:].split("]")[0]
+    elif host.count(":") == 1:
+        host = host.split(":")[0]
+    host = host.lower()
+    if host in ("", "localhost", socket.gethostname().lower()):
+        return True
+    if host.endswith((".localhost", ".local", ".internal")):
+        return True
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return ip.is_loopback or ip.is_private or ip.is_unspecified or ip.is_link_local
+
+
+class OriginAndHostGuard:
+    """ASGI middleware: Ollama's CORS allow-list and DNS-rebinding Host check."""
+
+    def __init__(self, app: ASGIApp, check_host: bool, extra_origins: tuple[str, ...]) -> None:
+        self.app = app
+        self.check_host = check_host
+        self.extra_origins = extra_origins
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+        if self.check_host and not host_allowed(headers.get("host", "")):
+            await Response(status_code=403)(scope, receive, send)
+            return
+        origin = headers.get("origin")
+        if origin is None:
+            await self.app(scope, receive, send)
+            return
+        if not origin_allowed(origin, self.extra_origins):
+            await Response(status_code=403)(scope, receive, send)
+            return
+        cors = [
+            (b"access-control-allow-origin", origin.encode("latin-1")),
+            (b"vary", b"Origin"),
+        ]
+        if scope["method"] == "OPTIONS":
+            preflight = Response(status_code=204)
+            preflight.raw_headers.extend(cors)
+            preflight.raw_headers += [
+                (b"access-control-allow-methods", b"GET, POST, PUT, PATCH, DELETE, HEAD, OPTIONS"),
+                (b"access-control-allow-headers", _ALLOWED_HEADERS.encode()),
+                (b"access-control-max-age", b"43200"),
+            ]
+            await preflight(scope, receive, send)
+            return
+
+        async def send_with_cors(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = list(message.get("headers", [])) + cors
+            await send(message)
+
+        await self.app(scope, receive, send_with_cors)
+
+
+# --------------------------------------------------------------------------------------------
+
+
+def create_app(
+    store: Store,
+    scheduler: Scheduler | None = None,
+    *,
+    check_host: bool = True,
+) -> Starlette:
+    """The Ollama-compatible application over `store`.
+
+    `check_host` enables the DNS-rebinding Host check; `refllama serve` turns it off when
+    listening on a non-loopback address, as Ollama does.
+    """
+    sched = scheduler if scheduler is not None else Scheduler.from_env(load)
+    ep = Endpoints(store, sched)
+    routes: list[BaseRoute] = [
+        Route("/", ep.root, methods=["GET", "HEAD"]),
+        Route("/api/version", ep.version, methods=["GET", "HEAD"]),
+        Route("/api/generate", ep.generate, methods=["POST"]),
+        Route("/api/chat", ep.chat, methods=["POST"]),
+        Route("/api/embed", ep.embed, methods=["POST"]),
+        Route("/api/embeddings", ep.embeddings, methods=["POST"]),
+        Route("/api/ps", ep.ps, methods=["GET"]),
+        Route("/api/tokenize", ep.tokenize, methods=["POST"]),
+        Route("/api/detokenize", ep.detokenize, methods=["POST"]),
+        *model_routes(store, sched),
+    ]
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        async with anyio.create_task_group() as tg:
+
+            async def reap() -> None:
+                while True:
+                    await anyio.sleep(1.0)
+                    sched.purge_expired()
+
+            tg.start_soon(reap)
+            yield
+            tg.cancel_scope.cancel()
+
+    handlers: dict[Any, Any] = {c: _error_response for c in (*EXCEPTION_STATUS, ServerError)}
+    handlers[HTTPException] = _http_exception
+    app = Starlette(routes=routes, exception_handlers=handlers, lifespan=lifespan)
+    extra = tuple(o.strip() for o in os.environ.get("OLLAMA_ORIGINS", "").split(",") if o.strip())
+    app.add_middleware(OriginAndHostGuard, check_host=check_host, extra_origins=extra)
+    app.state.scheduler = sched
+    return app
