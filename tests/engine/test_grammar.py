@@ -17,11 +17,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from engine.errors import GrammarError
-from engine.grammar import GrammarConstraint, TokenTrie, compile_grammar, parse_gbnf
+from engine.gguf import GGUFFile
+from engine.grammar import GrammarConstraint, TokenTrie, compile_grammar, parse_gbnf, trie_for
 from engine.grammar.gbnf import Elem, Grammar
 from engine.json_schema import JSON_OBJECT_GBNF
+from engine.tokenizer import Tokenizer
 from tests.conftest import needs_oracle
-from tests.engine.grammar_vocab import gpt2_pieces
 
 ARITHMETIC = r"""
 root  ::= (expr "=" ws term "\n")+
@@ -434,8 +435,9 @@ def test_masks_match_llama_cpp(smollm2_path, grammar: str, text: str) -> None:
     eog = [t for t in range(n_vocab) if L.llama_vocab_is_eog(vocab, t)]
     ids = (L.llama_token * 1024)()
     n_ids = L.llama_tokenize(vocab, text.encode(), len(text.encode()), ids, 1024, False, True)
-    pieces, _ = gpt2_pieces(smollm2_path)
-    constraint = GrammarConstraint(compile_grammar(grammar), TokenTrie(pieces, eog))
+    tokenizer = Tokenizer.from_gguf(GGUFFile(smollm2_path))
+    assert sorted(tokenizer.eog_ids) == eog
+    constraint = GrammarConstraint(compile_grammar(grammar), trie_for(tokenizer))
     sampler = L.llama_sampler_init_grammar(vocab, grammar.encode(), b"root")
     data = (L.llama_token_data * n_vocab)()
     view = np.ctypeslib.as_array(data)
