@@ -22,7 +22,9 @@ import jinja2.ext
 import jinja2.sandbox
 
 from engine import gotemplate as go
+from engine import govalues as gv
 from engine.errors import TemplateError
+from engine.goexec import execute
 from engine.thinking import ThinkingParser, infer_thinking_tags
 from engine.tools import ToolCall, tool_call_tag
 
@@ -73,14 +75,14 @@ def _go_any(v: Any) -> Any:
 
 
 @dataclass
-class _ToolProperty(go.Struct):
+class _ToolProperty(gv.Struct):
     go_type: ClassVar[str] = "api.ToolProperty"
     AnyOf: list[_ToolProperty]
-    Type: go.PropertyType
+    Type: gv.PropertyType
     Items: Any
     Description: str
     Enum: list[Any]
-    Properties: go.JSONMap | None  # nested: insertion order, as Ollama's ordered map
+    Properties: gv.JSONMap | None  # nested: insertion order, as Ollama's ordered map
     Required: list[str]
 
     def go_json_fields(self) -> list[tuple[str, Any, bool]]:
@@ -109,12 +111,12 @@ def _property(d: Mapping[str, Any]) -> _ToolProperty:
     props = d.get("properties")
     return _ToolProperty(
         AnyOf=[_property(x) for x in d.get("anyOf") or [] if isinstance(x, dict)],
-        Type=go.PropertyType([t] if isinstance(t, str) else list(t or [])),
+        Type=gv.PropertyType([t] if isinstance(t, str) else list(t or [])),
         Items=_go_any(d.get("items")),
         Description=str(d.get("description") or ""),
         Enum=_go_any(list(d.get("enum") or [])),
         Properties=(
-            go.JSONMap({k: _property(v) for k, v in props.items()}, ordered=True)
+            gv.JSONMap({k: _property(v) for k, v in props.items()}, ordered=True)
             if isinstance(props, dict)
             else None
         ),
@@ -123,13 +125,13 @@ def _property(d: Mapping[str, Any]) -> _ToolProperty:
 
 
 @dataclass
-class _Parameters(go.Struct):
+class _Parameters(gv.Struct):
     go_type: ClassVar[str] = "template.templateToolFunctionParameters"
     Type: str
     Defs: Any
     Items: Any
     Required: list[str]
-    Properties: go.JSONMap  # sorted keys when printed or marshalled
+    Properties: gv.JSONMap  # sorted keys when printed or marshalled
 
     def go_json_fields(self) -> list[tuple[str, Any, bool]]:
         return [
@@ -142,7 +144,7 @@ class _Parameters(go.Struct):
 
 
 @dataclass
-class _Function(go.Struct):
+class _Function(gv.Struct):
     go_type: ClassVar[str] = "template.templateToolFunction"
     Name: str
     Description: str
@@ -157,7 +159,7 @@ class _Function(go.Struct):
 
 
 @dataclass
-class _Tool(go.Struct):
+class _Tool(gv.Struct):
     go_type: ClassVar[str] = "template.templateTool"
     Type: str
     Items: Any
@@ -171,7 +173,7 @@ class _Tool(go.Struct):
         ]
 
     def go_string(self) -> str:
-        return go.go_json(self)
+        return gv.go_json(self)
 
 
 def _tool(d: Mapping[str, Any]) -> _Tool:
@@ -189,7 +191,7 @@ def _tool(d: Mapping[str, Any]) -> _Tool:
                 Defs=_go_any(params.get("$defs")),
                 Items=_go_any(params.get("items")),
                 Required=list(params.get("required") or []),
-                Properties=go.JSONMap(
+                Properties=gv.JSONMap(
                     {k: _property(v) for k, v in (props or {}).items()}, nil=props is None
                 ),
             ),
@@ -198,22 +200,22 @@ def _tool(d: Mapping[str, Any]) -> _Tool:
 
 
 @dataclass
-class _CallFunction(go.Struct):
+class _CallFunction(gv.Struct):
     go_type: ClassVar[str] = "template.templateToolCallFunction"
     Index: int
     Name: str
-    Arguments: go.JSONMap
+    Arguments: gv.JSONMap
 
 
 @dataclass
-class _Call(go.Struct):
+class _Call(gv.Struct):
     go_type: ClassVar[str] = "template.templateToolCall"
     ID: str
     Function: _CallFunction
 
 
 @dataclass
-class _Message(go.Struct):
+class _Message(gv.Struct):
     go_type: ClassVar[str] = "*template.templateMessage"
     Role: str
     Content: str
@@ -226,7 +228,7 @@ class _Message(go.Struct):
 
 def _template_message(m: Message) -> _Message:
     calls = [
-        _Call(c.id, _CallFunction(c.index, c.name, go.JSONMap(_go_any(c.arguments))))
+        _Call(c.id, _CallFunction(c.index, c.name, gv.JSONMap(_go_any(c.arguments))))
         for c in m.tool_calls
     ]
     return _Message(
@@ -362,7 +364,7 @@ class GoTemplate:
         return tuple(caps)
 
     def _run(self, nodes: list[go.Node], data: dict[str, Any]) -> str:
-        return go.execute(self.source, nodes, data)
+        return execute(self.source, nodes, data)
 
     def render(
         self,
@@ -388,7 +390,7 @@ class GoTemplate:
                 {
                     "System": system,
                     "Messages": [_template_message(m) for m in merged],
-                    "Tools": go.JSONList([_tool(t) for t in tools or []], nil=tools is None),
+                    "Tools": gv.JSONList([_tool(t) for t in tools or []], nil=tools is None),
                     "Response": "",
                 }
                 | tv,

@@ -1,4 +1,4 @@
-"""Tests for engine/gotemplate.py and engine/templates.py (spec ollama-api.md §6, checklist T*).
+"""Tests for engine/gotemplate.py, goexec.py, govalues.py and templates.py (spec §6, checklist T*).
 
 Expected prompts are worked out by hand from the spec's rules; the well-known templates below are
 Ollama's ChatML, Llama 3, Mistral and Gemma 3 templates, retyped.
@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from engine import gotemplate as go
 from engine.errors import TemplateError
 from engine.gguf import GGUFFile
+from engine.goexec import BUILTINS, execute
 from engine.templates import (
     DEFAULT_TEMPLATE,
     GoTemplate,
@@ -30,7 +31,7 @@ from engine.tools import ToolCall
 
 
 def run(src: str, data: object = None) -> str:
-    return go.execute(src, go.parse(src), data)
+    return execute(src, go.parse(src), data)
 
 
 SYS, U1, A1, U2 = (
@@ -180,6 +181,10 @@ def test_go_builtins() -> None:
     assert run("{{ with $x := .A }}{{ $x }}{{ end }}", {"A": "v"}) == "v"
     assert run("{{ if .A }}a{{ else if .B }}b{{ else }}c{{ end }}", {"B": 1}) == "b"
     assert run("{{ `raw\\n` }}{{ \"\\t\" }}{{ 'a' }}") == "raw\\n\t97"
+
+
+def test_parser_knows_exactly_the_executor_functions() -> None:
+    assert go.FUNCTION_NAMES == set(BUILTINS) | {"and", "or"}
 
 
 def test_missing_keys_are_nil() -> None:
