@@ -38,8 +38,8 @@ class Model(Protocol):
     def new_cache(self, num_ctx: int) -> KVCache: ...
 
     def eval(
-        self, tokens: Sequence[int], cache: KVCache, num_batch: int
-    ) -> npt.NDArray[np.float32]: ...  # (T, V)
+        self, tokens: Sequence[int], cache: KVCache, num_batch: int, last_only: bool = False
+    ) -> npt.NDArray[np.float32]: ...  # (T, V), or (1, V) with last_only
 
 
 @dataclass
@@ -135,7 +135,7 @@ def _prefill(
     common = min(common, len(prompt) - 1)  # the last prompt token is re-evaluated for logits
     slot.cache.truncate(common)
     slot.tokens = prompt[:common]
-    logits = model.eval(prompt[common:], slot.cache, num_batch)
+    logits = model.eval(prompt[common:], slot.cache, num_batch, last_only=True)
     slot.tokens = list(prompt)
     return logits[-1], len(prompt) - common
 
@@ -234,5 +234,5 @@ def generate(
             n_keep, n_discard = shift_amounts(slot.cache.n_past, len(prompt), opts, tok.add_bos)
             slot.cache.shift(n_keep, n_discard)
             del slot.tokens[n_keep : n_keep + n_discard]
-        logits = model.eval([token], slot.cache, opts.num_batch)[-1]
+        logits = model.eval([token], slot.cache, opts.num_batch, last_only=True)[-1]
         slot.tokens.append(token)
