@@ -418,7 +418,7 @@ class Sampler:
 
     def _sample(self, logits: FloatArray, n_top: int | None) -> SampleTrace:
         stages: list[StageTrace] | None = None if n_top is None else []
-        k = 5 if n_top is None else n_top
+        k = n_top or 0
         draws = [self.rng.uniform_double()]
         c, sel = run_chain(
             Candidates.from_logits(logits),

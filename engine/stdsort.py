@@ -188,16 +188,12 @@ def sort(keys: npt.NDArray[np.floating]) -> Indices:
 def partial_sort(keys: npt.NDArray[np.floating], m: int) -> Indices:
     """First `m` indices after std::partial_sort(first, first + m, last). keys: (n,) -> (m,)."""
     n = keys.size
-    if m >= n:
-        m = n
-        kept = np.arange(n, dtype=np.int64)
-    else:
-        kept = np.argpartition(keys, m - 1)[:m].astype(np.int64)
-        # a tie across the boundary makes the kept set itself algorithm-dependent
-        if np.count_nonzero(keys <= keys[kept].max()) != m or np.isnan(keys).any():
-            kept = None  # type: ignore[assignment]
-    if kept is not None:
-        fast = _distinct_sorted(keys, kept)
+    m = min(m, n)
+    kept = np.arange(n, dtype=np.int64) if m == n else np.argpartition(keys, m - 1)[:m]
+    # a tie across the boundary makes the kept set itself depend on the algorithm
+    boundary_tie = m < n and np.count_nonzero(keys <= keys[kept].max()) != m
+    if not boundary_tie and not np.isnan(keys).any():
+        fast = _distinct_sorted(keys, kept.astype(np.int64))
         if fast is not None:
             return fast
     return partial_sort_full(keys, m)[:m]

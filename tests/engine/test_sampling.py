@@ -42,6 +42,9 @@ from tests.golden.make_sampling_golden import (
 F32 = np.float32
 
 
+_SPEC_LOGITS = np.array([1, 2, 0.5, -1, 3, 2.5, 0, 1.5], dtype=F32)  # spec §8.4
+
+
 def cands(logits: list[float]) -> Candidates:
     return Candidates.from_logits(np.array(logits, dtype=F32))
 
@@ -188,9 +191,22 @@ def test_trace_under_ollama_defaults() -> None:
     assert tr.token == 1 and tr.final.ids[0] == 4  # spec §8.4: first token 1
 
 
-# --- end-to-end vectors from spec/sampling.md §8.4 (measured with llama.cpp there) -----------
+def test_typical_p_zero_is_off_as_ollama_omits_it() -> None:
+    for typical, on in ((0.0, False), (1.0, False), (0.5, True)):
+        tr = Sampler(Options(seed=1, typical_p=typical), 8).sample_traced(_SPEC_LOGITS)
+        assert ("typical_p" in [st.name for st in tr.stages]) == on
 
-_SPEC_LOGITS = np.array([1, 2, 0.5, -1, 3, 2.5, 0, 1.5], dtype=F32)
+
+def test_penalty_window_slides() -> None:
+    s = Sampler(Options(seed=1, repeat_last_n=3, repeat_penalty=2.0), 8)
+    s.accept_prompt([1, 1, 2])
+    s.accept(3)  # the window is now 1 2 3: token 1 once
+    tr = s.sample_traced(np.ones(8, dtype=F32), n_top=8)
+    penalized = {i for i, lg, _ in tr.stages[0].top if lg == 0.5}
+    assert penalized == {1, 2, 3}
+
+
+# --- end-to-end vectors from spec/sampling.md §8.4 (measured with llama.cpp there) -----------
 
 
 @pytest.mark.parametrize(
