@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import html
+import inspect
 import json
 import urllib.parse
 from collections.abc import Callable, Iterator, Sequence
@@ -200,11 +201,16 @@ class _State:
         values = [self.arg(dot, a, ctx) for a in args]
         if final is not _MISSING:
             values.append(final)
+        want, variadic = ARITY[fn.name]
+        if len(values) < want or (len(values) > want and not variadic):
+            at_least = "at least " if variadic else ""
+            msg = f"wrong number of args for {fn.name}: want {at_least}{want} got {len(values)}"
+            raise self.err(fn, msg, ctx)
         try:
             return self.funcs[fn.name](*values)
         except _FuncError as e:
             raise self.err(fn, f"error calling {fn.name}: {e}", ctx) from None
-        except (TypeError, ValueError, OverflowError) as e:
+        except (ValueError, OverflowError) as e:
             raise self.err(fn, f"error calling {fn.name}: {e}", ctx) from None
 
     def and_or(self, dot: Any, fn: Identifier, args: list[Node], final: Any, ctx: str) -> Any:
@@ -409,9 +415,8 @@ def _pad(text: str, spec: str) -> str:
 
 
 def _js(*args: Any) -> str:
-    s = _sprint(*args) if len(args) != 1 or not isinstance(args[0], str) else args[0]
     out = []
-    for ch in s:
+    for ch in _arg_text(args):
         if ch in "\\'\"":
             out.append("\\" + ch)
         elif ch in "<>&=" or ord(ch) < 0x20:
@@ -456,9 +461,7 @@ BUILTINS: dict[str, Callable[..., Any]] = {
     "print": _sprint,
     "printf": _sprintf,
     "println": lambda *a: " ".join(format_value(x, False) for x in a) + "\n",
-    "html": lambda *a: (
-        html.escape(_arg_text(a)).replace("&#x27;", "&#39;").replace("&quot;", "&#34;")
-    ),
+    "html": _html,
     "js": _js,
     "urlquery": lambda *a: urllib.parse.quote_plus(_arg_text(a)),
     "json": go_json,
@@ -476,3 +479,13 @@ def execute(src: str, nodes: list[Node], data: Any) -> str:
     except RecursionError:
         raise TemplateError("template: : exceeded maximum template depth") from None
     return "".join(state.out)
+
+
+def _arity(f: Callable[..., Any]) -> tuple[int, bool]:
+    """(required positional arguments, accepts more) of a built-in, as Go checks before a call."""
+    params = inspect.signature(f).parameters.values()
+    required = sum(p.default is p.empty and p.kind is p.POSITIONAL_OR_KEYWORD for p in params)
+    return required, any(p.kind is p.VAR_POSITIONAL for p in params)
+
+
+ARITY = {name: _arity(f) for name, f in BUILTINS.items()}

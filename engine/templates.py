@@ -423,6 +423,17 @@ _RESPONSE_PIPE = go.Pipe(0, [], False, [go.Command(0, [go.Field(0, ("Response",)
 # ---------------------------------------------------------------- Jinja templates
 
 
+class _GenerationTag(jinja2.ext.Extension):
+    """Transformers' `{% generation %}…{% endgeneration %}` marks assistant text; it renders its
+    body unchanged."""
+
+    tags = {"generation"}
+
+    def parse(self, parser: Any) -> Any:
+        next(parser.stream)
+        return parser.parse_statements(("name:endgeneration",), drop_needle=True)
+
+
 def _raise_exception(message: str) -> None:
     raise jinja2.exceptions.TemplateError(message)
 
@@ -457,14 +468,16 @@ def _jinja_message(m: Message) -> dict[str, Any]:
 
 class JinjaTemplate:
     """A GGUF `tokenizer.chat_template`, rendered like transformers' `apply_chat_template`:
-    sandboxed, `trim_blocks` and `lstrip_blocks`, loop controls, `tojson` without ASCII
-    escaping, `raise_exception`, `strftime_now`, and `bos_token`/`eos_token` as variables."""
+    sandboxed, `trim_blocks` and `lstrip_blocks`, loop controls, `{% generation %}`, `tojson`
+    without ASCII escaping, `raise_exception`, `strftime_now`, and `bos_token`/`eos_token`."""
 
     def __init__(self, source: str, *, bos_token: str = "", eos_token: str = "") -> None:
         self.source = source
         self.bos_token, self.eos_token = bos_token, eos_token
         env = jinja2.sandbox.ImmutableSandboxedEnvironment(
-            trim_blocks=True, lstrip_blocks=True, extensions=[jinja2.ext.loopcontrols]
+            trim_blocks=True,
+            lstrip_blocks=True,
+            extensions=[jinja2.ext.loopcontrols, _GenerationTag],
         )
         env.filters["tojson"] = _tojson
         env.globals["raise_exception"] = _raise_exception

@@ -28,6 +28,7 @@ from engine.templates import (
     think_values,
 )
 from engine.tools import ToolCall
+from tests.conftest import needs_oracle
 
 
 def run(src: str, data: object = None) -> str:
@@ -581,6 +582,11 @@ def test_gemma3_jinja_template() -> None:
         t.render([U1, U2])
 
 
+def test_jinja_generation_tag_renders_its_body() -> None:
+    src = "{% for m in messages %}{% generation %}[{{ m.content }}]{% endgeneration %}{% endfor %}"
+    assert JinjaTemplate(src).render([U1, A1]) == "[Hi][Hello]"
+
+
 def test_jinja_sandbox_and_syntax_errors() -> None:
     with pytest.raises(TemplateError):
         JinjaTemplate("{% for %}")
@@ -593,6 +599,61 @@ def test_jinja_sandbox_and_syntax_errors() -> None:
     assert t.render([Message("assistant", "", tool_calls=(call,))], tools=[{"a": "<"}]) == (
         '[{"a": "<"}]|{"é": 1}'
     )
+
+
+# ---------------------------------------------------------------- llama.cpp as the oracle
+
+ORACLE_CONVERSATIONS = [
+    [U1],
+    [SYS, U1],
+    [U1, A1, U2],
+    CONVO,
+    [Message("system", "Sé <b>&"), Message("user", "line1\nline2"), Message("assistant", "ok")],
+]
+
+
+def _llama_cpp_builtin(name: str, messages: list[Message]) -> str:
+    """llama.cpp's own rendering with one of its built-in chat formats."""
+    import ctypes
+
+    import llama_cpp
+
+    chat = (llama_cpp.llama_chat_message * len(messages))(
+        *[llama_cpp.llama_chat_message(m.role.encode(), m.content.encode()) for m in messages]
+    )
+    buf = ctypes.create_string_buffer(1 << 16)
+    n = llama_cpp.llama_chat_apply_template(name.encode(), chat, len(messages), True, buf, 1 << 16)
+    assert 0 < n < 1 << 16
+    return buf.raw[:n].decode()
+
+
+@needs_oracle
+@pytest.mark.parametrize(
+    ("source", "builtin"), [(CHATML, "chatml"), (LLAMA3, "llama3"), (GEMMA3, "gemma")]
+)
+def test_go_templates_match_llama_cpp_builtin_formats(source: str, builtin: str) -> None:
+    t = GoTemplate(source)
+    for convo in ORACLE_CONVERSATIONS:
+        if builtin == "gemma" and convo[-1].role == "assistant":
+            continue  # llama.cpp's gemma format still appends a model turn here
+        assert t.render(convo) == _llama_cpp_builtin(builtin, convo)
+
+
+@needs_oracle
+def test_jinja_matches_llama_cpp_python_formatter(smollm2_path) -> None:
+    from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+    meta = GGUFFile(smollm2_path).metadata
+    tool_src = "{% for t in tools %}{{ t | tojson }}{% endfor %}{{ messages | tojson(indent=1) }}"
+    for source in (meta["tokenizer.chat_template"], GEMMA3_JINJA, tool_src):
+        ours = JinjaTemplate(source, bos_token="<B>", eos_token="<E>")
+        oracle = Jinja2ChatFormatter(source, eos_token="<E>", bos_token="<B>")
+        for convo in ORACLE_CONVERSATIONS[1:]:
+            if source == GEMMA3_JINJA and convo[-1].role == "assistant":
+                continue
+            dicts = [{"role": m.role, "content": m.content} for m in convo]
+            tools = [WEATHER] if source == tool_src else None
+            assert ours.render(convo, tools=tools) == oracle(messages=dicts, tools=tools).prompt
 
 
 # ---------------------------------------------------------------- robustness
@@ -624,3 +685,57 @@ def test_random_text_fails_only_with_template_error(src: str) -> None:
         GoTemplate(src).render([U1])
     except TemplateError:
         pass
+
+
+_OPERANDS = st.sampled_from(
+    [".System", ".Messages", ".Tools", "$", ".", "$.Messages", '"x"', "`y`", "0", "1", "2.5",
+     "true", ".Role", ".Content", ".ToolCalls", ".Function", ".Function.Arguments", ".Nope",
+     "$.Tools", ".Think", ".Prompt"]
+)  # fmt: skip
+_FUNCS = st.sampled_from(
+    ["eq", "ne", "lt", "ge", "len", "index", "slice", "json", "printf", "print", "println",
+     "and", "or", "not", "toTypeScriptType", "html", "js", "urlquery"]
+)  # fmt: skip
+
+
+def _call(min_args: int) -> st.SearchStrategy[str]:
+    return st.tuples(_FUNCS, st.lists(_OPERANDS, min_size=min_args, max_size=3)).map(
+        lambda fa: " ".join([fa[0], *fa[1]])
+    )
+
+
+# later pipeline stages must be function calls, which get the previous value as last argument
+_PIPELINE = st.tuples(
+    st.one_of(_OPERANDS, _call(1), _call(1).map(lambda c: "(" + c + ")")),
+    st.lists(_call(0), max_size=2),
+).map(lambda p: " | ".join([p[0], *p[1]]))
+
+
+def _body(children: st.SearchStrategy[str]) -> st.SearchStrategy[str]:
+    block = st.tuples(
+        st.sampled_from(["if", "with", "range", "range $i, $m :="]),
+        _PIPELINE,
+        children,
+        st.one_of(st.just(""), children.map(lambda c: "{{ else }}" + c)),
+    ).map(lambda b: "{{ " + b[0] + " " + b[1] + " }}" + b[2] + b[3] + "{{ end }}")
+    return st.lists(
+        st.one_of(block, _PIPELINE.map(lambda p: "{{ " + p + " }}"), st.sampled_from(["a", "\n"])),
+        max_size=4,
+    ).map("".join)
+
+
+_WELL_FORMED = st.recursive(st.sampled_from(["", "t"]), _body, max_leaves=12)
+
+
+@settings(max_examples=300, deadline=None)
+@given(_WELL_FORMED)
+def test_well_formed_templates_execute_or_raise_template_error(src: str) -> None:
+    """Random well-formed templates over real message and tool values never crash otherwise."""
+    t = GoTemplate(src)
+    call = ToolCall("get_weather", {"city": "Oslo", "n": [1, 2.5]})
+    msgs = [SYS, U1, Message("assistant", "", tool_calls=(call,)), Message("tool", "4C")]
+    for kwargs in ({"tools": [WEATHER]}, {"think": "high"}, {"prompt": "p", "suffix": "s"}):
+        try:
+            t.render(msgs, **kwargs)
+        except TemplateError:
+            pass
