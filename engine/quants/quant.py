@@ -1,4 +1,4 @@
-"""Reference quantizers and GGUF re-quantization, byte-identical to llama.cpp.
+"""Reference quantizers, byte-identical to llama.cpp.
 
 The kernels reproduce ggml's `quantize_row_<type>_ref` (ggml/src/ggml-quants.c), which is what
 `llama_model_quantize` and Ollama run when no importance matrix is given (spec:
@@ -6,9 +6,7 @@ gguf-and-models.md section 3). Each takes float32 blocks (n_blocks, block_elemen
 the block bytes (n_blocks, block_bytes); they vectorize across blocks but walk the positions
 inside a block in ggml's order, because float32 sums must be accumulated sequentially (NumPy's
 pairwise `sum` rounds differently). Everything stays float32, as in C: no float64 intermediates.
-
-`quantize_gguf` writes a whole model with llama.cpp's per-tensor type rules (Ollama's port,
-server/quantization.go; spec section 3.7).
+Whole files are re-quantized by engine/quantize.py.
 """
 
 from __future__ import annotations
@@ -20,7 +18,7 @@ import numpy.typing as npt
 from gguf import GGMLQuantizationType as GGMLType
 
 from engine.errors import UnsupportedQuantType
-from engine.quants import TYPE_SIZES
+from engine.quants.types import TYPE_SIZES
 
 F32 = np.float32
 U8 = npt.NDArray[np.uint8]

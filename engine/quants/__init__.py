@@ -1,0 +1,21 @@
+"""ggml block formats: dequantization (`dequant`) and llama.cpp's reference quantizers (`quant`).
+
+The public entry points are `dequantize(raw, ggml_type, shape)` and `quantize(values, ggml_type)`;
+`TYPE_SIZES` gives each type's (elements, bytes) per block.
+"""
+
+from engine.quants.dequant import CHUNK_ELEMENTS, QUANTS, dequantize
+from engine.quants.quant import QUANTIZERS, quantize
+from engine.quants.types import TYPE_SIZES, block_elements, ggml_type, tensor_nbytes
+
+__all__ = [
+    "CHUNK_ELEMENTS",
+    "QUANTIZERS",
+    "QUANTS",
+    "TYPE_SIZES",
+    "block_elements",
+    "dequantize",
+    "ggml_type",
+    "quantize",
+    "tensor_nbytes",
+]
