@@ -74,8 +74,8 @@ class _State(Enum):
     DONE = 4
 
 
-# unicode.IsSpace, which Go's parser trims with (Python's str.isspace also counts \x1c-\x1f)
-_GO_SPACE = (
+# Go's unicode.IsSpace, used by Ollama's parsers to trim (str.isspace also counts \x1c-\x1f)
+GO_SPACE = (
     "\t\n\v\f\r \x85\xa0\u1680"
     + "".join(map(chr, range(0x2000, 0x200B)))
     + ("\u2028\u2029\u202f\u205f\u3000")
@@ -121,9 +121,9 @@ class ThinkingParser:
         """One state step: (thinking, content, keep going)."""
         acc = self.acc
         if self.state is _State.LOOKING_FOR_OPENING:
-            trimmed = acc.lstrip(_GO_SPACE)
+            trimmed = acc.lstrip(GO_SPACE)
             if trimmed.startswith(self.opening):
-                after = trimmed[len(self.opening) :].lstrip(_GO_SPACE)
+                after = trimmed[len(self.opening) :].lstrip(GO_SPACE)
                 self.acc = after
                 self.state = _State.THINKING if after else _State.EATING_WHITESPACE_AFTER_OPENING
                 return "", "", True
@@ -132,7 +132,7 @@ class ThinkingParser:
             self.state, self.acc = _State.DONE, ""
             return "", acc, False
         if self.state is _State.EATING_WHITESPACE_AFTER_OPENING:
-            trimmed = acc.lstrip(_GO_SPACE)
+            trimmed = acc.lstrip(GO_SPACE)
             self.acc = trimmed
             if not trimmed:
                 return "", "", False
@@ -141,7 +141,7 @@ class ThinkingParser:
         if self.state is _State.THINKING:
             if self.closing in acc:
                 thinking, _, rest = acc.partition(self.closing)
-                rest = rest.lstrip(_GO_SPACE)
+                rest = rest.lstrip(GO_SPACE)
                 self.acc = ""
                 self.state = _State.DONE if rest else _State.EATING_WHITESPACE_AFTER_CLOSING
                 return thinking, rest, False
@@ -149,7 +149,7 @@ class ThinkingParser:
             self.acc = acc[len(acc) - keep :] if keep else ""
             return acc[: len(acc) - keep], "", False
         if self.state is _State.EATING_WHITESPACE_AFTER_CLOSING:
-            trimmed = acc.lstrip(_GO_SPACE)
+            trimmed = acc.lstrip(GO_SPACE)
             self.acc = ""
             if trimmed:
                 self.state = _State.DONE

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from engine.gotemplate import Action, Branch, Field, Node, Text
-from engine.thinking import _GO_SPACE, ThinkingParser
+from engine.thinking import GO_SPACE, ThinkingParser
 
 
 @dataclass(frozen=True)
@@ -66,7 +66,7 @@ def _find_text(nodes: Sequence[Node]) -> Text | None:
     """First non-blank text, depth first; an action or a text-less block ends the search."""
     for n in nodes:
         if isinstance(n, Text):
-            if n.text.strip(_GO_SPACE):
+            if n.text.strip(GO_SPACE):
                 return n
         elif isinstance(n, Branch):
             return _find_text(n.body) or _find_text(n.else_body or [])
@@ -85,7 +85,7 @@ def tool_call_tag(nodes: Sequence[Node]) -> str:
     text = _find_text(block.body) if block is not None else None
     if text is None:
         return "{"
-    tag = text.text.replace("\r\n", "\n").partition("{")[0].strip(_GO_SPACE)
+    tag = text.text.replace("\r\n", "\n").partition("{")[0].strip(GO_SPACE)
     return tag or "{"
 
 
@@ -197,7 +197,7 @@ class ToolCallParser:
                 content, self.buffer = self.buffer, ""
             else:
                 content, self.buffer = self.buffer[:i], self.buffer[i:]
-            if self.json_tag and content.strip(_GO_SPACE):
+            if self.json_tag and content.strip(GO_SPACE):
                 # JSON-style calls are only recognised as the first non-blank output
                 self.state = "done"
                 rest, self.buffer = self.buffer, ""

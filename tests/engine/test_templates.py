@@ -667,7 +667,7 @@ _TEMPLATE_ALPHABET = st.sampled_from(
 )  # fmt: skip
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(st.lists(_TEMPLATE_ALPHABET, max_size=30).map("".join))
 def test_random_templates_fail_only_with_template_error(src: str) -> None:
     try:
@@ -727,7 +727,7 @@ def _body(children: st.SearchStrategy[str]) -> st.SearchStrategy[str]:
 _WELL_FORMED = st.recursive(st.sampled_from(["", "t"]), _body, max_leaves=12)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=120, deadline=None)
 @given(_WELL_FORMED)
 def test_well_formed_templates_execute_or_raise_template_error(src: str) -> None:
     """Random well-formed templates over real message and tool values never crash otherwise."""
