@@ -479,6 +479,18 @@ def test_tool_property_printing_and_typescript() -> None:
     assert '"description":""' in no_desc  # always present, unlike other keywords
 
 
+def test_function_prints_as_go_struct_at_the_snapshot() -> None:
+    """Ollama's templateToolFunction has no String method: `{{ .Function }}` (used by Qwen 2.5's
+    template) prints Go's struct form, while `json .Function` gives JSON."""
+    src = "{{ range .Tools }}{{ .Function }}|{{ json .Function }}{{ end }}{{ .Messages }}"
+    assert GoTemplate(src).render([], tools=[WEATHER]) == (
+        '{get_weather Get weather {object <nil> <nil> [city] {"city":{"type":"string",'
+        '"description":"City name"}}}}|{"name":"get_weather","description":"Get weather",'
+        '"parameters":{"type":"object","required":["city"],"properties":{"city":{"type":"string",'
+        '"description":"City name"}}}}[]'
+    )
+
+
 # ---------------------------------------------------------------- thinking capability
 
 
