@@ -27,7 +27,7 @@ from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from engine import load
-from engine.errors import ContextOverflow, EngineError, InvalidOption
+from engine.errors import ContextOverflow, EngineError, GrammarError, InvalidOption, TokenizerError
 from server import inference
 from server.errors import InvalidRequest, ModelNotFound, ServerError
 from server.names import parse_name
@@ -60,9 +60,12 @@ _FOREVER_SECONDS = (2**63 - 1) / 1e9
 # class listed wins. ServerError subclasses carry their own status.
 
 EXCEPTION_STATUS: dict[type[Exception], int] = {
-    ContextOverflow: 400,  # "the input length exceeds the context length" (spec §19)
-    InvalidOption: 500,  # Ollama answers option type errors with 500 (spec §2.3)
-    EngineError: 500,
+    ContextOverflow: 400,  # a prompt that cannot fit (spec §19)
+    InvalidOption: 400,  # out of range; type errors become 500 in inference.request_options
+    GrammarError: 400,  # a JSON schema the grammar compiler rejects
+    TokenizerError: 400,  # e.g. a token id outside the vocabulary
+    EngineError: 500,  # template execution errors included, as Ollama answers them
+    Exception: 500,
 }
 
 

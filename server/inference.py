@@ -24,7 +24,7 @@ import anyio
 import numpy as np
 import numpy.typing as npt
 
-from engine.errors import EngineError
+from engine.errors import EngineError, InvalidOption
 from engine.generate import Step, generate
 from engine.gguf import GGUFFile
 from engine.grammar.constraint import GrammarConstraint, trie_for
@@ -140,10 +140,37 @@ def check_format(value: Any) -> str | dict[str, Any] | None:
 
 
 def request_options(record: ModelRecord, options: dict[str, Any]) -> Options:
-    """Defaults < OLLAMA_CONTEXT_LENGTH < model parameters < request options (spec §2.4)."""
+    """Defaults < OLLAMA_CONTEXT_LENGTH < model parameters < request options (spec §2.4).
+
+    A value of the wrong JSON type fails as Ollama fails it: 500 `option "k" must be of type
+    ...` (§2.3). A well-typed value outside the range this engine accepts is a 400 carrying
+    engine/options.py's explanation (Ollama checks no ranges; llama-server would reject or
+    silently clamp them).
+    """
     env_ctx = int(os.environ.get("OLLAMA_CONTEXT_LENGTH") or 0)
     base = {"num_ctx": env_ctx} if env_ctx else {}
-    return resolve({**base, **record.parameters}, options)
+    try:
+        return resolve({**base, **record.parameters}, options)
+    except InvalidOption as e:
+        go_type = _OPTION_TYPES.get(e.allowed)
+        if go_type is None:
+            raise InvalidRequest(str(e)) from e
+        if go_type == "array" and isinstance(e.value, list | tuple):
+            raise OptionTypeError(f'option "{e.field}" must be of an array of strings') from e
+        raise OptionTypeError(f'option "{e.field}" must be of type {go_type}') from e
+
+
+class OptionTypeError(ServerError):
+    """An option of the wrong JSON type: Ollama answers 500 (spec §2.3)."""
+
+
+# engine/options.py's `allowed` texts for type errors -> the Go type Ollama names.
+_OPTION_TYPES = {
+    "an integer": "integer",
+    "a float32 number": "float32",
+    "a boolean": "boolean",
+    "an array of strings": "array",
+}
 
 
 # --------------------------------------------------------------------------------------------
@@ -417,9 +444,30 @@ def _count_tokens(runner: Runner) -> Callable[[str], int]:
     return count
 
 
-def _tokenize_prompt(runner: Runner, text: str) -> list[int]:
-    """The prompt as the runner tokenizes it: BOS added per the model, special text parsed."""
-    return list(runner.model.tokenize(text, add_special=True, parse_special=True))
+def _tokenize_prompt(
+    runner: Runner, text: str, opts: Options, truncate: bool, shift: bool
+) -> list[int]:
+    """The prompt as the runner tokenizes it: BOS added per the model, special text parsed.
+
+    A rendered prompt that already starts with the BOS text (Jinja templates print
+    `bos_token`) loses that copy, as Ollama strips it to avoid a double BOS (sampling.md §6.7).
+    Over-long prompts are rejected here with Ollama's texts when truncation or shifting is off
+    (spec §4.6); otherwise engine/generate.py truncates them as Ollama does.
+    """
+    tok = runner.model.tokenizer
+    ids = tok.encode(text, add_special=True, parse_special=True)
+    if tok.add_bos and len(ids) > 1 and ids[0] == ids[1] == tok.bos_id:
+        ids = ids[1:]
+    if len(ids) > opts.num_ctx - 1:
+        if not truncate:
+            raise InvalidRequest("the input length exceeds the context length")
+        if not shift:
+            raise InvalidRequest(
+                "the prompt is longer than the context length currently available to the "
+                "model; shorten the prompt, adjust the context length in settings, or use a "
+                "model with a longer context length"
+            )
+    return ids
 
 
 async def prepare_generate(
@@ -446,7 +494,9 @@ async def prepare_generate(
         prompt = await anyio.to_thread.run_sync(
             _render_generate, runner, record, template, override, req, think, opts
         )
-        ids = await anyio.to_thread.run_sync(_tokenize_prompt, runner, prompt)
+        ids = await anyio.to_thread.run_sync(
+            _tokenize_prompt, runner, prompt, opts, req.truncate, req.shift
+        )
         grammar = grammar_for_format(fmt, chat=False)
     except BaseException:
         scheduler.release(runner)
@@ -589,7 +639,9 @@ async def prepare_chat(
                 truncate=req.truncate,
             )
         )
-        ids = await anyio.to_thread.run_sync(_tokenize_prompt, runner, rendered.prompt)
+        ids = await anyio.to_thread.run_sync(
+            _tokenize_prompt, runner, rendered.prompt, opts, req.truncate, req.shift
+        )
         grammar = grammar_for_format(fmt, chat=True)
     except BaseException:
         scheduler.release(runner)
@@ -731,9 +783,17 @@ async def tokenize(
         ]
         if not req.with_pieces:
             return {"tokens": ids}
-        return {"tokens": [{"id": t, "piece": model.tokenizer.token_piece(t)} for t in ids]}
+        return {"tokens": [{"id": t, "piece": _piece(model.tokenizer.token_bytes(t))} for t in ids]}
     finally:
         scheduler.release(runner)
+
+
+def _piece(raw: bytes) -> str | list[int]:
+    """llama-server's `with_pieces`: the text when it is valid UTF-8, else the byte values."""
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return list(raw)
 
 
 async def detokenize(
