@@ -61,7 +61,7 @@ class CreateRequest:
 
     name: Name
     from_: str = ""
-    files: dict[str, str] = field(default_factory=dict)
+    files: dict[str, str] | None = None  # an empty object differs from none (§11.5.2)
     adapters: dict[str, str] = field(default_factory=dict)
     template: str = ""
     system: str = ""
@@ -83,9 +83,9 @@ def _clean_relative(path: str) -> bool:
 
 def parse_create(body: dict[str, Any]) -> CreateRequest:
     """Checks made before the stream starts; `body` has lowercased top-level keys."""
-    files = _digest_map(body.get("files"), "files")
+    files = None if body.get("files") is None else _digest_map(body["files"], "files")
     adapters = _digest_map(body.get("adapters"), "adapters")
-    for key in files:
+    for key in files or {}:
         if not _clean_relative(key):
             raise InvalidRequest("file path must be relative")
     raw = body.get("model") or body.get("name") or ""
@@ -206,17 +206,19 @@ def run_create(
     `pull` fetches a `from` model that is not local, as Ollama does; without it such a
     request fails with `pull model manifest: file does not exist`.
     """
-    if not req.from_ and not req.files:
+    if not req.from_ and req.files is None:
         raise InvalidRequest("neither 'from' or 'files' was specified")
     if len(req.adapters) > 1:
         raise InvalidRequest("only one adapter is currently supported")
     if req.adapters:
         raise Unsupported("adapters are not supported: refllama cannot apply LoRA adapters")
     build = _Build()
-    if req.files:
-        yield from _from_files(store, req.files, build)
-    else:
+    if req.from_:  # Ollama ignores `files` when `from` is set
         yield from _from_model(store, req.from_, build, pull)
+    elif not req.files:
+        raise InvalidRequest("no files provided to convert")
+    else:
+        yield from _from_files(store, req.files, build)
     model_layer = next((x for x in build.layers if x.media_type == MEDIA_MODEL), None)
     if model_layer is None:
         raise InvalidRequest("no model layer: the files hold only adapters or projectors")
