@@ -11,7 +11,10 @@ time in decreasing length; the two differ only for overlapping special-token tex
 
 from __future__ import annotations
 
+import gc
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import numpy as np
 from tokenizers import AddedToken, Regex, models, normalizers, pre_tokenizers
@@ -25,14 +28,29 @@ log = logging.getLogger(__name__)
 SPACE_MARK = "\u2581"  # ▁, SentencePiece's visible space
 
 
+@contextmanager
+def _gc_paused() -> Iterator[None]:
+    """Pause the cyclic garbage collector: the half-million merge tuples of a big SPM vocabulary
+    would otherwise trigger hundreds of collections over every live object (about 40% of the
+    build time). Nothing built here forms reference cycles."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
 def build(vocab: Vocab) -> HFTokenizer:
     """The HF tokenizer for `vocab.model` ("gpt2", "llama" or "bert") with its added tokens."""
-    if vocab.model == "gpt2":
-        tok = _bpe(vocab)
-    elif vocab.model == "llama":
-        tok = _spm(vocab)
-    else:
-        tok = _wpm(vocab)
+    with _gc_paused():
+        if vocab.model == "gpt2":
+            tok = _bpe(vocab)
+        elif vocab.model == "llama":
+            tok = _spm(vocab)
+        else:
+            tok = _wpm(vocab)
     tok.add_tokens(
         [
             AddedToken(
@@ -70,23 +88,23 @@ def _bpe(vocab: Vocab) -> HFTokenizer:
 
 
 def spm_merges(vocab: Vocab) -> list[tuple[str, str]]:
-    """SentencePiece-BPE merges derived from the scores: every split `t = a + b` of a non-byte
-    token into two vocabulary tokens, ordered by score(t) descending (ties: lower id, shorter a).
+    """SentencePiece-BPE merges derived from the scores: every split `t = a + b` of a token
+    into two vocabulary tokens, ordered by score(t) descending (ties: lower id, shorter a).
 
     llama.cpp's SPM merges the adjacent pair whose concatenation is the best-scoring token; a
-    BPE whose merge ranks follow those scores makes the same choices.
+    BPE whose merge ranks follow those scores makes the same choices. Two differences remain,
+    neither reachable with Gemma 3's vocabulary: llama.cpp also merges a character that is not
+    itself a token into a neighbour (HF needs both halves in the vocabulary), and it breaks
+    equal scores by position where the ranks here break them by id.
     """
     if vocab.scores is None:
         raise TokenizerError("tokenizer.ggml.scores is missing; the llama (SPM) model needs it")
-    ids, tokens, attrs = vocab.ids, vocab.tokens, vocab.attrs
+    ids, tokens = vocab.ids, vocab.tokens
     order = np.argsort(-vocab.scores.astype(np.float64), kind="stable")  # (V,) best first
-    byte = int(Attr.BYTE)
     merges: list[tuple[str, str]] = []
     append = merges.append
     for i in order.tolist():
         t = tokens[i]
-        if attrs[i] & byte:
-            continue
         for k in range(1, len(t)):  # the hot loop of the build: ~1.2M splits for Gemma 3
             a = t[:k]
             if a in ids:

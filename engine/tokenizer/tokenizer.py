@@ -54,26 +54,32 @@ def _gpt2_piece(text: str) -> bytes:
         return bytes(out)
 
 
+def _byte_piece(token_id: int, text: str) -> bytes:
+    """The byte of a BYTE token, spelled `<0xXX>`."""
+    if len(text) != 6 or not text.startswith("<0x") or not text.endswith(">"):
+        raise TokenizerError(f"byte token {token_id} is {text!r}, expected the form <0xXX>")
+    try:
+        return bytes([int(text[3:5], 16)])
+    except ValueError:
+        raise TokenizerError(f"byte token {token_id} is {text!r}, expected <0xXX>") from None
+
+
 def _pieces(vocab: Vocab) -> list[bytes]:
     """(V,) the bytes each token contributes when rendered with special=True."""
-    verbatim, normal, byte = SPECIAL | Attr.USER_DEFINED, int(Attr.NORMAL), int(Attr.BYTE)
+    tokens, attrs = vocab.tokens, vocab.attrs
+    # Decode every token as NORMAL in one pass, then redo the few that are not.
     if vocab.model == "gpt2":
-        decode_normal = _gpt2_piece
+        pieces = [_gpt2_piece(t) for t in tokens]
     else:
-
-        def decode_normal(text: str) -> bytes:
-            return text.replace(hf.SPACE_MARK, " ").encode()
-
-    pieces = []
-    for text, attr in zip(vocab.tokens, vocab.attrs, strict=True):
-        if attr & verbatim:
-            pieces.append(text.encode())
-        elif attr & normal:
-            pieces.append(decode_normal(text))
-        elif attr & byte:
-            pieces.append(bytes([int(text[3:5], 16)]))  # "<0xXX>"
+        pieces = [t.replace(hf.SPACE_MARK, " ").encode() for t in tokens]
+    verbatim, normal = SPECIAL | Attr.USER_DEFINED, int(Attr.NORMAL)
+    for i in [i for i, a in enumerate(attrs) if a & verbatim or not a & normal]:
+        if attrs[i] & verbatim:
+            pieces[i] = tokens[i].encode()
+        elif attrs[i] & Attr.BYTE:
+            pieces[i] = _byte_piece(i, tokens[i])
         else:  # UNUSED / UNDEFINED: llama.cpp renders nothing
-            pieces.append(b"")
+            pieces[i] = b""
     return pieces
 
 
