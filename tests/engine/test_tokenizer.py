@@ -279,6 +279,16 @@ def test_token_ids_are_checked(tokenizers: dict[str, Tokenizer]) -> None:
         tok.token_bytes(-1)
 
 
+def test_text_that_is_not_unicode_is_a_tokenizer_error(tokenizers: dict[str, Tokenizer]) -> None:
+    with pytest.raises(TokenizerError, match="cannot tokenize"):
+        tokenizers["smollm2"].encode("lone surrogate \ud800")
+
+
+def test_byte_token_must_be_spelled_as_hex() -> None:
+    with pytest.raises(TokenizerError, match="expected the form <0xXX>"):
+        _spm(["<unk>", "<s>", "</s>", "A"], [UNKNOWN, CONTROL, CONTROL, BYTE], [0.0] * 4)
+
+
 # --- streaming ------------------------------------------------------------------------------
 
 
