@@ -182,10 +182,12 @@ class _Build:
 
     layers: list[Layer] = field(default_factory=list)
     created: set[str] = field(default_factory=set)
+    removed: set[str] = field(default_factory=set)  # digests of layers dropped on the way
     config: dict[str, Any] = field(default_factory=dict)
     params: dict[str, Any] = field(default_factory=dict)
 
     def replace(self, media_types: tuple[str, ...], layer: Layer, created: bool) -> None:
+        self.removed.update(x.digest for x in self.layers if x.media_type in media_types)
         self.layers = [x for x in self.layers if x.media_type not in media_types]
         self.append(layer, created)
 
@@ -198,7 +200,7 @@ class _Build:
 def run_create(
     store: Store,
     req: CreateRequest,
-    quantizer: Quantizer | None,
+    quantizer: Quantizer,
     pull: Callable[[Name], Iterator[dict[str, Any]]] | None = None,
 ) -> Iterator[dict[str, Any]]:
     """Progress objects for one create; raises ServerError (or a subclass) on failure.
@@ -232,6 +234,8 @@ def run_create(
         yield {"status": f"{verb} layer {layer.digest}"}
     yield {"status": "writing manifest"}
     store.write_model(req.name, build.layers, build.config)
+    # Ollama deletes the blobs of layers dropped during create unless a manifest still uses them.
+    store.prune_blobs(build.removed - {x.digest for x in build.layers})
     yield {"status": "success"}
 
 
@@ -301,7 +305,7 @@ def _from_model(
 
 
 def _quantize(
-    store: Store, value: str, build: _Build, layer: Layer, quantizer: Quantizer | None
+    store: Store, value: str, build: _Build, layer: Layer, quantizer: Quantizer
 ) -> Iterator[dict[str, Any]]:
     target = QUANTIZE_TYPES.get(value.upper())
     if target is None:
@@ -316,8 +320,6 @@ def _quantize(
         return
     if source not in QUANTIZABLE_SOURCES:
         raise ServerError("quantization is only supported for F16, BF16 and F32 models")
-    if quantizer is None:
-        raise Unsupported("quantization is not available in this build")
     progress = {"status": f"quantizing {source} model to {target}", "digest": QUANTIZE_DIGEST}
     yield {**progress, "total": layer.size}
     tmp = store.temp_path()
@@ -332,6 +334,7 @@ def _quantize(
         tmp.unlink(missing_ok=True)
     new = Layer(MEDIA_MODEL, digest, gguf.size, from_=layer.from_)
     build.layers = [new if x == layer else x for x in build.layers]
+    build.removed.add(layer.digest)
     if created:
         build.created.add(digest)
     inherit = {
@@ -350,7 +353,10 @@ def _raw_file_type(path: Path) -> str:
 def _run_quantizer(
     quantizer: Quantizer, src: Path, dst: Path, target: str, progress: dict[str, Any], total: int
 ) -> Iterator[dict[str, Any]]:
-    """Run the quantizer in a thread, reporting progress every half second until it ends."""
+    """Run the quantizer in a thread, repeating the progress line every half second.
+
+    The quantizer reports no progress of its own, so `completed` appears only at the end.
+    """
     errors: list[BaseException] = []
 
     def work() -> None:
@@ -363,9 +369,8 @@ def _run_quantizer(
     thread.start()
     while thread.is_alive():
         thread.join(0.5)
-        done = dst.stat().st_size if dst.exists() else 0
-        # The output is smaller than the input, so this under-reports: a lower bound.
-        yield {**progress, "total": total, "completed": min(done, total)}
+        if thread.is_alive():
+            yield {**progress, "total": total}
     if errors:
         raise errors[0]
     yield {**progress, "total": total, "completed": total}

@@ -30,6 +30,7 @@ from starlette.routing import Route
 
 from engine.errors import EngineError, GGUFError, TemplateError
 from engine.gguf import GGUFFile
+from engine.quantize import quantize_gguf
 from engine.templates import load_template
 from server import oci
 from server.create import Quantizer, original_case, parse_create, run_create
@@ -289,7 +290,7 @@ def tensor_list(gguf: GGUFFile) -> list[dict[str, Any]]:
 
 
 class ModelEndpoints:
-    def __init__(self, store: Store, quantizer: Quantizer | None) -> None:
+    def __init__(self, store: Store, quantizer: Quantizer) -> None:
         self.store = store
         self.quantizer = quantizer
 
@@ -501,15 +502,13 @@ def _write_hashed(f: Any, h: Any, data: bytes) -> None:
     f.write(data)
 
 
-def model_routes(
-    store: Store, scheduler: object | None = None, quantizer: Quantizer | None = None
-) -> list[Route]:
+def model_routes(store: Store, scheduler: object | None = None) -> list[Route]:
     """The model-management routes over `store` (spec §1.2).
 
     `scheduler` is accepted from create_app but unused: like Ollama, deleting or replacing a
     model never unloads a loaded instance.
     """
-    ep = ModelEndpoints(store, quantizer)
+    ep = ModelEndpoints(store, quantize_gguf)
     routes = [
         ("/api/blobs/{digest}", ep.head_blob, ["HEAD"]),
         ("/api/blobs/{digest}", ep.post_blob, ["POST"]),

@@ -39,14 +39,17 @@ needs_registry = pytest.mark.skipif(
 )
 
 
-def write_tiny_gguf(path: Path, file_type: int = 0, dtype: type = np.float32) -> Path:
-    """A few-KB llama-shaped GGUF with seeded random weights and a toy vocabulary."""
+def write_tiny_gguf(
+    path: Path, file_type: int = 0, dtype: type = np.float32, width: int = 8
+) -> Path:
+    """A small llama-shaped GGUF (`width` = d_model) with seeded random weights and a toy
+    vocabulary; its 2-D weights are stored as `dtype`."""
     rng = np.random.default_rng(0)
     w = GGUFWriter(str(path), "llama")
     w.add_name("tiny")
     w.add_block_count(1)
     w.add_context_length(64)
-    w.add_embedding_length(8)
+    w.add_embedding_length(width)
     w.add_feed_forward_length(16)
     w.add_head_count(2)
     w.add_head_count_kv(1)
@@ -57,10 +60,10 @@ def write_tiny_gguf(path: Path, file_type: int = 0, dtype: type = np.float32) ->
     w.add_token_types([3, 3, 1, 1])
     w.add_chat_template("{{ messages }}")
     for name, shape in (
-        ("token_embd.weight", (4, 8)),
-        ("blk.0.attn_norm.weight", (8,)),
-        ("blk.0.attn_q.weight", (8, 8)),
-        ("output_norm.weight", (8,)),
+        ("token_embd.weight", (4, width)),
+        ("blk.0.attn_norm.weight", (width,)),
+        ("blk.0.attn_q.weight", (width, width)),
+        ("output_norm.weight", (width,)),
     ):
         data = rng.standard_normal(shape).astype(np.float32)
         w.add_tensor(name, data.astype(dtype) if len(shape) > 1 else data)

@@ -13,10 +13,12 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 import ollama
 import pytest
 
 from engine.gguf import GGUFFile
+from engine.quantize import quantize_gguf
 from server.names import parse_name
 from server.store import MEDIA_SYSTEM, Store
 from tests.server.conftest import ServerProcess, assert_consistent, write_tiny_gguf
@@ -262,6 +264,37 @@ def test_quantize_checks(server_url: str, tmp_path: Path) -> None:
         "parsing GGUF",
         f"using existing layer {f32}",
     ]
+
+
+@pytest.mark.parametrize("quantize", ["q8_0", "q4_K_M"])
+def test_create_quantizes_an_f16_model(
+    server_url: str, store: Store, tmp_path: Path, quantize: str
+) -> None:
+    f16 = write_tiny_gguf(tmp_path / "f16.gguf", file_type=1, dtype=np.float16, width=256)
+    digest = _upload(server_url, f16)
+    resp = _create(server_url, {"model": "q", "files": {"f16.gguf": digest}, "quantize": quantize})
+    events = _lines(resp)
+    target = quantize.upper()
+    quantizing = [e for e in events if e["status"].startswith("quantizing")]
+    assert quantizing[0] == {
+        "status": f"quantizing F16 model to {target}",
+        "digest": "0" * 19,
+        "total": f16.stat().st_size,
+    }
+    assert quantizing[-1]["completed"] == f16.stat().st_size
+    expected = tmp_path / "expected.gguf"
+    quantize_gguf(f16, expected, quantize)
+    new = _digest(expected.read_bytes())
+    statuses = [e["status"] for e in events if not e["status"].startswith("quantizing")]
+    assert statuses == [
+        "parsing GGUF", "verifying conversion", f"creating new layer {new}",
+        "writing manifest", "success",
+    ]  # fmt: skip
+    rec = store.resolve("q")
+    assert rec.gguf_path.read_bytes() == expected.read_bytes()
+    assert rec.details.quantization_level == target
+    assert not store.has_blob(digest)  # the replaced source layer is pruned
+    assert [p.name for p in store.blobs_dir.iterdir() if not p.name.startswith("sha256-")] == []
 
 
 # ---- tags ------------------------------------------------------------------------------------
