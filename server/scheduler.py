@@ -123,7 +123,9 @@ class Scheduler:
             async with self._load_lock:
                 runner = self._ready(record, num_ctx)
                 if runner is None:
-                    model = await anyio.to_thread.run_sync(self._load, record.gguf_path)
+                    model = self._shared_model(record.gguf_path)
+                    if model is None:
+                        model = await anyio.to_thread.run_sync(self._load, record.gguf_path)
                     runner = Runner(record, model, num_ctx, self.default_keep_alive)
                     with self._state:
                         old = self._runners.get(runner.key)
@@ -138,6 +140,18 @@ class Scheduler:
         finally:
             with self._state:
                 self._pending -= 1
+
+    def _shared_model(self, path: Path) -> Any:
+        """A loaded engine model for the same GGUF blob, if another runner holds one.
+
+        Models built from one GGUF (e.g. the same weights under several templates) share the
+        read-only weights; each runner still has its own slots, lock and keep_alive.
+        """
+        with self._state:
+            for runner in self._runners.values():
+                if runner.record.gguf_path == path:
+                    return runner.model
+        return None
 
     def _ready(self, record: ModelRecord, num_ctx: int) -> Runner | None:
         with self._state:
