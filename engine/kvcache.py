@@ -1,0 +1,89 @@
+"""One sequence's key/value cache: preallocated arrays, the tokens they hold, and context shift.
+
+Keys are stored after RoPE, values as computed, both float32 (llama.cpp stores F16 by default;
+float32 keeps this a reference). Cache index == position: position p of the sequence lives at
+index p of every layer. The capacity is `num_ctx` rounded up to whole `KEY_BLOCK`s because
+attention works on fixed-size key blocks (see engine/model.py); slots at or past `n_past` are
+never read unmasked. This is the only mutable object in the forward pass.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from engine.errors import ContextOverflow
+from engine.rope import Rope
+
+KEY_BLOCK = 128  # keys per attention block; fixed so every row's arithmetic is batch-independent
+
+
+class KVCache:
+    """Keys (after RoPE) and values of every layer for positions 0 .. n_past-1 of one sequence."""
+
+    def __init__(
+        self,
+        *,
+        num_ctx: int,
+        n_head_kv: int,
+        head_dim_k: int,
+        head_dim_v: int,
+        ropes: tuple[Rope, ...],
+    ) -> None:
+        if num_ctx < 1:
+            raise ContextOverflow(f"num_ctx must be at least 1, got {num_ctx}")
+        capacity = -(-num_ctx // KEY_BLOCK) * KEY_BLOCK
+        n_layer = len(ropes)
+        self.num_ctx = num_ctx
+        self.ropes = ropes  # per layer, used to re-rotate keys on shift()
+        self.k = np.zeros((n_layer, n_head_kv, capacity, head_dim_k), np.float32)  # (L,Hkv,S,Dh)
+        self.v = np.zeros((n_layer, n_head_kv, capacity, head_dim_v), np.float32)  # (L,Hkv,S,Dv)
+        self.tokens: list[int] = []  # the token at each cached position
+
+    @property
+    def n_past(self) -> int:
+        return len(self.tokens)
+
+    @property
+    def n_free(self) -> int:
+        return self.num_ctx - self.n_past
+
+    def truncate(self, n: int) -> None:
+        """Keep the first `n` positions (prompt-prefix reuse); later slots become free."""
+        if not 0 <= n <= self.n_past:
+            raise ValueError(f"truncate({n}): expected 0 <= n <= n_past = {self.n_past}")
+        del self.tokens[n:]
+
+    def shift(self, n_keep: int, n_discard: int) -> None:
+        """llama-server's context shift: drop positions [n_keep, n_keep + n_discard).
+
+        Later positions move down by `n_discard`, and their cached keys are rotated by RoPE for
+        the position delta -n_discard, as llama.cpp's K-shift does (`build_rope_shift`: the
+        cached K goes through rope_ext again with the delta as position). Values do not move
+        through RoPE. spec: sampling.md section 6.7.
+        """
+        n_past = self.n_past
+        if n_keep < 0 or n_discard < 0 or n_keep + n_discard > n_past:
+            raise ValueError(
+                f"shift(n_keep={n_keep}, n_discard={n_discard}): expected non-negative values "
+                f"with n_keep + n_discard <= n_past = {n_past}"
+            )
+        if n_discard == 0:
+            return
+        src, dst, n_moved = n_keep + n_discard, n_keep, n_past - n_keep - n_discard
+        # Overlapping slice assignment: NumPy copies through a temporary, so order is safe.
+        self.k[:, :, dst : dst + n_moved] = self.k[:, :, src:n_past]
+        self.v[:, :, dst : dst + n_moved] = self.v[:, :, src:n_past]
+        delta = np.array([-n_discard], dtype=np.int64)
+        for layer, rope in enumerate(self.ropes):
+            cos, sin = rope.cos_sin(delta)  # (1, n_rot/2): the same delta for every moved key
+            moved = self.k[layer, :, dst : dst + n_moved]  # (Hkv, n_moved, Dh)
+            self.k[layer, :, dst : dst + n_moved] = rope.apply(moved, cos, sin)
+        del self.tokens[n_keep : n_keep + n_discard]
+
+    def reserve(self, n_new: int) -> None:
+        """Raise ContextOverflow unless `n_new` more positions fit."""
+        if n_new > self.n_free:
+            raise ContextOverflow(
+                f"{n_new} new tokens do not fit: {self.n_past} of num_ctx={self.num_ctx} "
+                "positions are in use"
+            )

@@ -1,0 +1,601 @@
+"""Decoder-only transformer forward pass (llama, qwen2, qwen3, gemma3) with a KV cache.
+
+Follows llama.cpp's `src/models/{llama,qwen2,qwen3,gemma3}.cpp` (spec: gguf-and-models.md
+section 4). Weights are dequantized once at load into float32, QKV and gate/up fused.
+
+Weight orientation: every matrix is stored (in, out), C-contiguous, so a layer is `y = x @ W`
+(the transpose of GGUF's NumPy shape (out, in), done once at load). The output matrix is (D, V);
+when it is tied to `token_embd`, token lookup reads its columns.
+
+Determinism policy: a row's numbers never depend on the batch shape (prompt chunking, number of
+rows, BLAS threads). OpenBLAS picks a different kernel by shape (gemv for one row, a "small
+matrix" kernel, or blocked gemm whose K-blocking differs), so the same row gets different
+rounding in different batches. Hence every product that feeds a row has a shape fixed per model:
+* weight products are one gemv per row: `np.matmul(x[:, None, :], W)` loops gemv over rows;
+* attention works on fixed blocks of `KEY_BLOCK` keys: per (position, KV head, block) one
+  (G, Dh) @ (Dh, KEY_BLOCK) product for scores and one (G, KEY_BLOCK) @ (KEY_BLOCK, Dv) for
+  values (G = query heads per KV head); block partial sums are added in block order, so blocks
+  that are fully masked (past the query) add exact zeros;
+* reductions (norms, softmax sums) run along a fixed-length last axis.
+Cost, measured on SmolLM2 with 2 threads: gemv-per-row prefill is ~3x slower than one gemm over
+the chunk, while decode (one row) runs at full gemv speed (benchmarks/bench_forward.py).
+
+Precision: float32 throughout, except the RMSNorm sum of squares (float64, as ggml) and RoPE
+angles (float64, see engine/rope.py). llama.cpp quantizes activations for its dot products and
+stores the KV cache as F16, so logits agree with it only approximately (spec section 4.9).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from engine.errors import GGUFError, ModelTooLarge, UnsupportedArchitecture
+from engine.gguf import GGUFFile
+from engine.kvcache import KEY_BLOCK, KVCache
+from engine.rope import Rope
+from engine.tokenizer import Tokenizer
+
+log = logging.getLogger(__name__)
+
+F32 = np.float32
+Array = npt.NDArray[np.float32]
+
+DEFAULT_MEMORY_FRACTION = 0.8  # of MemAvailable, when no explicit budget is given
+DEFAULT_NUM_BATCH = 512
+# Columns per block of the output matrix: a (D, 4096) block stays in cache while every row of a
+# chunk goes through it, instead of streaming the whole (D, V) matrix from memory once per row.
+OUTPUT_BLOCK = 4096
+
+
+@dataclass(frozen=True)
+class ArchTraits:
+    """What distinguishes the supported architectures (llama.cpp `src/models/*.cpp`)."""
+
+    rope_neox: bool  # half-split pairs (neox) rather than adjacent pairs (normal)
+    qk_norm: bool  # per-head RMSNorm of q and k before RoPE
+    post_norms: bool  # RMSNorm of the attention and FFN outputs before the residual add
+    embed_scale: bool  # token embeddings times sqrt(n_embd)
+    gelu: bool  # GELU (tanh) gate activation instead of SiLU
+    sliding: bool  # sliding-window layers with their own RoPE base
+
+
+ARCHS: dict[str, ArchTraits] = {
+    "llama": ArchTraits(False, False, False, False, False, False),
+    "qwen2": ArchTraits(True, False, False, False, False, False),
+    "qwen3": ArchTraits(True, True, False, False, False, False),
+    "gemma3": ArchTraits(True, True, True, True, True, True),
+}
+GEMMA3_SWA_PERIOD = 6  # every 6th layer is global unless sliding_window_pattern says otherwise
+GEMMA3_SWA_BASE = 10000.0
+GEMMA3_27B_LAYERS = 62  # llama.cpp scales queries by 1/sqrt(n_embd/n_head) for this size only
+
+
+def _get(meta: dict[str, Any], key: str, default: Any = None) -> Any:
+    if key in meta:
+        return meta[key]
+    if default is None:
+        raise GGUFError(f"required metadata key {key!r} is missing")
+    return default
+
+
+def _uniform_int(meta: dict[str, Any], key: str, default: int | None = None) -> int:
+    """A u32 key that may also be a per-layer array; per-layer values must all be equal."""
+    value = _get(meta, key, default)
+    if isinstance(value, np.ndarray):
+        if value.size == 0 or (value != value.flat[0]).any():
+            raise GGUFError(f"metadata key {key!r} varies per layer ({value}); not supported")
+        return int(value.flat[0])
+    return int(value)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Hyperparameters from GGUF metadata (keys `{arch}.*`, spec section 4.1)."""
+
+    arch: str
+    n_vocab: int
+    n_ctx_train: int
+    n_embd: int  # D
+    n_layer: int  # L
+    n_ff: int  # F
+    n_head: int  # H
+    n_head_kv: int  # Hkv
+    head_dim: int  # Dh, for q and k
+    head_dim_v: int  # Dv
+    n_rot: int
+    norm_eps: float
+    rope_base: float
+    rope_freq_scale: float
+    rope_yarn: bool
+    rope_attn_factor: float
+    rope_n_ctx_orig: int
+    rope_base_swa: float
+    sliding_window: int  # 0: no sliding-window layers
+    swa_layers: tuple[bool, ...]  # per layer: True for sliding-window attention
+    final_softcap: float  # 0: none
+
+    @property
+    def traits(self) -> ArchTraits:
+        return ARCHS[self.arch]
+
+    @property
+    def attention_scale(self) -> float:
+        if self.arch == "gemma3" and self.n_layer == GEMMA3_27B_LAYERS:
+            return 1.0 / math.sqrt(self.n_embd / self.n_head)
+        return 1.0 / math.sqrt(self.head_dim)
+
+    @classmethod
+    def from_gguf(cls, meta: dict[str, Any]) -> ModelConfig:
+        arch = str(_get(meta, "general.architecture"))
+        if arch not in ARCHS:
+            raise UnsupportedArchitecture(arch)
+        n_embd = int(_get(meta, f"{arch}.embedding_length"))
+        n_layer = int(_get(meta, f"{arch}.block_count"))
+        n_head = _uniform_int(meta, f"{arch}.attention.head_count")
+        n_head_kv = _uniform_int(meta, f"{arch}.attention.head_count_kv", n_head)
+        head_dim = int(_get(meta, f"{arch}.attention.key_length", n_embd // n_head))
+        if "tokenizer.ggml.tokens" in meta:
+            n_vocab = int(_get(meta, f"{arch}.vocab_size", len(meta["tokenizer.ggml.tokens"])))
+        else:
+            n_vocab = int(_get(meta, f"{arch}.vocab_size"))
+        if n_head % n_head_kv:
+            raise GGUFError(f"head_count {n_head} is not a multiple of head_count_kv {n_head_kv}")
+        scaling = str(meta.get(f"{arch}.rope.scaling.type", "linear"))
+        if scaling not in ("none", "linear", "yarn"):
+            raise GGUFError(f"{arch}.rope.scaling.type {scaling!r} is not supported")
+        factor = float(
+            meta.get(f"{arch}.rope.scaling.factor", meta.get(f"{arch}.rope.scale_linear", 0.0))
+        )
+        n_ctx_train = int(_get(meta, f"{arch}.context_length"))
+        sliding_window = 0
+        swa_layers = (False,) * n_layer
+        if ARCHS[arch].sliding:
+            sliding_window = int(meta.get(f"{arch}.attention.sliding_window", 0))
+            pattern = meta.get(f"{arch}.attention.sliding_window_pattern", GEMMA3_SWA_PERIOD)
+            if sliding_window <= 0:
+                swa_layers = (False,) * n_layer
+            elif isinstance(pattern, np.ndarray):
+                if len(pattern) != n_layer:
+                    raise GGUFError(
+                        f"{arch}.attention.sliding_window_pattern has {len(pattern)} entries, "
+                        f"expected one per layer ({n_layer})"
+                    )
+                swa_layers = tuple(bool(b) for b in pattern)
+            else:
+                period = int(pattern)
+                swa_layers = tuple(period == 0 or il % period < period - 1 for il in range(n_layer))
+        return cls(
+            arch=arch,
+            n_vocab=n_vocab,
+            n_ctx_train=n_ctx_train,
+            n_embd=n_embd,
+            n_layer=n_layer,
+            n_ff=_uniform_int(meta, f"{arch}.feed_forward_length"),
+            n_head=n_head,
+            n_head_kv=n_head_kv,
+            head_dim=head_dim,
+            head_dim_v=int(_get(meta, f"{arch}.attention.value_length", n_embd // n_head)),
+            n_rot=int(_get(meta, f"{arch}.rope.dimension_count", head_dim)),
+            norm_eps=float(_get(meta, f"{arch}.attention.layer_norm_rms_epsilon")),
+            rope_base=float(meta.get(f"{arch}.rope.freq_base", 10000.0)),
+            rope_freq_scale=1.0 if scaling == "none" or factor == 0.0 else 1.0 / factor,
+            rope_yarn=scaling == "yarn",
+            rope_attn_factor=float(meta.get(f"{arch}.rope.scaling.attn_factor", 1.0)),
+            rope_n_ctx_orig=int(
+                meta.get(f"{arch}.rope.scaling.original_context_length", n_ctx_train)
+            ),
+            rope_base_swa=float(meta.get(f"{arch}.rope.freq_base_swa", GEMMA3_SWA_BASE)),
+            sliding_window=sliding_window,
+            swa_layers=swa_layers,
+            final_softcap=float(meta.get(f"{arch}.final_logit_softcapping", 0.0)),
+        )
+
+    def ropes(self, factors: tuple[float, ...] | None = None) -> tuple[Rope, ...]:
+        """Each layer's RoPE; sliding-window layers use rope_base_swa and no scaling."""
+        neox = self.traits.rope_neox
+        full = Rope(
+            n_rot=self.n_rot,
+            base=self.rope_base,
+            neox=neox,
+            freq_scale=self.rope_freq_scale,
+            factors=factors,
+            yarn=self.rope_yarn,
+            n_ctx_orig=self.rope_n_ctx_orig,
+            attn_factor=self.rope_attn_factor,
+        )
+        swa = Rope(n_rot=self.n_rot, base=self.rope_base_swa, neox=neox)
+        return tuple(swa if s else full for s in self.swa_layers)
+
+
+@dataclass(frozen=True)
+class LayerWeights:
+    attn_norm: Array  # (D,)
+    wqkv: Array  # (D, H*Dh + Hkv*Dh + Hkv*Dv): q, k, v columns
+    bqkv: Array | None  # (H*Dh + Hkv*Dh + Hkv*Dv,)
+    q_norm: Array | None  # (Dh,)
+    k_norm: Array | None  # (Dh,)
+    wo: Array  # (H*Dv, D)
+    bo: Array | None  # (D,)
+    post_attn_norm: Array | None  # (D,)
+    ffn_norm: Array  # (D,)
+    w_gate_up: Array  # (D, 2F): gate columns, then up
+    w_down: Array  # (F, D)
+    post_ffn_norm: Array | None  # (D,)
+
+
+@dataclass(frozen=True)
+class Weights:
+    token_embd: Array | None  # (V, D) lookup table; None when tied to `output`
+    output_norm: Array  # (D,)
+    output: Array  # (nC, D, C): the (D, V) output matrix cut into nC blocks of C columns
+    output_bias: Array | None  # (V,)
+    layers: tuple[LayerWeights, ...]
+    rope_factors: tuple[float, ...] | None  # (n_rot/2,) from rope_freqs.weight
+
+
+def memory_needed(gguf: GGUFFile, config: ModelConfig, num_ctx: int) -> int:
+    """Bytes to hold the float32 weights, a `num_ctx` KV cache and the load-time scratch."""
+    weights = sum(t.n_elements for t in gguf.tensors.values()) * 4
+    largest = max(t.n_elements for t in gguf.tensors.values()) * 4
+    capacity = -(-num_ctx // KEY_BLOCK) * KEY_BLOCK
+    kv = config.n_layer * config.n_head_kv * capacity * (config.head_dim + config.head_dim_v) * 4
+    return weights + kv + 2 * largest
+
+
+def available_memory() -> int:
+    """MemAvailable from /proc/meminfo (bytes); total physical memory where that is missing."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def load_weights(gguf: GGUFFile, config: ModelConfig) -> Weights:
+    """Dequantize every tensor once into float32, (in, out) orientation, QKV and gate/up fused."""
+    tensors = gguf.tensors
+
+    def vec(name: str) -> Array:
+        return np.ascontiguousarray(gguf.tensor(name), dtype=F32)
+
+    def opt(name: str) -> Array | None:
+        return vec(name) if name in tensors else None
+
+    def fused(names: list[str]) -> Array:
+        # Each GGUF matrix is (out, in); write its transpose into adjacent column ranges.
+        outs = [tensors[n].shape[0] for n in names]
+        w = np.empty((tensors[names[0]].shape[1], sum(outs)), F32)  # (in, sum of outs)
+        col = 0
+        for name, n_out in zip(names, outs, strict=True):
+            w[:, col : col + n_out] = gguf.tensor(name).T
+            col += n_out
+        return w
+
+    for name in ("token_embd.weight", "output_norm.weight"):
+        if name not in tensors:
+            raise GGUFError(f"tensor {name!r} is missing")
+    layers = []
+    for il in range(config.n_layer):
+        p = f"blk.{il}."
+        qkv = [f"{p}attn_q.weight", f"{p}attn_k.weight", f"{p}attn_v.weight"]
+        missing = [n for n in qkv if n not in tensors]
+        if missing:
+            raise GGUFError(f"tensor {missing[0]!r} is missing")
+        biases = [n.replace(".weight", ".bias") for n in qkv]
+        has_bias = [b in tensors for b in biases]
+        bqkv = None
+        if any(has_bias):
+            bqkv = np.concatenate(
+                [
+                    vec(b) if present else np.zeros(tensors[w].shape[0], F32)
+                    for b, w, present in zip(biases, qkv, has_bias, strict=True)
+                ]
+            )
+        traits = config.traits
+        layers.append(
+            LayerWeights(
+                attn_norm=vec(f"{p}attn_norm.weight"),
+                wqkv=fused(qkv),
+                bqkv=bqkv,
+                q_norm=vec(f"{p}attn_q_norm.weight") if traits.qk_norm else None,
+                k_norm=vec(f"{p}attn_k_norm.weight") if traits.qk_norm else None,
+                wo=fused([f"{p}attn_output.weight"]),
+                bo=opt(f"{p}attn_output.bias"),
+                post_attn_norm=vec(f"{p}post_attention_norm.weight") if traits.post_norms else None,
+                ffn_norm=vec(f"{p}ffn_norm.weight"),
+                w_gate_up=fused([f"{p}ffn_gate.weight", f"{p}ffn_up.weight"]),
+                w_down=fused([f"{p}ffn_down.weight"]),
+                post_ffn_norm=vec(f"{p}post_ffw_norm.weight") if traits.post_norms else None,
+            )
+        )
+    tied = "output.weight" not in tensors
+    factors = opt("rope_freqs.weight")
+    return Weights(
+        token_embd=None if tied else vec("token_embd.weight"),
+        output_norm=vec("output_norm.weight"),
+        output=_blocked(fused(["token_embd.weight" if tied else "output.weight"])),
+        output_bias=opt("output.bias"),
+        layers=tuple(layers),
+        rope_factors=None if factors is None else tuple(float(f) for f in factors),
+    )
+
+
+def _blocked(w: Array) -> Array:
+    """(D, V) -> (nC, D, C) column blocks, the last one zero-padded."""
+    D, V = w.shape
+    C = min(OUTPUT_BLOCK, V)
+    n = -(-V // C)
+    out = np.zeros((n, D, C), F32)
+    for i in range(n):
+        block = w[:, i * C : (i + 1) * C]
+        out[i, :, : block.shape[1]] = block
+    return out
+
+
+# --- kernels: pure functions over arrays -------------------------------------------------------
+
+
+def linear(x: Array, w: Array) -> Array:
+    """(T, K) @ (K, N) -> (T, N), one BLAS gemv per row (see the module docstring)."""
+    x = np.ascontiguousarray(x)
+    return np.matmul(x[:, None, :], w)[:, 0, :]
+
+
+def rms_norm(x: Array, w: Array, eps: float) -> Array:
+    """x / sqrt(mean(x^2) + eps) * w over the last axis; sum of squares in float64 as ggml."""
+    mean = (np.square(x).astype(np.float64).sum(axis=-1, keepdims=True) / x.shape[-1]).astype(F32)
+    return x * (F32(1.0) / np.sqrt(mean + F32(eps))) * w
+
+
+def silu(x: Array) -> Array:
+    with np.errstate(over="ignore"):  # exp(-x) overflows to inf for x < -88: silu is then -0
+        return x / (F32(1.0) + np.exp(-x))
+
+
+def gelu_tanh(x: Array) -> Array:
+    c = F32(math.sqrt(2.0 / math.pi))
+    return F32(0.5) * x * (F32(1.0) + np.tanh(c * (x + F32(0.044715) * x * x * x)))
+
+
+def attention(
+    q: Array, k_cache: Array, v_cache: Array, pos0: int, window: int
+) -> npt.NDArray[np.float32]:
+    """Causal (optionally sliding-window) attention of T new queries over positions 0..pos0+T-1.
+
+    q: (T, H, Dh), already scaled; k_cache: (Hkv, S_cap, Dh) after RoPE; v_cache: (Hkv, S_cap,
+    Dv), both holding the new positions already. Returns (T, H, Dv). Keys are taken in whole
+    KEY_BLOCKs; see the module docstring for why the block partial sums are added in order.
+    """
+    T, H, Dh = q.shape
+    Hkv, _, Dv = v_cache.shape
+    G = H // Hkv
+    n_blocks = -(-(pos0 + T) // KEY_BLOCK)
+    S = n_blocks * KEY_BLOCK
+    kb = k_cache[:, :S].reshape(Hkv, n_blocks, KEY_BLOCK, Dh).transpose(0, 1, 3, 2)  # (Hkv,nb,Dh,B)
+    vb = v_cache[:, :S].reshape(Hkv, n_blocks, KEY_BLOCK, Dv)  # (Hkv, nb, B, Dv)
+    qg = np.ascontiguousarray(q).reshape(T, Hkv, 1, G, Dh)  # query head h uses KV head h // G
+    scores = np.matmul(qg, kb)  # (T, Hkv, nb, G, B)
+    q_pos = np.arange(pos0, pos0 + T)[:, None]  # (T, 1)
+    k_pos = np.arange(S)[None, :]  # (1, S)
+    visible = k_pos <= q_pos
+    if window:
+        visible &= q_pos - k_pos < window
+    mask = visible.reshape(T, 1, n_blocks, 1, KEY_BLOCK)
+    scores = np.where(mask, scores, F32(-np.inf))
+    m = scores.max(axis=(2, 4), keepdims=True)  # (T, Hkv, 1, G, 1)
+    e = np.exp(scores - m)  # (T, Hkv, nb, G, B); masked keys are exactly 0
+    den_blocks = e.sum(axis=-1)  # (T, Hkv, nb, G)
+    out_blocks = np.matmul(e, vb)  # (T, Hkv, nb, G, Dv)
+    den, out = den_blocks[:, :, 0], out_blocks[:, :, 0]
+    for b in range(1, n_blocks):
+        den = den + den_blocks[:, :, b]
+        out = out + out_blocks[:, :, b]
+    return (out / den[..., None]).reshape(T, H, Dv)
+
+
+def _layer(
+    x: Array, w: LayerWeights, cfg: ModelConfig, rope: Rope, cache: KVCache, il: int, pos0: int
+) -> Array:
+    """One transformer block: (T, D) -> (T, D); writes this layer's new k, v into the cache."""
+    T = x.shape[0]
+    H, Hkv, Dh, Dv = cfg.n_head, cfg.n_head_kv, cfg.head_dim, cfg.head_dim_v
+    eps = cfg.norm_eps
+    h = rms_norm(x, w.attn_norm, eps)
+    qkv = linear(h, w.wqkv)  # (T, H*Dh + Hkv*Dh + Hkv*Dv)
+    if w.bqkv is not None:
+        qkv = qkv + w.bqkv
+    q = qkv[:, : H * Dh].reshape(T, H, Dh)
+    k = qkv[:, H * Dh : (H + Hkv) * Dh].reshape(T, Hkv, Dh)
+    v = qkv[:, (H + Hkv) * Dh :].reshape(T, Hkv, Dv)
+    if w.q_norm is not None and w.k_norm is not None:
+        q = rms_norm(q, w.q_norm, eps)
+        k = rms_norm(k, w.k_norm, eps)
+    cos, sin = rope.cos_sin(np.arange(pos0, pos0 + T))  # (T, n_rot/2)
+    q = rope.apply(q, cos[:, None], sin[:, None]) * F32(cfg.attention_scale)
+    k = rope.apply(k, cos[:, None], sin[:, None])
+    cache.k[il, :, pos0 : pos0 + T] = k.transpose(1, 0, 2)
+    cache.v[il, :, pos0 : pos0 + T] = v.transpose(1, 0, 2)
+    window = cfg.sliding_window if cfg.swa_layers[il] else 0
+    a = attention(q, cache.k[il], cache.v[il], pos0, window).reshape(T, H * Dv)
+    a = linear(a, w.wo)  # (T, D)
+    if w.bo is not None:
+        a = a + w.bo
+    if w.post_attn_norm is not None:
+        a = rms_norm(a, w.post_attn_norm, eps)
+    x = x + a
+    h = rms_norm(x, w.ffn_norm, eps)
+    gu = linear(h, w.w_gate_up)  # (T, 2F)
+    gate, up = gu[:, : cfg.n_ff], gu[:, cfg.n_ff :]
+    act = gelu_tanh(gate) if cfg.traits.gelu else silu(gate)
+    f = linear(act * up, w.w_down)  # (T, D)
+    if w.post_ffn_norm is not None:
+        f = rms_norm(f, w.post_ffn_norm, eps)
+    return x + f
+
+
+def forward(
+    weights: Weights,
+    cfg: ModelConfig,
+    ropes: tuple[Rope, ...],
+    tokens: npt.NDArray[np.int64],
+    cache: KVCache,
+) -> Array:
+    """Run new `tokens` (T,) at positions n_past.. and append them to `cache`.
+
+    Returns the final-normed hidden states (T, D). The caller checks that they fit.
+    """
+    pos0 = cache.n_past
+    if weights.token_embd is not None:
+        x = weights.token_embd[tokens]  # (T, D)
+    else:
+        C = weights.output.shape[2]
+        x = weights.output[tokens // C, :, tokens % C]  # tied: columns of the output matrix
+    if cfg.traits.embed_scale:
+        x = x * F32(math.sqrt(cfg.n_embd))
+    for il, (w, rope) in enumerate(zip(weights.layers, ropes, strict=True)):
+        x = _layer(x, w, cfg, rope, cache, il, pos0)
+    cache.tokens.extend(int(t) for t in tokens)
+    return rms_norm(x, weights.output_norm, cfg.norm_eps)
+
+
+def output_logits(weights: Weights, cfg: ModelConfig, hidden: Array) -> Array:
+    """(T, D) final-normed hidden states -> (T, V) logits, one output block at a time."""
+    hidden = np.ascontiguousarray(hidden)[:, None, :]  # (T, 1, D)
+    blocks = [np.matmul(hidden, block)[:, 0, :] for block in weights.output]  # nC x (T, C)
+    logits = np.concatenate(blocks, axis=1)[:, : cfg.n_vocab]
+    if weights.output_bias is not None:
+        logits = logits + weights.output_bias
+    if cfg.final_softcap:
+        c = F32(cfg.final_softcap)
+        logits = c * np.tanh(logits / c)
+    return logits
+
+
+class Model:
+    """A loaded model: config, tokenizer, float32 weights, and the cache-based forward API."""
+
+    def __init__(
+        self, path: Path, config: ModelConfig, tokenizer: Tokenizer, weights: Weights | None
+    ) -> None:
+        self.path = path
+        self.config = config
+        self.tokenizer = tokenizer
+        self._weights = weights
+        self.ropes = config.ropes(None if weights is None else weights.rope_factors)
+
+    @property
+    def n_vocab(self) -> int:
+        return self.config.n_vocab
+
+    @property
+    def n_ctx_train(self) -> int:
+        return self.config.n_ctx_train
+
+    def tokenize(
+        self, text: str, add_special: bool = True, parse_special: bool = True
+    ) -> list[int]:
+        return self.tokenizer.encode(text, add_special=add_special, parse_special=parse_special)
+
+    def detokenize(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids)
+
+    def new_cache(self, num_ctx: int) -> KVCache:
+        cfg = self.config
+        return KVCache(
+            num_ctx=num_ctx,
+            n_head_kv=cfg.n_head_kv,
+            head_dim_k=cfg.head_dim,
+            head_dim_v=cfg.head_dim_v,
+            ropes=self.ropes,
+        )
+
+    def _weights_or_raise(self) -> Weights:
+        if self._weights is None:
+            raise RuntimeError(f"{self.path.name} was loaded with vocab_only=True")
+        return self._weights
+
+    def _hidden(self, tokens: list[int] | npt.NDArray[np.int64], cache: KVCache, num_batch: int):
+        """Prefill `tokens` into `cache` in chunks of `num_batch`; yields (T_chunk, D) states."""
+        weights = self._weights_or_raise()
+        ids = np.asarray(tokens, dtype=np.int64).reshape(-1)
+        if num_batch < 1:
+            raise ValueError(f"num_batch must be >= 1, got {num_batch}")
+        if ids.size and (ids.min() < 0 or ids.max() >= self.n_vocab):
+            bad = int(ids[(ids < 0) | (ids >= self.n_vocab)][0])
+            raise ValueError(f"token id {bad} is outside the vocabulary [0, {self.n_vocab})")
+        cache.reserve(len(ids))
+        for start in range(0, len(ids), num_batch):
+            yield forward(weights, self.config, self.ropes, ids[start : start + num_batch], cache)
+
+    def eval(
+        self,
+        tokens: list[int] | npt.NDArray[np.int64],
+        cache: KVCache,
+        num_batch: int = DEFAULT_NUM_BATCH,
+        last_only: bool = False,
+    ) -> Array:
+        """Append `tokens` to `cache`; logits (T, V) for every new token, or (1, V) last_only.
+
+        Raises ContextOverflow (before computing anything) when they do not fit.
+        """
+        if len(tokens) == 0:
+            raise ValueError("eval needs at least one token")
+        weights = self._weights_or_raise()
+        chunks = list(self._hidden(tokens, cache, num_batch))
+        if last_only:
+            return output_logits(weights, self.config, chunks[-1][-1:])
+        return np.concatenate([output_logits(weights, self.config, h) for h in chunks])
+
+    def logits(self, tokens: list[int] | npt.NDArray[np.int64]) -> Array:
+        """Logits (T, V) for a fresh sequence."""
+        return self.eval(tokens, self.new_cache(max(len(tokens), 1)))
+
+    def embed(self, tokens: list[int] | npt.NDArray[np.int64]) -> Array:
+        """Final-normed hidden states (T, D) of a fresh sequence (pooled by the server)."""
+        if len(tokens) == 0:
+            raise ValueError("embed needs at least one token")
+        cache = self.new_cache(len(tokens))
+        return np.concatenate(list(self._hidden(tokens, cache, DEFAULT_NUM_BATCH)))
+
+
+def load(
+    path: str | Path,
+    *,
+    num_ctx_hint: int = 2048,
+    vocab_only: bool = False,
+    memory_budget: int | None = None,
+) -> Model:
+    """Load a GGUF model: config and tokenizer, plus float32 weights unless `vocab_only`.
+
+    The bytes needed (weights, a KV cache of `num_ctx_hint` positions, load scratch) are
+    computed first; ModelTooLarge is raised when they exceed `memory_budget` (default:
+    DEFAULT_MEMORY_FRACTION of the memory available now).
+    """
+    path = Path(path)
+    t0 = time.perf_counter()
+    gguf = GGUFFile(path)
+    config = ModelConfig.from_gguf(gguf.metadata)
+    tokenizer = Tokenizer.from_gguf(gguf)
+    weights = None
+    if not vocab_only:
+        needed = memory_needed(gguf, config, num_ctx_hint)
+        budget = memory_budget
+        if budget is None:
+            budget = int(available_memory() * DEFAULT_MEMORY_FRACTION)
+        if needed > budget:
+            raise ModelTooLarge(needed, budget)
+        weights = load_weights(gguf, config)
+    log.info("loaded %s (%s) in %.2fs", path.name, config.arch, time.perf_counter() - t0)
+    return Model(path, config, tokenizer, weights)
