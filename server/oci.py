@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from server.errors import ModelNotFound, RegistryError
+from server.errors import ModelNotFound, RegistryError, ServerError
 from server.names import Name, is_valid_name, parse_digest, parse_name
 from server.store import CHUNK, MEDIA_MANIFEST, Layer, Manifest, Store
 
@@ -51,13 +51,26 @@ def part_sizes(total: int) -> list[tuple[int, int]]:
 
 @dataclass
 class _Response:
+    """A response and the one-request connection it arrived on; `close` releases both."""
+
     status: int
     headers: http.client.HTTPMessage
     body: http.client.HTTPResponse
     url: str
+    conn: http.client.HTTPConnection
+
+    def read(self) -> bytes:
+        try:
+            return self.body.read()
+        finally:
+            self.close()
 
     def read_text(self) -> str:
-        return self.body.read().decode("utf-8", errors="replace").strip()
+        return self.read().decode("utf-8", errors="replace").strip()
+
+    def close(self) -> None:
+        self.body.close()
+        self.conn.close()
 
 
 class Registry:
@@ -95,7 +108,7 @@ class Registry:
         except OSError as e:
             conn.close()
             raise RegistryError(f"{method} {url}: {e}") from e
-        return _Response(resp.status, resp.headers, resp, urllib.parse.urlunsplit(parts))
+        return _Response(resp.status, resp.headers, resp, urllib.parse.urlunsplit(parts), conn)
 
     def request(
         self,
@@ -114,11 +127,11 @@ class Registry:
         resp = self._send(method, url, headers, body, auth=True)
         if resp.status == 401:
             challenge = resp.headers.get("WWW-Authenticate", "")
-            resp.body.close()
+            resp.close()
             self._fetch_token(challenge, host)
             resp = self._send(method, url, headers, body, auth=True)
             if resp.status == 401:
-                resp.body.close()
+                resp.close()
                 raise RegistryError("unauthorized: access denied")
         for _ in range(MAX_REDIRECTS):
             if (
@@ -128,7 +141,7 @@ class Registry:
             ):
                 break
             location = urllib.parse.urljoin(resp.url, resp.headers.get("Location", ""))
-            resp.body.close()
+            resp.close()
             same_host = urllib.parse.urlsplit(location).netloc == host
             resp = self._send(method, location, headers, None, auth=same_host)
         return resp
@@ -148,13 +161,13 @@ class Registry:
         resp = self._send("GET", f"{realm}?{urllib.parse.urlencode(query)}", {}, None, auth=False)
         if resp.status >= 400:
             raise RegistryError(f"{resp.status}: {resp.read_text()}")
-        data = json.loads(resp.body.read() or b"{}")
+        data = json.loads(resp.read() or b"{}")
         self.token = data.get("token") or data.get("access_token") or ""
 
 
 def _error(prefix: str, resp: _Response) -> RegistryError:
     if resp.status == 404:
-        resp.body.close()
+        resp.close()
         return RegistryError(f"{prefix}file does not exist")
     return RegistryError(f"{prefix}{resp.status}: {resp.read_text()}")
 
@@ -181,7 +194,7 @@ def pull(store: Store, name: Name, insecure: bool = False) -> Iterator[dict[str,
     )
     if resp.status >= 400:
         raise _error("pull model manifest: ", resp)
-    raw = resp.body.read()
+    raw = resp.read()
     try:
         manifest = Manifest.decode(raw)
         for layer in manifest.blobs:
@@ -200,8 +213,14 @@ def pull(store: Store, name: Name, insecure: bool = False) -> Iterator[dict[str,
             yield from _download(store, registry, layer)
             downloaded.append(layer)
     yield {"status": "verifying sha256 digest"}
-    for layer in downloaded:
-        _commit_download(store, layer)
+    failures = []
+    for layer in downloaded:  # every blob is checked: good ones are kept, bad ones deleted
+        try:
+            _commit_download(store, layer)
+        except ServerError as e:
+            failures.append(e)
+    if failures:
+        raise failures[0]
     yield {"status": "writing manifest"}
     _, removed = store.write_manifest_bytes(store.canonical(name), raw)
     if removed:
@@ -253,7 +272,7 @@ def _save_part(partial: Path, part: dict[str, int]) -> None:
 def _download(store: Store, registry: Registry, layer: Layer) -> Iterator[dict[str, Any]]:
     url = registry.url(f"blobs/{layer.digest}")
     head = registry.request("HEAD", url)
-    head.body.close()
+    head.close()
     if head.status >= 400:
         raise _error("", head)
     total = int(head.headers.get("Content-Length") or layer.size)
@@ -289,7 +308,7 @@ def _download(store: Store, registry: Registry, layer: Layer) -> Iterator[dict[s
                             last = time.monotonic()
                             yield _progress("pulling", layer.digest, total, done)
                 finally:
-                    resp.body.close()
+                    resp.close()
                     f.flush()
                     _save_part(partial, part)
         os.fsync(f.fileno())
@@ -332,7 +351,7 @@ def push(store: Store, name: Name, insecure: bool = False) -> Iterator[dict[str,
     )
     if resp.status >= 400:
         raise _error("", resp)
-    resp.body.close()
+    resp.close()
     yield {"status": "success"}
 
 
@@ -340,7 +359,7 @@ def _upload(store: Store, registry: Registry, layer: Layer) -> Iterator[dict[str
     path = store.blob_path(layer.digest)
     total = path.stat().st_size
     head = registry.request("HEAD", registry.url(f"blobs/{layer.digest}"))
-    head.body.close()
+    head.close()
     if head.status == 200:
         yield _progress("pushing", layer.digest, total, total)
         return
@@ -352,7 +371,7 @@ def _upload(store: Store, registry: Registry, layer: Layer) -> Iterator[dict[str
     start = registry.request(
         "POST", registry.url(f"blobs/uploads/{query}"), {"Content-Length": "0"}, b""
     )
-    start.body.close()
+    start.close()
     if start.status == 201:
         yield _progress("pushing", layer.digest, total, total)
         return
@@ -377,7 +396,7 @@ def _upload(store: Store, registry: Registry, layer: Layer) -> Iterator[dict[str
         {"Content-Type": "application/octet-stream", "Content-Length": "0"},
         b"",
     )
-    final.body.close()
+    final.close()
     if final.status >= 400:
         raise _error("", final)
 
@@ -441,8 +460,8 @@ def _patch_part(
     except OSError as e:
         conn.close()
         raise RegistryError(f"PATCH {location}: {e}") from e
-    resp = _Response(raw.status, raw.headers, raw, location)
+    resp = _Response(raw.status, raw.headers, raw, location, conn)
     if resp.status >= 400:
         raise _error("", resp)
-    resp.body.close()
+    resp.close()
     return resp
