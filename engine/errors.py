@@ -86,6 +86,10 @@ class GrammarError(EngineError):
     """A GBNF grammar or JSON schema could not be compiled."""
 
 
+class InvalidFormat(EngineError):
+    """A `format` value that is neither "json" nor a schema object (Ollama answers 500)."""
+
+
 class InvalidOption(EngineError):
     """An option value is outside its allowed range or of the wrong type."""
 
