@@ -22,7 +22,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from engine.errors import GrammarError
+from engine.errors import GrammarError, InvalidFormat
 from engine.grammar.gbnf import parse_gbnf
 
 # Ollama's fixed grammar for `format: "json"` on the completion path (spec/sampling.md §7.2):
@@ -456,6 +456,7 @@ def grammar_for_format(fmt: Any, *, chat: bool = False) -> str | None:
 
     `"json"` gives Ollama's fixed object grammar on /api/generate and the schema
     `{"type": "object"}` on /api/chat (llama-server's json_object response format).
+    Raises InvalidFormat for other values, GrammarError for a schema that cannot be compiled.
     """
     if fmt is None or fmt == "":
         return None
@@ -467,6 +468,6 @@ def grammar_for_format(fmt: Any, *, chat: bool = False) -> str | None:
         except GrammarError as err:
             raise GrammarError(f"invalid JSON schema in format: {err}") from err
     raw = json.dumps(fmt, separators=(",", ":"))
-    raise GrammarError(
+    raise InvalidFormat(
         f'invalid format: {json.dumps(raw)}; expected "json" or a valid JSON Schema object'
     )

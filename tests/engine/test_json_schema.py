@@ -15,7 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engine.errors import GrammarError
+from engine.errors import GrammarError, InvalidFormat
 from engine.grammar import compile_grammar, parse_gbnf
 from engine.grammar.gbnf import Elem, Grammar
 from engine.json_schema import (
@@ -360,10 +360,12 @@ def test_grammar_for_format() -> None:
     assert grammar_for_format("json") == JSON_OBJECT_GBNF
     assert grammar_for_format("json", chat=True) == schema_to_grammar({"type": "object"})
     assert _matches(grammar_for_format({"type": "integer"}) or "", "-12")
-    with pytest.raises(GrammarError) as err:
+    with pytest.raises(InvalidFormat) as err:
         grammar_for_format("yaml")
     assert str(err.value) == (
         'invalid format: "\\"yaml\\""; expected "json" or a valid JSON Schema object'
     )
+    with pytest.raises(InvalidFormat, match=r'invalid format: "\[1\]"'):
+        grammar_for_format([1])
     with pytest.raises(GrammarError, match="invalid JSON schema in format"):
         grammar_for_format({"type": "string", "pattern": "x"})
