@@ -413,11 +413,12 @@ class Sampler:
         return self._sample(logits, None).token
 
     def sample_traced(self, logits: FloatArray, n_top: int = 5) -> SampleTrace:
-        """`sample`, also returning what every stage kept and the RNG draws."""
+        """`sample`, also returning the RNG draws, the final array and (for n_top > 0) the first
+        n_top candidates left by every stage."""
         return self._sample(logits, n_top)
 
     def _sample(self, logits: FloatArray, n_top: int | None) -> SampleTrace:
-        stages: list[StageTrace] | None = None if n_top is None else []
+        stages: list[StageTrace] | None = [] if n_top else None
         k = n_top or 0
         draws = [self.rng.uniform_double()]
         c, sel = run_chain(
