@@ -1,0 +1,221 @@
+"""POST /api/chat over a live server with SmolLM2 (spec/ollama-api.md §5-§8, checklist C*, K*),
+and concurrent streaming clients."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import ollama
+import pytest
+
+from server.app import create_app
+from tests.server.live import SYSTEM, api_store, live_server
+
+pytestmark = pytest.mark.slow
+
+HI = [{"role": "user", "content": "Hi!"}]
+GREEDY = {"temperature": 0, "num_predict": 10}
+WEATHER_TOOL = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "Current weather in a city",
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string", "description": "City name"}},
+            "required": ["city"],
+        },
+    },
+}
+# Forces the model's output to be one call in the template's `{` tool-call format.
+CALL_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "name": {"enum": ["get_weather"]},
+        "arguments": {
+            "type": "object",
+            "properties": {"city": {"enum": ["Paris"]}},
+            "required": ["city"],
+            "additionalProperties": False,
+        },
+    },
+    "required": ["name", "arguments"],
+    "additionalProperties": False,
+}
+
+
+@pytest.fixture(scope="module")
+def url(tmp_path_factory: pytest.TempPathFactory, smollm2_path) -> Iterator[str]:
+    store = api_store(tmp_path_factory.mktemp("chat"), smollm2_path)
+    with live_server(create_app(store)) as base:
+        yield base
+
+
+@pytest.fixture(scope="module")
+def http(url: str) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=url, timeout=300) as client:
+        yield client
+
+
+def chat(http: httpx.Client, **body: Any) -> dict[str, Any]:
+    r = http.post("/api/chat", json={"stream": False, **body})
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def render(http: httpx.Client, **body: Any) -> str:
+    out = chat(http, _debug_render_only=True, **body)
+    assert out["message"] == {"role": "", "content": ""} and out["done"] is False
+    return out["_debug_info"]["rendered_template"]
+
+
+def test_stream_events_and_concatenation(http):  # C4, C5, C11
+    body = {"model": "smollm2", "messages": HI, "options": GREEDY}
+    with http.stream("POST", "/api/chat", json=body) as r:
+        events = [json.loads(line) for line in r.iter_lines()]
+    assert r.headers["content-type"] == "application/x-ndjson"
+    for e in events:
+        assert e["message"]["role"] == "assistant" and isinstance(e["message"]["content"], str)
+        assert "context" not in e
+    *pieces, final = events
+    assert all(not e["done"] for e in pieces) and final["done"] is True
+    assert final["eval_count"] > 0 and final["prompt_eval_count"] > 0
+    whole = chat(http, **body)
+    assert whole["message"]["content"] == "".join(e["message"]["content"] for e in events)
+    assert "context" not in whole
+
+
+def test_model_system_and_history(http):  # C6, C7, T3
+    out = render(http, model="chatml", messages=HI)
+    assert out == (
+        f"<|im_start|>system\n{SYSTEM}<|im_end|>\n"
+        "<|im_start|>user\nThe secret word is apple.<|im_end|>\n"
+        "<|im_start|>assistant\nNoted.<|im_end|>\n"
+        "<|im_start|>user\nHi!<|im_end|>\n<|im_start|>assistant\n"
+    )
+    own = render(http, model="chatml", messages=[{"role": "system", "content": "Own."}, *HI])
+    assert "Own." in own and SYSTEM not in own
+
+
+def test_roles_lowercased_and_same_roles_merged(http):  # C8, T4
+    out = render(
+        http,
+        model="thinker",
+        think=False,
+        messages=[{"role": "User", "content": "a"}, {"role": "USER", "content": "b"}],
+    )
+    assert out.startswith("<|im_start|>user\na\n\nb<|im_end|>\n")
+
+
+def test_capability_errors(http):  # C9, C10
+    r = http.post("/api/chat", json={"model": "fim", "messages": HI, "tools": [WEATHER_TOOL]})
+    assert (r.status_code, r.json()) == (
+        400,
+        {"error": "registry.ollama.ai/library/fim:latest does not support tools"},
+    )
+    r = http.post("/api/chat", json={"model": "emb", "messages": HI})
+    assert (r.status_code, r.json()) == (400, {"error": '"emb" does not support chat'})
+    r = http.post("/api/chat", json={"model": "smollm2", "messages": HI, "think": "extreme"})
+    assert r.status_code == 400 and r.json()["error"].startswith('invalid think value: "extreme"')
+
+
+def test_bad_images(http):  # C12
+    for image in ("data:image/png;base64,aGk=", "a b"):
+        msg = {"role": "user", "content": "x", "images": [image]}
+        r = http.post("/api/chat", json={"model": "smollm2", "messages": [msg]})
+        assert r.status_code == 400 and r.json()["error"].startswith("illegal base64 data")
+
+
+def test_tools_rendered_and_calls_parsed(http):  # C13, K5, §7
+    prompt = render(http, model="chatml", messages=HI, tools=[WEATHER_TOOL])
+    assert '"name":"get_weather"' in prompt
+    out = chat(
+        http,
+        model="chatml",
+        messages=[{"role": "user", "content": "Weather in Paris?"}],
+        tools=[WEATHER_TOOL],
+        format=CALL_SCHEMA,
+        options={"temperature": 0, "num_predict": 40},
+    )
+    (call,) = out["message"]["tool_calls"]
+    assert re.fullmatch(r"call_[a-z0-9]{8}", call["id"])
+    assert call["function"] == {"index": 0, "name": "get_weather", "arguments": {"city": "Paris"}}
+    assert out["message"]["content"] == "" and out["done_reason"] == "stop"
+
+
+def test_tool_results_in_history(http):  # §7.2
+    out = render(
+        http,
+        model="chatml",
+        tools=[WEATHER_TOOL],
+        messages=[
+            {"role": "user", "content": "Weather?"},
+            {"role": "assistant", "content": "", "tool_calls": [
+                {"function": {"name": "get_weather", "arguments": {"city": "Paris"}}}]},
+            {"role": "tool", "content": "sunny", "tool_name": "get_weather"},
+        ],
+    )  # fmt: skip
+    assert '{"name": "get_weather", "arguments": {"city":"Paris"}}' in out
+    assert "<tool_response>sunny</tool_response>" in out
+
+
+def test_thinking_model(http):  # K8, K9
+    out = chat(http, model="thinker", messages=HI, options=GREEDY)
+    assert out["message"]["thinking"] and out["message"]["content"] == ""
+    assert render(http, model="thinker", messages=HI).endswith("<think>\n")
+    off = chat(http, model="thinker", messages=HI, think=False, options=GREEDY)
+    assert "thinking" not in off["message"] and off["message"]["content"]
+
+
+def test_official_client_chat_sync_and_async(url):  # acceptance
+    options = {"seed": 4, "num_predict": 6}
+    with ollama.Client(host=url) as client:
+        whole = client.chat(model="smollm2", messages=HI, options=options)
+        parts = list(client.chat(model="smollm2", messages=HI, options=options, stream=True))
+    assert whole.message.content == "".join(p.message.content or "" for p in parts)
+
+    async def run() -> str:
+        client = ollama.AsyncClient(host=url)
+        resp = await client.chat(model="smollm2", messages=HI, options=options)
+        await client._client.aclose()
+        return resp.message.content or ""
+
+    assert asyncio.run(run()) == whole.message.content
+
+
+def test_eight_concurrent_streams_equal_their_solo_runs(url):  # acceptance: concurrency
+    prompts = [f"Say something about the number {i}." for i in range(8)]
+
+    def body(i: int) -> dict[str, Any]:
+        return {
+            "model": "smollm2",
+            "messages": [{"role": "user", "content": prompts[i]}],
+            "options": {"seed": 100 + i, "num_predict": 8},
+        }
+
+    with httpx.Client(base_url=url, timeout=300) as http:
+        solo = [http.post("/api/chat", json={**body(i), "stream": False}).json() for i in range(8)]
+
+    async def one(client: httpx.AsyncClient, i: int) -> tuple[str, dict[str, Any]]:
+        text = ""
+        async with client.stream("POST", "/api/chat", json=body(i)) as r:
+            async for line in r.aiter_lines():
+                event = json.loads(line)
+                assert "error" not in event
+                text += event["message"]["content"]
+        return text, event
+
+    async def all_at_once() -> list[tuple[str, dict[str, Any]]]:
+        async with httpx.AsyncClient(base_url=url, timeout=300) as client:
+            return await asyncio.gather(*(one(client, i) for i in range(8)))
+
+    results = asyncio.run(all_at_once())
+    for (text, final), alone in zip(results, solo, strict=True):
+        assert final["done"] is True
+        assert text == alone["message"]["content"]
+        assert final["eval_count"] == alone["eval_count"]
