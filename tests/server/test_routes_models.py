@@ -19,9 +19,12 @@ import pytest
 
 from engine.gguf import GGUFFile
 from engine.quantize import quantize_gguf
+from server.app import create_app
+from server.cli import main as cli_main
 from server.names import parse_name
 from server.store import MEDIA_SYSTEM, Store
 from tests.server.conftest import ServerProcess, assert_consistent, write_tiny_gguf
+from tests.server.live import live_server
 
 ZERO = "sha256:" + "0" * 64
 
@@ -563,3 +566,40 @@ def _create_quietly(url: str, body: dict[str, Any]) -> None:
         httpx.post(f"{url}/api/create", json=body, timeout=30)
     except httpx.HTTPError:
         pass
+
+
+# ---- acceptance: a Modelfile-created SmolLM2 answers through /api/chat -------------------------
+
+CHATML = (
+    "{{- range .Messages }}<|im_start|>{{ .Role }}\n{{ .Content }}<|im_end|>\n"
+    "{{ end }}<|im_start|>assistant\n"
+)
+
+
+@pytest.mark.slow
+def test_cli_create_from_modelfile_then_chat(
+    tmp_path: Path, smollm2_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: Any
+) -> None:
+    (tmp_path / "Modelfile").write_text(
+        f'FROM {smollm2_path}\nTEMPLATE """{CHATML}"""\nPARAMETER stop <|im_end|>\n'
+        "PARAMETER temperature 0\nSYSTEM You are a helpful assistant.\n"
+    )
+    store = Store(tmp_path / "models")
+    with live_server(create_app(store)) as url:
+        monkeypatch.setenv("OLLAMA_HOST", url)
+        with pytest.raises(SystemExit) as done:
+            cli_main(["create", "smol", "-f", str(tmp_path / "Modelfile")])
+        assert done.value.code == 0
+        progress = capsys.readouterr().err
+        assert "parsing GGUF" in progress and progress.rstrip().endswith("success")
+        rec = store.resolve("smol")
+        assert rec.parameters == {"stop": ["<|im_end|>"], "temperature": 0.0}
+        assert rec.gguf_path.read_bytes() == smollm2_path.read_bytes()
+        with ollama.Client(host=url) as client:
+            reply = client.chat(
+                "smol",
+                messages=[{"role": "user", "content": "What is 2+2?"}],
+                options={"num_predict": 4},
+            )
+    assert reply.done and reply.message.role == "assistant"
+    assert reply.eval_count == 4 and reply.message.content
