@@ -2,9 +2,11 @@
 
 Which tensors are quantized and to which type follows llama.cpp's `llama_tensor_get_type` as
 ported by Ollama (server/quantization.go; spec gguf-and-models.md 3.6 and 3.7). Tensor bytes
-come from the reference quantizers in engine/quants/quant.py, so the output tensors equal
-llama.cpp's byte for byte. The file is written with gguf-py's GGUFWriter into a temporary file
-next to `dst`, synced, then renamed over `dst`: a crash never leaves a partial `dst`.
+come from the reference quantizers in engine/quants/quant.py. Tensors and metadata are written
+in llama.cpp's order, so for F16/F32 sources the whole output file equals `llama_model_quantize`'s
+byte for byte (tests/engine/test_quantize.py). The file is written with gguf-py's GGUFWriter
+into a temporary file next to `dst`, synced, then renamed over `dst`: a crash never leaves a
+partial `dst`.
 """
 
 from __future__ import annotations
@@ -77,7 +79,7 @@ def parse_file_type(file_type: str) -> tuple[LlamaFileType, GGMLType]:
     """`file_type` (any case) -> (LlamaFileType, default tensor type); InvalidOption if unknown."""
     found = FILE_TYPES.get(file_type.upper())
     if found is None:
-        raise InvalidOption("quantize", file_type, "one of " + ", ".join(FILE_TYPES).lower())
+        raise InvalidOption("quantize", file_type, "one of " + ", ".join(FILE_TYPES))
     return found
 
 
@@ -121,7 +123,7 @@ class TypeRules:
     def for_model(cls, f: GGUFFile, ftype: LlamaFileType, default: GGMLType) -> TypeRules:
         names = list(f.tensors)
         attn_v = ("attn_v.weight", "attn_qkv.weight", "attn_kv_b.weight")
-        layers = {m.group(0) for n in names if (m := re.match(r"blk\.\d+\.", n))}
+        layers = {_layer(n) for n in names} - {-1}
         arch = f.metadata.get("general.architecture", "")
         return cls(
             ftype=ftype,
@@ -174,12 +176,25 @@ class TypeRules:
         return t
 
 
+def _layer(name: str) -> int:
+    m = re.match(r"blk\.(\d+)\.", name)
+    return int(m.group(1)) if m else -1
+
+
+def llama_cpp_order(names: list[str]) -> list[str]:
+    """Tensor names in llama.cpp's order (its loader's `weight_name_comparer`): tensors outside
+    layers first, then layer by layer in numeric order, each group sorted by name. The type rules'
+    counters advance in this order, and llama.cpp writes the quantized file in it."""
+    return sorted(names, key=lambda n: (_layer(n), n))
+
+
 def plan(f: GGUFFile, file_type: str) -> dict[str, GGMLType]:
-    """The output type of every tensor of `f` (in file order) for `file_type`."""
+    """The output type of every tensor of `f` for `file_type`, in llama.cpp's order."""
     ftype, default = parse_file_type(file_type)
     rules = TypeRules.for_model(f, ftype, default)
     out = {}
-    for name, info in f.tensors.items():
+    for name in llama_cpp_order(list(f.tensors)):
+        info = f.tensors[name]
         if should_quantize(name, len(info.shape)):
             out[name] = rules.choose(name, info.shape[-1])
         else:
@@ -227,26 +242,28 @@ def quantize_gguf(src: Path, dst: Path, file_type: str) -> None:
 
 def _write(f: GGUFFile, types: dict[str, GGMLType], ftype: LlamaFileType, path: Path) -> None:
     arch = f.metadata.get("general.architecture", "llama")
-    writer = GGUFWriter(path, arch)
+    writer = GGUFWriter(path, arch)  # writes general.architecture first
+    # As llama.cpp: copy the KVs in order, then (re)set quantization_version and file_type, which
+    # gguf_set_val moves to the end.
     for key, value in f.metadata.items():
         mtype = f.metadata_types[key]
-        if key in ("general.architecture", "general.file_type", "general.quantization_version"):
+        if key in ("general.architecture", "general.quantization_version", "general.file_type"):
             continue
         if key == "general.alignment":
             writer.data_alignment = int(value)
         writer.add_key_value(key, _metadata_value(value, mtype.type), mtype.type, mtype.element)
-    writer.add_uint32("general.file_type", int(ftype))
     writer.add_uint32("general.quantization_version", QUANTIZATION_VERSION)
+    writer.add_uint32("general.file_type", int(ftype))
 
-    for name, info in f.tensors.items():
-        t = types[name]
+    for name, t in types.items():
+        info = f.tensors[name]
         nbytes = quants.tensor_nbytes(t, info.shape)
         writer.add_tensor_info(name, info.shape, np.dtype(np.float32), nbytes, raw_dtype=t)
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_ti_data_to_file()
-    for name, info in f.tensors.items():
-        t = types[name]
+    for name, t in types.items():
+        info = f.tensors[name]
         if t == info.ggml_type:
             data = f.raw(name)
         else:

@@ -3,8 +3,8 @@
 Run (needs llama_cpp): python tests/golden/make_quant_golden.py
 It builds the model (`build_model`, seeded, so every run writes the same bytes), quantizes it
 with `llama_model_quantize` (llama-cpp-python's low-level API, one thread, no imatrix) to every
-file type engine.quantize supports, and records the type and sha256 of every output tensor's
-bytes in tests/golden/quant_golden.json. tests/engine/test_quantize.py compares
+file type engine.quantize supports, and records the sha256 of each output file and the type
+and sha256 of every output tensor's bytes in tests/golden/quant_golden.json. tests/engine/test_quantize.py compares
 engine.quantize.quantize_gguf with those digests, and redoes the llama.cpp run live when
 llama_cpp is importable.
 """
@@ -121,11 +121,13 @@ def main() -> None:
         golden: dict[str, object] = {
             "llama_cpp_python": importlib.metadata.version("llama_cpp_python"),
             "source_sha256": sha256_file(src),
+            "files": {},
             "quantized": {},
         }
         for file_type in FILE_TYPES_TESTED:
             dst = Path(tmp) / f"{file_type}.gguf"
             llama_cpp_quantize(src, dst, file_type)
+            golden["files"][file_type] = sha256_file(dst)  # type: ignore[index]
             golden["quantized"][file_type] = tensor_digests(dst)  # type: ignore[index]
     GOLDEN.write_text(json.dumps(golden, indent=1) + "\n")
 
