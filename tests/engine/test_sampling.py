@@ -364,3 +364,33 @@ def test_differential_against_llama_cpp(case_seed: int, large: bool) -> None:
         assert a["id"].tolist() == b.ids.tolist()
         assert a["logit"].tobytes() == b.logits.tobytes()
         assert a["p"].tobytes() == b.p.tobytes()
+
+
+@needs_oracle
+@pytest.mark.parametrize(
+    "cfg",
+    [
+        {},
+        {"top_k": 0},
+        {"top_k": 0, "top_p": 1.0, "min_p": float(F32(0.05))},
+        {"top_k": 0, "typical_p": float(F32(0.9))},
+        {"top_k": 200, "repeat_penalty": float(F32(1.1))},
+    ],
+)
+def test_full_vocabulary_with_ties_against_llama_cpp(cfg: dict[str, object]) -> None:
+    """SmolLM2's vocabulary size on a 0.25 grid: every sort path with thousands of ties."""
+    import dataclasses
+
+    r = np.random.default_rng(len(cfg))
+    V = 49152
+    logits = tuple(
+        (np.round(r.standard_normal(V) * 12) / 4).astype(F32) for _ in range(2)
+    )  # N(0, 3^2) rounded to multiples of 0.25
+    prompt = tuple(int(t) for t in r.integers(0, V, 64))
+    opts = dataclasses.replace(Options(), **cfg)  # type: ignore[arg-type]
+    case = Case(0, V, opts, 0, int(r.integers(0, 2**32 - 1)), prompt, logits, None)
+    want, want_final = oracle_run(case)
+    got, got_final = engine_run(case)
+    assert got == want
+    for a, b in zip(want_final, got_final, strict=True):
+        assert a["id"].tolist() == b.ids.tolist() and a["p"].tobytes() == b.p.tobytes()
