@@ -121,9 +121,9 @@ class Scheduler:
             self._pending += 1
         try:
             async with self._load_lock:
+                model = self._shared_model(record.gguf_path)  # before _ready may drop it
                 runner = self._ready(record, num_ctx)
                 if runner is None:
-                    model = self._shared_model(record.gguf_path)
                     if model is None:
                         model = await anyio.to_thread.run_sync(self._load, record.gguf_path)
                     runner = Runner(record, model, num_ctx, self.default_keep_alive)
@@ -142,10 +142,11 @@ class Scheduler:
                 self._pending -= 1
 
     def _shared_model(self, path: Path) -> Any:
-        """A loaded engine model for the same GGUF blob, if another runner holds one.
+        """A loaded engine model for the same GGUF blob, if a runner holds one.
 
-        Models built from one GGUF (e.g. the same weights under several templates) share the
-        read-only weights; each runner still has its own slots, lock and keep_alive.
+        Runners built from one GGUF (the same weights under several templates, or the same
+        model reloaded for another num_ctx) share the read-only weights; each runner still has
+        its own slots, lock and keep_alive. So a "reload" costs no second weight load.
         """
         with self._state:
             for runner in self._runners.values():

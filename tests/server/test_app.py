@@ -11,9 +11,11 @@ import httpx
 import ollama
 import pytest
 
+from engine import load
 from server.app import create_app, host_allowed, origin_allowed
 from server.scheduler import Scheduler
-from tests.server.live import api_store, live_server
+from server.store import Store
+from tests.server.live import api_store, live_server, write_embedding_header
 
 pytestmark = pytest.mark.slow
 
@@ -225,13 +227,12 @@ def test_origin_and_host_rules():
     assert not host_allowed("example.com")
 
 
-def test_queue_limit_answers_503(tmp_path, smollm2_path):  # §1.7
-    store = api_store(tmp_path, smollm2_path)
-    from engine import load
-
+def test_queue_limit_answers_503(tmp_path):  # §1.7
+    store = Store(tmp_path / "models")
+    store.create_from_gguf("emb", write_embedding_header(tmp_path / "emb.gguf"))
     sched = Scheduler(load, max_queue=0)
     with live_server(create_app(store, sched)) as base:
-        r = httpx.post(base + "/api/generate", json={"model": "smollm2"})
+        r = httpx.post(base + "/api/embed", json={"model": "emb"})
     assert r.status_code == 503
     assert r.json() == {
         "error": "server busy, please try again.  maximum pending requests exceeded"
