@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from engine import stdsort
+from engine.libm import expf, logf
 from engine.options import Options
 from engine.rng import StdMT19937, resolve_seed
 from engine.sampling import (
@@ -24,8 +25,6 @@ from engine.sampling import (
     apply_top_k,
     apply_top_p,
     apply_typical,
-    expf,
-    logf,
     softmax,
     token_logprobs,
 )
@@ -95,7 +94,7 @@ def test_seed_resolution() -> None:
     assert len(draws) > 1  # fresh random seeds
 
 
-# --- glibc expf/logf -------------------------------------------------------------------------
+# --- glibc expf/logf (engine/libm.py) ----------------------------------------------------
 
 _LIBM = ctypes.CDLL(ctypes.util.find_library("m"))
 _LIBM.expf.restype = _LIBM.logf.restype = ctypes.c_float
