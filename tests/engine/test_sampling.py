@@ -276,6 +276,16 @@ def test_filters_keep_the_maximum(logits: list[float], k: int, p: float, mp: flo
         assert out.size >= 1 and out.logits.max() == top
 
 
+@given(logit_lists, st.floats(0, 0.999))
+@settings(max_examples=200, deadline=None)
+def test_top_p_keeps_the_shortest_prefix_reaching_p(logits: list[float], p: float) -> None:
+    out = apply_top_p(cands(logits), p, 0)
+    assert out.sorted and np.all(np.diff(out.logits) <= 0)
+    cum = np.cumsum(out.p, dtype=F32)  # p from the softmax over the whole input
+    assert cum[-1] >= F32(p) or out.size == len(logits)  # reaches p, or float rounding kept all
+    assert not np.any(cum[:-1] >= F32(p))  # and no shorter prefix does
+
+
 @given(logit_lists, st.sampled_from([0.0, 0.5, 1.0, 1.5]), st.integers(0, 2**32 - 2))
 @settings(max_examples=200, deadline=None)
 def test_distribution_sums_to_one_and_temp0_is_argmax(
