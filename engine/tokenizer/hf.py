@@ -26,6 +26,16 @@ from engine.tokenizer.vocab import SPECIAL, Attr, Vocab
 log = logging.getLogger(__name__)
 
 SPACE_MARK = "\u2581"  # ▁, SentencePiece's visible space
+# Byte-level BPE: a byte whose character is missing from the vocabulary stays a symbol in
+# llama.cpp (so its neighbours cannot merge across it) and is then dropped from the output.
+# HF would skip it before merging, so it becomes this placeholder, with the id n_vocab, which
+# Tokenizer.encode removes afterwards. (SmolLM2 lacks 21 of the 256 byte characters.)
+MISSING_BYTE = "<refllama:missing-byte>"
+# The CJK ideograph blocks of llama.cpp's WPM `is_chinese_char` (the same as HF's BERT ones).
+_CJK_IDEOGRAPHS = (
+    "[\u4e00-\u9fff\u3400-\u4dbf\U00020000-\U0002a6df\U0002a700-\U0002b73f"
+    "\U0002b740-\U0002b81f\U0002b920-\U0002ceaf\uf900-\ufaff\U0002f800-\U0002fa1f]"
+)
 
 
 @contextmanager
@@ -77,7 +87,12 @@ def _bpe(vocab: Vocab) -> HFTokenizer:
             "dropped %d merges with out-of-vocabulary parts", len(vocab.merges) - len(merges)
         )
     model = models.BPE(
-        ids, merges, ignore_merges=vocab.pre_tokenizer.ignore_merges, byte_fallback=False
+        ids | {MISSING_BYTE: len(vocab.tokens)},
+        merges,
+        unk_token=MISSING_BYTE,
+        fuse_unk=False,
+        ignore_merges=vocab.pre_tokenizer.ignore_merges,
+        byte_fallback=False,
     )
     tok = HFTokenizer(model)
     tok.pre_tokenizer = pre_tokenizers.Sequence(
@@ -147,11 +162,24 @@ def _wpm(vocab: Vocab) -> HFTokenizer:
         max_input_chars_per_word=1 << 30,  # llama.cpp has no per-word limit
     )
     tok = HFTokenizer(model)
-    tok.normalizer = normalizers.BertNormalizer(
-        clean_text=True,
-        handle_chinese_chars=True,
-        strip_accents=vocab.strip_accents,
-        lowercase=vocab.lowercase,
+    # llama.cpp's own BERT preprocessing (llm_tokenizer_wpm_session::preprocess), per code point
+    # and in this order; HF's BertNormalizer differs on U+0085, on spacing marks and on newer
+    # Unicode punctuation.
+    steps = [normalizers.NFD()] if vocab.strip_accents else []
+    steps += [
+        normalizers.Replace(Regex(r"\s"), " "),  # whitespace (checked first) splits words
+        normalizers.Replace(Regex(r"[\x00\x{fffd}\p{Cc}\p{Cf}\p{Co}]"), ""),  # then dropped
+    ]
+    if vocab.strip_accents:
+        steps.append(normalizers.Replace(Regex(r"\p{M}"), ""))
+    if vocab.lowercase:
+        steps.append(normalizers.Lowercase())
+    tok.normalizer = normalizers.Sequence(steps)
+    # Punctuation, ASCII symbols and CJK ideographs are words of their own.
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.WhitespaceSplit(),
+            pre_tokenizers.Split(Regex(r"\p{P}|[$+<=>^`|~]|" + _CJK_IDEOGRAPHS), "isolated"),
+        ]
     )
-    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     return tok

@@ -23,7 +23,10 @@ _LLAMA3 = (
 _QWEN2 = _CONTRACTIONS + (
     r"|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
 )
-_CJK = "[\u4e00-\u9fa5\u0800-\u4e00\uac00-\ud7ff]+"
+# llama.cpp runs regexes with literal non-ASCII classes through std::wregex on a copy of the text
+# where every non-ASCII whitespace character is U+000B, so such classes never match those
+# characters (U+3000 and U+2000-U+200A lie inside these ranges): hence the `&&[^\s]`.
+_CJK = "[\u4e00-\u9fa5\u0800-\u4e00\uac00-\ud7ff" r"&&[^\s]]+"
 # deepseek-llm's letter class, codepoint for codepoint as in llama.cpp.
 _DEEPSEEK_LETTERS = (
     r"\s?[A-Za-z"
@@ -41,7 +44,7 @@ _DEEPSEEK_LETTERS = (
     "\U000104b0-\U000104d3\U000104d8-\U000104fb\U00010c80-\U00010cb2\U00010cc0-\U00010cf2"
     "\U000118a0-\U000118df\U0001e900-\U0001e943]+"
 )
-_DEEPSEEK_PUNCT = r"\s?[!-/:-~" "\uff01-\uff0f\uff1a-\uff5e\u2018-\u201f\u3000-\u3002]+"
+_DEEPSEEK_PUNCT = r"\s?[!-/:-~" "\uff01-\uff0f\uff1a-\uff5e\u2018-\u201f\u3000-\u3002" r"&&[^\s]]+"
 
 
 @dataclass(frozen=True)

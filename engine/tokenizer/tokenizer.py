@@ -130,6 +130,8 @@ class Tokenizer:
                 ids: list[int] = self._hf.encode(text, add_special_tokens=False).ids
         except Exception as e:  # the Rust side raises plain Exception subclasses
             raise TokenizerError(f"cannot tokenize text: {e}") from e
+        if self.vocab.model == "gpt2" and self.n_vocab in ids:
+            ids = [i for i in ids if i != self.n_vocab]  # hf.MISSING_BYTE: dropped as llama.cpp
         if not add_special:
             return ids
         v = self.vocab

@@ -42,9 +42,6 @@ CLEAN_SPACES_VARIANTS = {
     "smollm2/pre=dbrx",
     "tiny-wordpiece",
 }
-# Known differences from llama.cpp, as (variant, text): llama.cpp's std::wregex for deepseek-llm's
-# punctuation class does not take the optional leading space before U+3000 where Oniguruma does.
-KNOWN_MISMATCHES = {("smollm2/pre=deepseek-llm", " \n  \u3000\t\t\u200b\u200b ")}
 
 
 @pytest.fixture(scope="module")
@@ -165,8 +162,7 @@ def test_variants_match_llama_cpp(metadata: dict[str, dict[str, Any]], vname: st
     for mode, parse_special in MODES.items():
         if mode in variant:
             encode = lambda t, p=parse_special: tok.encode(t, True, p)  # noqa: E731
-            bad = _mismatches(encode, texts, variant[mode])
-            assert {(vname, t) for t, _, _ in bad} == {m for m in KNOWN_MISMATCHES if m[0] == vname}
+            assert _mismatches(encode, texts, variant[mode]) == []
     if vname not in CLEAN_SPACES_VARIANTS:
         assert [tok.decode(ids) for ids in variant["special"]] == variant["detok_special"]
 
@@ -365,3 +361,46 @@ def test_live_generated_text(
     for name in MODELS:
         ids = tokenizers[name].encode(text, True, parse_special)
         assert ids == _oracle_ids(oracles[name], text, parse_special), (name, text)
+
+
+@pytest.fixture(scope="module")
+def variant_oracles(
+    tmp_path_factory: pytest.TempPathFactory, metadata: dict[str, dict[str, Any]]
+) -> dict[str, tuple[Tokenizer, Any]]:
+    """Every golden variant rebuilt as a vocab-only GGUF and loaded by llama.cpp."""
+    from tests.golden import make_tokenizer_golden as golden
+
+    tmp = tmp_path_factory.mktemp("variants")
+    out = {}
+    for vname, variant in GOLDEN["variants"].items():
+        path = tmp / (vname.replace("/", "_") + ".gguf")
+        if variant["base"] is None:
+            meta, types = golden.bert_meta()
+            golden.write_gguf(path, "bert", meta, types)
+        else:
+            base, types = golden.gguf_meta(golden.model_path(variant["base"]))
+            meta = {k: v for k, v in base.items() if k not in variant["drop"]} | variant["set"]
+            golden.write_gguf(path, base["general.architecture"], meta, types)
+        out[vname] = (_variant_tokenizer(metadata, variant), golden.load(path))
+    return out
+
+
+_ODD_TEXT = st.text(
+    st.sampled_from(" \t\n\r\x04\x85\xa0\u2009\u3000\u2028\u200b.,!?'$09aZé東京한ひカ½①𝟘👍\u0301"),
+    max_size=25,
+)
+
+
+@needs_oracle
+@pytest.mark.oracle
+@pytest.mark.slow
+@settings(max_examples=200, deadline=None)
+@given(data=st.data(), text=_ODD_TEXT | st.text(max_size=25))
+def test_live_variants(
+    variant_oracles: dict[str, tuple[Tokenizer, Any]], data: st.DataObject, text: str
+) -> None:
+    """Pre-tokenizers, SPM prefix and WordPiece on generated text, whitespace-heavy included."""
+    vname = data.draw(st.sampled_from(sorted(variant_oracles)))
+    tok, llm = variant_oracles[vname]
+    parse_special = data.draw(st.booleans())
+    assert tok.encode(text, True, parse_special) == _oracle_ids(llm, text, parse_special)
