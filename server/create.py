@@ -21,8 +21,7 @@ from engine.errors import GGUFError, TemplateError
 from engine.gguf import GGUF_MAGIC, GGUFFile
 from engine.templates import GoTemplate
 from server.errors import InvalidName, InvalidRequest, ServerError, Unsupported
-from server.names import Name, parse_name
-from server.store import (
+from server.manifest import (
     MEDIA_ADAPTER,
     MEDIA_LICENSE,
     MEDIA_MESSAGES,
@@ -33,12 +32,13 @@ from server.store import (
     MEDIA_SYSTEM,
     MEDIA_TEMPLATE,
     Layer,
-    Store,
     config_from_gguf,
     encode_messages,
     encode_params,
     file_type_name,
 )
+from server.names import Name, parse_name
+from server.store import Store
 
 log = logging.getLogger(__name__)
 

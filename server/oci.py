@@ -27,8 +27,9 @@ from pathlib import Path
 from typing import Any
 
 from server.errors import ModelNotFound, RegistryError, ServerError
+from server.manifest import MEDIA_MANIFEST, Layer, Manifest
 from server.names import Name, is_valid_name, parse_digest, parse_name
-from server.store import CHUNK, MEDIA_MANIFEST, Layer, Manifest, Store
+from server.store import CHUNK, Store
 
 log = logging.getLogger(__name__)
 

@@ -21,8 +21,9 @@ from engine.gguf import GGUFFile
 from engine.quantize import quantize_gguf
 from server.app import create_app
 from server.cli import main as cli_main
+from server.manifest import MEDIA_SYSTEM
 from server.names import parse_name
-from server.store import MEDIA_SYSTEM, Store
+from server.store import Store
 from tests.server.conftest import ServerProcess, assert_consistent, write_tiny_gguf
 from tests.server.live import live_server
 

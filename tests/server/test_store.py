@@ -13,8 +13,7 @@ import pytest
 
 from server import gojson
 from server.errors import InvalidName, ModelNotFound, ServerError
-from server.names import parse_name
-from server.store import (
+from server.manifest import (
     MEDIA_CONFIG,
     MEDIA_MANIFEST,
     MEDIA_MODEL,
@@ -22,15 +21,15 @@ from server.store import (
     MEDIA_PROMPT,
     MEDIA_SYSTEM,
     MEDIA_TEMPLATE,
-    STALE_SECONDS,
     Layer,
     Manifest,
-    Store,
     encode_messages,
     encode_params,
     file_type_name,
     human_number,
 )
+from server.names import parse_name
+from server.store import STALE_SECONDS, Store
 from tests.server.conftest import assert_consistent
 
 
