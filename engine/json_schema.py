@@ -105,6 +105,7 @@ _KNOWN_KEYWORDS = {
     "$comment", "nullable", "readOnly", "writeOnly", "deprecated",
 }  # fmt: skip
 _TYPES = {"object", "array", "string", "number", "integer", "boolean", "null"}
+_SHORT_ESCAPES = {'"': '"', "\\": "\\", "b": "\b", "f": "\f", "n": "\n", "r": "\r", "t": "\t"}
 _MAX_DIGITS = 16  # unbounded integer sides stop at 16 digits, as the `integer` primitive does
 _INVALID_NAME_CHARS = re.compile(r"[^a-zA-Z0-9-]+")
 
@@ -418,21 +419,33 @@ class _Converter:
         return rule + ' space "}"'
 
     def key_excluding(self, names: list[str]) -> str:
-        """A JSON string rule matching any key except the given property names."""
+        """A JSON string rule matching keys that decode to none of the given property names.
+
+        Walks a trie of the names' characters. A named character may only be written in one
+        form (its json.dumps spelling); leaving the trie takes a raw character or a short escape
+        that decodes to no named character here (never \\u, which could spell one), then any
+        string characters.
+        """
         char = self.add_primitive("char", "char")
         trie: dict[str, Any] = {}
         for key in names:
             node = trie
-            for c in json.dumps(key)[1:-1]:
+            for c in key:
                 node = node.setdefault(c, {})
             node[""] = {}  # end-of-name marker
 
         def alternatives(node: dict[str, Any]) -> str:
             children = sorted(c for c in node if c)
-            alts = [f"{_literal(c)} {alternatives(node[c])}".rstrip() for c in children]
+            alts = [
+                f"{_literal(json.dumps(c, ensure_ascii=False)[1:-1])} {alternatives(node[c])}"
+                for c in children
+            ]
             excluded = "".join(_class_char(c) for c in children)
-            other = rf'[^"\\\x7F\x00-\x1F{excluded}] | [\\] (["\\bfnrt] | "u" [0-9a-fA-F]{{4}})'
-            alts.append(f"({other}) {char}*")
+            other = [rf'[^"\\\x7F\x00-\x1F{excluded}]']
+            escapes = [e for e, c in _SHORT_ESCAPES.items() if c not in children]
+            if escapes:
+                other.append(f"[\\\\] [{''.join(_class_char(e) for e in escapes)}]")
+            alts.append(f"({' | '.join(other)}) {char}*")
             body = " | ".join(alts)
             return f"({body})" if "" in node else f"({body})?"
 

@@ -301,6 +301,16 @@ def test_additional_property_keys_exclude_named_ones() -> None:
     assert _matches(text, '{"ab": null, "a": 1, "abc": 2, "b\\n": 3}')
     assert not _matches(text, '{"ab": 1}')
     assert not _matches(text, '{"\\": 1}')
+    # keys spelling a named property differently, or ending in a lone backslash, are refused
+    text = schema_to_grammar(
+        {
+            "properties": {"é": {"type": "null"}, "\\": {"type": "null"}},
+            "additionalProperties": True,
+        }
+    )
+    assert _matches(text, '{"\\u00e9": null, "\\\\": null, "e": 1}')
+    for key in ("é", "\\u00e9", "\\u00E9", "\\\\"):
+        assert not _matches(text, '{"' + key + '": 1}'), key
 
 
 def test_space_rule_bounds_whitespace() -> None:
