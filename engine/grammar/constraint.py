@@ -31,9 +31,7 @@ class TokenSource(Protocol):
     """What the constraint needs from a tokenizer (engine/tokenizer)."""
 
     n_vocab: int
-
-    @property
-    def eog_ids(self) -> frozenset[int] | set[int] | list[int]: ...
+    eog_ids: frozenset[int]
 
     def token_bytes(self, token: int) -> bytes: ...
 
@@ -63,7 +61,8 @@ class GrammarConstraint:
         # they come back only through a completed code point. After a token that completed
         # none (only bytes of an unfinished UTF-8 sequence) the grammar therefore cannot end.
         self._ended_mid_char = False
-        self._masks = self.grammar.mask_cache.setdefault(trie.key, OrderedDict())
+        with self.grammar.lock:
+            self._masks = self.grammar.mask_cache.setdefault(trie.key, OrderedDict())
 
     def is_complete(self) -> bool:
         """True when some parse stack is empty: the grammar may end, so EOG is allowed."""
@@ -93,16 +92,18 @@ class GrammarConstraint:
         """(V,) bool, True for the tokens allowed now. Read-only; cached per state."""
         start = self.grammar.at_token_start(self.state)
         key = 2 * start + self._ended_mid_char
-        mask = self._masks.get(key)
-        if mask is None:
-            mask = compute_mask(self.grammar, self.trie, start)
-            mask[self.trie.eog] &= not self._ended_mid_char
-            mask.setflags(write=False)
+        with self.grammar.lock:  # the cache is shared by concurrent requests
+            mask = self._masks.get(key)
+            if mask is not None:
+                self._masks.move_to_end(key)
+                return mask
+        mask = compute_mask(self.grammar, self.trie, start)
+        mask[self.trie.eog] &= not self._ended_mid_char
+        mask.setflags(write=False)
+        with self.grammar.lock:
             self._masks[key] = mask
             if len(self._masks) > _MASK_CACHE_SIZE:
                 self._masks.popitem(last=False)
-        else:
-            self._masks.move_to_end(key)
         return mask
 
     def accept(self, token: int) -> None:

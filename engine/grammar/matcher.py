@@ -9,11 +9,14 @@ a UTF-8 sequence cut at the end of a token is carried as a partial code point in
 Here the same semantics are run over *bytes*: a DFA state is (set of stacks, partial code point),
 interned to an int, and transitions `state x byte -> state` are computed on first use and kept in
 a dense (states, 256) table. Stack sets are frozensets of tuples of flat element positions.
-State 0 is the dead state (no stack survives); it loops to itself.
+State 0 is the dead state (no stack survives); it loops to itself. A compiled grammar is shared
+by concurrent requests: new states and transitions are only created under `lock`, and readers
+only ever see a transition once everything it points to exists.
 """
 
 from __future__ import annotations
 
+import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 
@@ -82,6 +85,7 @@ class CompiledGrammar:
             if kind in (Elem.CHAR, Elem.CHAR_NOT, Elem.CHAR_ANY):
                 self._terminals[pos] = self._terminal_at(pos)
 
+        self.lock = threading.RLock()
         self._advance_memo: dict[Stack, StackSet] = {}
         self._stacksets: list[StackSet] = [frozenset()]
         self._stackset_ids: dict[StackSet, int] = {frozenset(): 0}
@@ -210,6 +214,13 @@ class CompiledGrammar:
         nxt = int(self.table[state, byte])
         if nxt != _UNKNOWN:
             return nxt
+        with self.lock:
+            return self._new_transition(state, byte)
+
+    def _new_transition(self, state: int, byte: int) -> int:
+        nxt = int(self.table[state, byte])
+        if nxt != _UNKNOWN:  # another thread got here first
+            return nxt
         sid, value, n_remain, strict = self._keys[state]
         if n_remain > 0:
             # Only a sequence continued from the previous token has its continuation bytes
@@ -238,15 +249,17 @@ class CompiledGrammar:
     def fill(self, states: npt.NDArray[np.int64], bytes_: npt.NDArray[np.int64]) -> None:
         """Compute every unknown transition among the given (state, byte) pairs."""
         pairs = np.unique(states * 256 + bytes_)
-        for pair in pairs.tolist():
-            self.step(pair >> 8, pair & 0xFF)
+        with self.lock:
+            for pair in pairs.tolist():
+                self._new_transition(pair >> 8, pair & 0xFF)
 
     def at_token_start(self, state: int) -> int:
         """The state a new token starts from: a carried partial sequence becomes strict."""
         sid, value, n_remain, strict = self._keys[state]
         if n_remain == 0 or strict:
             return state
-        return self._state(sid, value, n_remain, True)
+        with self.lock:
+            return self._state(sid, value, n_remain, True)
 
     def is_partial(self, state: int) -> bool:
         """Does the state hold an unfinished UTF-8 sequence?"""
