@@ -31,6 +31,7 @@ import logging
 import math
 import os
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -274,13 +275,10 @@ def load_weights(gguf: GGUFFile, config: ModelConfig) -> Weights:
         return vec(name) if name in tensors else None
 
     def fused(names: list[str]) -> Array:
-        # Each GGUF matrix is (out, in); write its transpose into adjacent column ranges.
-        outs = [tensors[n].shape[0] for n in names]
-        w = np.empty((tensors[names[0]].shape[1], sum(outs)), F32)  # (in, sum of outs)
-        col = 0
-        for name, n_out in zip(names, outs, strict=True):
-            w[:, col : col + n_out] = gguf.tensor(name).T
-            col += n_out
+        # GGUF matrices are (out, in): stack them along out, then one transposed copy.
+        stacked = np.concatenate([gguf.tensor(n) for n in names])  # (sum of outs, in)
+        w = np.empty(stacked.shape[::-1], F32)  # (in, sum of outs)
+        w[...] = stacked.T
         return w
 
     for name in ("token_embd.weight", "output_norm.weight"):
@@ -325,7 +323,7 @@ def load_weights(gguf: GGUFFile, config: ModelConfig) -> Weights:
     return Weights(
         token_embd=None if tied else vec("token_embd.weight"),
         output_norm=vec("output_norm.weight"),
-        output=_blocked(fused(["token_embd.weight" if tied else "output.weight"])),
+        output=_blocked(gguf.tensor("token_embd.weight" if tied else "output.weight")),
         output_bias=opt("output.bias"),
         layers=tuple(layers),
         rope_factors=None if factors is None else tuple(float(f) for f in factors),
@@ -333,14 +331,14 @@ def load_weights(gguf: GGUFFile, config: ModelConfig) -> Weights:
 
 
 def _blocked(w: Array) -> Array:
-    """(D, V) -> (nC, D, C) column blocks, the last one zero-padded."""
-    D, V = w.shape
+    """GGUF's (V, D) output matrix -> (nC, D, C): column blocks of (D, V), the last zero-padded."""
+    V, D = w.shape
     C = min(OUTPUT_BLOCK, V)
     n = -(-V // C)
     out = np.zeros((n, D, C), F32)
     for i in range(n):
-        block = w[:, i * C : (i + 1) * C]
-        out[i, :, : block.shape[1]] = block
+        rows = w[i * C : (i + 1) * C]  # (<= C, D)
+        out[i, :, : len(rows)] = rows.T
     return out
 
 
@@ -369,40 +367,58 @@ def gelu_tanh(x: Array) -> Array:
     return F32(0.5) * x * (F32(1.0) + np.tanh(c * (x + F32(0.044715) * x * x * x)))
 
 
-def attention(
-    q: Array, k_cache: Array, v_cache: Array, pos0: int, window: int
-) -> npt.NDArray[np.float32]:
-    """Causal (optionally sliding-window) attention of T new queries over positions 0..pos0+T-1.
+def _attend_blocks(
+    q: Array, k_cache: Array, v_cache: Array, pos0: int, first: int, last: int, window: int
+) -> Array:
+    """Attention of queries at positions pos0.. over key blocks first..last (inclusive).
 
-    q: (T, H, Dh), already scaled; k_cache: (Hkv, S_cap, Dh) after RoPE; v_cache: (Hkv, S_cap,
-    Dv), both holding the new positions already. Returns (T, H, Dv). Keys are taken in whole
-    KEY_BLOCKs; see the module docstring for why the block partial sums are added in order.
+    q: (T, Hkv, G, Dh); caches (Hkv, S_cap, D*); returns (T, Hkv, G, Dv). Blocks outside this
+    range must be fully masked for every query here: they would only add exact zeros.
     """
-    T, H, Dh = q.shape
-    Hkv, _, Dv = v_cache.shape
-    G = H // Hkv
-    n_blocks = -(-(pos0 + T) // KEY_BLOCK)
-    S = n_blocks * KEY_BLOCK
-    kb = k_cache[:, :S].reshape(Hkv, n_blocks, KEY_BLOCK, Dh).transpose(0, 1, 3, 2)  # (Hkv,nb,Dh,B)
-    vb = v_cache[:, :S].reshape(Hkv, n_blocks, KEY_BLOCK, Dv)  # (Hkv, nb, B, Dv)
-    qg = np.ascontiguousarray(q).reshape(T, Hkv, 1, G, Dh)  # query head h uses KV head h // G
-    scores = np.matmul(qg, kb)  # (T, Hkv, nb, G, B)
+    T, Hkv, G, Dh = q.shape
+    Dv = v_cache.shape[2]
+    nb, lo, hi = last - first + 1, first * KEY_BLOCK, (last + 1) * KEY_BLOCK
+    kb = k_cache[:, lo:hi].reshape(Hkv, nb, KEY_BLOCK, Dh).transpose(0, 1, 3, 2)  # (Hkv,nb,Dh,B)
+    vb = v_cache[:, lo:hi].reshape(Hkv, nb, KEY_BLOCK, Dv)  # (Hkv, nb, B, Dv)
+    scores = np.matmul(q[:, :, None], kb)  # (T, Hkv, nb, G, B)
     q_pos = np.arange(pos0, pos0 + T)[:, None]  # (T, 1)
-    k_pos = np.arange(S)[None, :]  # (1, S)
+    k_pos = np.arange(lo, hi)[None, :]  # (1, nb*B)
     visible = k_pos <= q_pos
     if window:
         visible &= q_pos - k_pos < window
-    mask = visible.reshape(T, 1, n_blocks, 1, KEY_BLOCK)
-    scores = np.where(mask, scores, F32(-np.inf))
+    scores = np.where(visible.reshape(T, 1, nb, 1, KEY_BLOCK), scores, F32(-np.inf))
     m = scores.max(axis=(2, 4), keepdims=True)  # (T, Hkv, 1, G, 1)
     e = np.exp(scores - m)  # (T, Hkv, nb, G, B); masked keys are exactly 0
     den_blocks = e.sum(axis=-1)  # (T, Hkv, nb, G)
     out_blocks = np.matmul(e, vb)  # (T, Hkv, nb, G, Dv)
     den, out = den_blocks[:, :, 0], out_blocks[:, :, 0]
-    for b in range(1, n_blocks):
+    for b in range(1, nb):  # in block order: fully masked blocks add exact zeros
         den = den + den_blocks[:, :, b]
         out = out + out_blocks[:, :, b]
-    return (out / den[..., None]).reshape(T, H, Dv)
+    return out / den[..., None]
+
+
+def attention(q: Array, k_cache: Array, v_cache: Array, pos0: int, window: int) -> Array:
+    """Causal (optionally sliding-window) attention of T new queries over positions 0..pos0+T-1.
+
+    q: (T, H, Dh), already scaled; k_cache: (Hkv, S_cap, Dh) after RoPE; v_cache: (Hkv, S_cap,
+    Dv), both holding the new positions already. Returns (T, H, Dv). Keys are taken in whole
+    KEY_BLOCKs (see the module docstring). Queries are grouped by the key block their own
+    position falls in, and each group skips the blocks that are fully masked for all of it
+    (later blocks, and for a sliding window earlier ones): a row's sum is the same either way.
+    """
+    T, H, Dh = q.shape
+    Hkv, Dv = v_cache.shape[0], v_cache.shape[2]
+    qg = np.ascontiguousarray(q).reshape(T, Hkv, H // Hkv, Dh)  # query head h uses KV head h//G
+    out = np.empty((T, Hkv, H // Hkv, Dv), F32)
+    t = 0
+    while t < T:
+        last = (pos0 + t) // KEY_BLOCK
+        end = min(T, (last + 1) * KEY_BLOCK - pos0)
+        first = max(0, pos0 + t - window + 1) // KEY_BLOCK if window else 0
+        out[t:end] = _attend_blocks(qg[t:end], k_cache, v_cache, pos0 + t, first, last, window)
+        t = end
+    return out.reshape(T, H, Dv)
 
 
 def _layer(
@@ -526,7 +542,9 @@ class Model:
             raise RuntimeError(f"{self.path.name} was loaded with vocab_only=True")
         return self._weights
 
-    def _hidden(self, tokens: list[int] | npt.NDArray[np.int64], cache: KVCache, num_batch: int):
+    def _hidden(
+        self, tokens: list[int] | npt.NDArray[np.int64], cache: KVCache, num_batch: int
+    ) -> Iterator[Array]:
         """Prefill `tokens` into `cache` in chunks of `num_batch`; yields (T_chunk, D) states."""
         weights = self._weights_or_raise()
         ids = np.asarray(tokens, dtype=np.int64).reshape(-1)

@@ -27,7 +27,8 @@ import pytest
 import engine
 from engine.errors import ContextOverflow, GGUFError, ModelTooLarge, UnsupportedArchitecture
 from engine.gguf import GGUFFile
-from engine.model import Model, ModelConfig
+from engine.kvcache import KEY_BLOCK
+from engine.model import Model, ModelConfig, attention
 from tests.conftest import needs_oracle
 from tests.tiny_model import VARIANTS, write_tiny_model
 
@@ -185,6 +186,39 @@ def test_sliding_window_limits_attention(tiny_paths: dict[str, Path]) -> None:
     a, b = [10, *range(40, 63)], [11, *range(40, 63)]
     np.testing.assert_array_equal(m_all_swa.logits(a)[-1], m_all_swa.logits(b)[-1])
     assert not np.array_equal(m.logits(a)[-1], m.logits(b)[-1])
+
+
+@pytest.mark.parametrize("window", [0, 5, 200])
+def test_attention_matches_plain_softmax(window: int) -> None:
+    rng = np.random.default_rng(0)
+    Hkv, G, Dh, T, pos0 = 2, 3, 8, 100, 150  # queries at 150..249 span key blocks 1 and 2
+    k = rng.standard_normal((Hkv, 3 * KEY_BLOCK, Dh)).astype(np.float32)
+    v = rng.standard_normal((Hkv, 3 * KEY_BLOCK, Dh)).astype(np.float32)
+    q = rng.standard_normal((T, Hkv * G, Dh)).astype(np.float32)
+    out = attention(q, k, v, pos0, window)
+    for t in range(T):
+        p = pos0 + t
+        lo = max(0, p - window + 1) if window else 0
+        for h in range(Hkv * G):
+            s = k[h // G, lo : p + 1].astype(np.float64) @ q[t, h]
+            w = np.exp(s - s.max())
+            np.testing.assert_allclose(out[t, h], w @ v[h // G, lo : p + 1] / w.sum(), atol=1e-5)
+
+
+@pytest.mark.parametrize("variant", ["llama", "gemma3"])
+def test_long_sequence_chunking_across_key_blocks(
+    tiny_paths: dict[str, Path], variant: str
+) -> None:
+    m = engine.load(tiny_paths[variant])
+    ids = [int(t) for t in np.random.default_rng(1).integers(3, m.n_vocab, 2 * KEY_BLOCK + 40)]
+    full = m.logits(ids)
+    for num_batch in (50, KEY_BLOCK, 512):
+        cache = m.new_cache(len(ids))
+        np.testing.assert_array_equal(m.eval(ids, cache, num_batch=num_batch), full)
+    cache = m.new_cache(len(ids))
+    m.eval(ids[:-2], cache, num_batch=KEY_BLOCK + 1)
+    np.testing.assert_array_equal(m.eval(ids[-2:-1], cache), full[-2:-1])
+    np.testing.assert_array_equal(m.eval(ids[-1:], cache), full[-1:])
 
 
 _DIGEST_SCRIPT = """

@@ -1,0 +1,201 @@
+"""Forward-pass speed: refllama vs llama-cpp-python on the same GGUF file, same thread count.
+
+    python benchmarks/bench_forward.py                 # SmolLM2, 512-token prefill, 128 decode
+    python benchmarks/bench_forward.py --model gemma3 --repeat 3
+    python benchmarks/bench_forward.py --smoke         # tiny model, a few tokens (CI)
+
+Each engine runs in its own subprocess (so peak RSS is its own) with OPENBLAS_NUM_THREADS and
+llama.cpp's n_threads both set to --threads. Measured: load time; prefill tokens/s over a
+--prompt-tokens random prompt (logits of the last position only, as llama.cpp computes them);
+decode tokens/s over --decode-tokens greedy one-token steps; peak RSS. Each timing is repeated
+--repeat times after one warm-up; the table shows the median and the best.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _measure(engine: str, model: str, prompt_tokens: int, decode_tokens: int, repeat: int) -> dict:
+    """Runs inside the per-engine subprocess; returns timings in seconds and peak RSS in bytes."""
+    import resource
+
+    import numpy as np
+
+    sys.path.insert(0, str(ROOT))
+    t0 = time.perf_counter()
+    if engine == "refllama":
+        import engine as refllama
+
+        m = refllama.load(model, num_ctx_hint=prompt_tokens + decode_tokens)
+        n_vocab = m.n_vocab
+
+        def prefill(ids: list[int]) -> tuple[object, int]:
+            cache = m.new_cache(prompt_tokens + decode_tokens + 1)
+            return cache, int(m.eval(ids, cache, last_only=True)[0].argmax())
+
+        def step(state: object, tok: int) -> int:
+            return int(m.eval([tok], state)[0].argmax())  # type: ignore[arg-type]
+    else:
+        import llama_cpp
+
+        threads = int(os.environ["OPENBLAS_NUM_THREADS"])
+        llm = llama_cpp.Llama(
+            model,
+            n_ctx=prompt_tokens + decode_tokens + 16,
+            n_batch=512,
+            n_threads=threads,
+            n_threads_batch=threads,
+            verbose=False,
+        )
+        n_vocab = llm.n_vocab()
+
+        def prefill(ids: list[int]) -> tuple[object, int]:
+            llm.reset()
+            llm.eval(ids)
+            return None, int(np.argmax(llm.scores[llm.n_tokens - 1]))
+
+        def step(state: object, tok: int) -> int:
+            llm.eval([tok])
+            return int(np.argmax(llm.scores[llm.n_tokens - 1]))
+
+    load = time.perf_counter() - t0
+    rng = np.random.default_rng(0)
+    ids = [int(t) for t in rng.integers(100, min(n_vocab, 30000), prompt_tokens)]
+    prefills, decodes = [], []
+    for i in range(repeat + 1):
+        t0 = time.perf_counter()
+        state, tok = prefill(ids)
+        t1 = time.perf_counter()
+        for _ in range(decode_tokens):
+            tok = step(state, tok)
+        t2 = time.perf_counter()
+        if i:  # the first round is the warm-up
+            prefills.append(t1 - t0)
+            decodes.append(t2 - t1)
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    return {"load": load, "prefill": prefills, "decode": decodes, "rss": rss}
+
+
+def _run_engine(engine: str, args: argparse.Namespace, model: str) -> dict:
+    env = {**os.environ, "OPENBLAS_NUM_THREADS": str(args.threads)}
+    cmd = [
+        sys.executable,
+        __file__,
+        "--child",
+        engine,
+        "--model",
+        model,
+        "--prompt-tokens",
+        str(args.prompt_tokens),
+        "--decode-tokens",
+        str(args.decode_tokens),
+        "--repeat",
+        str(args.repeat),
+    ]
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _model_path(name: str, tmp: Path) -> str:
+    sys.path.insert(0, str(ROOT))
+    if name == "tiny":
+        from tests.tiny_model import write_tiny_model
+
+        return str(write_tiny_model(tmp / "tiny.gguf", "llama"))
+    if Path(name).exists():
+        return name
+    from engine.fetch import model_path
+
+    return str(model_path(name))
+
+
+def _cpu() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--model", default="smollm2", help="smollm2, gemma3, tiny, or a GGUF path")
+    p.add_argument("--prompt-tokens", type=int, default=512)
+    p.add_argument("--decode-tokens", type=int, default=128)
+    p.add_argument("--repeat", type=int, default=2)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--smoke", action="store_true", help="tiny model, 16 + 4 tokens, 1 repeat")
+    p.add_argument("--child", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.child:
+        result = _measure(
+            args.child, args.model, args.prompt_tokens, args.decode_tokens, args.repeat
+        )
+        print(json.dumps(result))
+        return
+    if args.smoke:
+        args.model, args.prompt_tokens, args.decode_tokens, args.repeat = "tiny", 16, 4, 1
+
+    import importlib.util
+
+    import numpy as np
+
+    engines = ["refllama"]
+    if importlib.util.find_spec("llama_cpp") is not None:
+        engines.append("llama.cpp")
+    with tempfile.TemporaryDirectory() as tmp:
+        model = _model_path(args.model, Path(tmp))
+        results = {e: _run_engine(e, args, model) for e in engines}
+
+    print(f"model {Path(model).name}, {args.threads} threads, NumPy {np.__version__}, {_cpu()}")
+    print(
+        f"prompt {args.prompt_tokens} tokens, decode {args.decode_tokens} tokens, "
+        f"{args.repeat} repeats (median / best)"
+    )
+    header = f"{'metric':<22}" + "".join(f"{e:>24}" for e in engines)
+    if len(engines) == 2:
+        header += f"{'ratio':>10}"
+    print(header)
+    rows: list[tuple[str, list[str], float | None]] = []
+    for metric, tokens in (
+        ("prefill tok/s", args.prompt_tokens),
+        ("decode tok/s", args.decode_tokens),
+    ):
+        key = metric.split()[0]
+        cells, medians = [], []
+        for e in engines:
+            rates = [tokens / t for t in results[e][key]]
+            medians.append(statistics.median(rates))
+            cells.append(f"{statistics.median(rates):10.1f} / {max(rates):8.1f}")
+        rows.append((metric, cells, medians[0] / medians[1] if len(medians) == 2 else None))
+    loads = [results[e]["load"] for e in engines]
+    rows.append(
+        ("load s", [f"{t:24.2f}" for t in loads], loads[0] / loads[1] if len(loads) == 2 else None)
+    )
+    rss = [results[e]["rss"] / 2**20 for e in engines]
+    rows.append(
+        ("peak RSS MiB", [f"{r:24.0f}" for r in rss], rss[0] / rss[1] if len(rss) == 2 else None)
+    )
+    for metric, cells, ratio in rows:
+        line = f"{metric:<22}" + "".join(f"{c:>24}" for c in cells)
+        if ratio is not None:
+            line += f"{ratio:9.2f}x"
+        print(line)
+
+
+if __name__ == "__main__":
+    main()
