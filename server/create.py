@@ -70,6 +70,7 @@ class CreateRequest:
     messages: list[dict[str, Any]] = field(default_factory=list)
     quantize: str = ""
     requires: str = ""
+    info: dict[str, Any] = field(default_factory=dict)  # config overrides, already checked
 
 
 def _clean_relative(path: str) -> bool:
@@ -107,7 +108,38 @@ def parse_create(body: dict[str, Any]) -> CreateRequest:
         messages=[_message(m) for m in _list(body, "messages")],
         quantize=_string(body, "quantize") or _string(body, "quantization"),
         requires=_string(body, "requires"),
+        info=_info(_object(body, "info")),
     )
+
+
+# `info` keys -> the config key each overrides (§11.5.1).
+_INFO_STRINGS = {"model_family": "model_family", "base_name": "base_name",
+                 "quantization_level": "file_type", "parameter_size": "model_type"}  # fmt: skip
+_INFO_INTS = ("context_length", "embedding_length")
+
+
+def _info(info: dict[str, Any]) -> dict[str, Any]:
+    """Validate `info` and map it onto config keys; unknown keys are ignored."""
+    out: dict[str, Any] = {}
+    for key, config_key in _INFO_STRINGS.items():
+        if key in info:
+            if not isinstance(info[key], str):
+                raise InvalidRequest(f'info field "{key}" must be a string')
+            out[config_key] = info[key]
+    for key in _INFO_INTS:
+        if key in info:
+            value = info[key]
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise InvalidRequest(f'info field "{key}" must be a number')
+            if value < 0 or value != int(value):
+                raise InvalidRequest(f'info field "{key}" must be a non-negative integer')
+            out[key] = int(value)
+    if "capabilities" in info:
+        caps = info["capabilities"]
+        if not isinstance(caps, list) or not all(isinstance(c, str) for c in caps):
+            raise InvalidRequest('info field "capabilities" must be an array of strings')
+        out["capabilities"] = caps
+    return out
 
 
 def _field_error(key: str, go_type: str) -> InvalidRequest:
@@ -228,6 +260,7 @@ def run_create(
         yield from _quantize(store, req.quantize, build, model_layer, quantizer)
     if req.requires:
         build.config["requires"] = req.requires
+    build.config.update(req.info)
     _apply_fields(store, req, build)
     for layer in build.layers:
         verb = "creating new" if layer.digest in build.created else "using existing"

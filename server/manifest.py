@@ -114,6 +114,22 @@ def file_type_name(value: object) -> str:
     return "unknown"
 
 
+# The config blob's keys in Ollama's struct order (§13.4); omitted when empty, except the first
+# five and the last two.
+CONFIG_KEYS = (
+    "model_format", "model_family", "model_families", "model_type", "file_type", "renderer",
+    "parser", "requires", "remote_host", "remote_model", "capabilities", "context_length",
+    "embedding_length", "base_name", "draft", "architecture", "os",
+)  # fmt: skip
+_CONFIG_ALWAYS = ("model_format", "model_family", "model_families", "model_type", "file_type",
+                  "architecture", "os")  # fmt: skip
+
+
+def ordered_config(config: dict[str, Any]) -> dict[str, Any]:
+    """`config` with Ollama's key order, empty optional keys dropped, unknown keys ignored."""
+    return {k: config.get(k) for k in CONFIG_KEYS if k in _CONFIG_ALWAYS or config.get(k)}
+
+
 def config_from_gguf(gguf: GGUFFile, inherit: dict[str, Any] | None = None) -> dict[str, Any]:
     """The config blob's object (§13.4) for a model layer, in Ollama's key order.
 

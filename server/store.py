@@ -46,6 +46,7 @@ from server.manifest import (
     config_from_gguf,
     encode_messages,
     encode_params,
+    ordered_config,
 )
 from server.names import Name, parse_digest, parse_name
 
@@ -262,7 +263,9 @@ class Store:
 
     def write_model(self, name: Name, layers: Iterable[Layer], config: dict[str, Any]) -> Name:
         """Write the config blob, then the manifest: the last step that makes the model visible."""
-        config_layer, _ = self.layer_from_bytes(MEDIA_CONFIG, gojson.encode_line(config))
+        config_layer, _ = self.layer_from_bytes(
+            MEDIA_CONFIG, gojson.encode_line(ordered_config(config))
+        )
         manifest = Manifest(config_layer, tuple(layers))
         return self.write_manifest_bytes(name, manifest.encode())[0]
 

@@ -40,10 +40,14 @@ needs_registry = pytest.mark.skipif(
 
 
 def write_tiny_gguf(
-    path: Path, file_type: int = 0, dtype: type = np.float32, width: int = 8
+    path: Path,
+    file_type: int = 0,
+    dtype: type = np.float32,
+    width: int = 8,
+    extra: dict[str, str | int] | None = None,
 ) -> Path:
     """A small llama-shaped GGUF (`width` = d_model) with seeded random weights and a toy
-    vocabulary; its 2-D weights are stored as `dtype`."""
+    vocabulary; its 2-D weights are stored as `dtype`; `extra` adds string/uint32 keys."""
     rng = np.random.default_rng(0)
     w = GGUFWriter(str(path), "llama")
     w.add_name("tiny")
@@ -59,6 +63,11 @@ def write_tiny_gguf(
     w.add_token_list(["<s>", "</s>", "a", "b"])
     w.add_token_types([3, 3, 1, 1])
     w.add_chat_template("{{ messages }}")
+    for key, value in (extra or {}).items():
+        if isinstance(value, str):
+            w.add_string(key, value)
+        else:
+            w.add_uint32(key, value)
     for name, shape in (
         ("token_embd.weight", (4, width)),
         ("blk.0.attn_norm.weight", (width,)),

@@ -301,6 +301,60 @@ def test_create_quantizes_an_f16_model(
     assert [p.name for p in store.blobs_dir.iterdir() if not p.name.startswith("sha256-")] == []
 
 
+def test_create_info_and_requires(server_url: str, store: Store, tiny: str) -> None:
+    body = {
+        "model": "i",
+        "from": "tiny",
+        "requires": "0.14.0",
+        "info": {"capabilities": ["vision"], "parameter_size": "1B", "context_length": 9},
+    }
+    assert _create(server_url, body).status_code == 200
+    rec = store.resolve("i")
+    assert store.read_blob(rec.manifest.config.digest) == (
+        b'{"model_format":"gguf","model_family":"llama","model_families":["llama"],'
+        b'"model_type":"1B","file_type":"unknown","requires":"0.14.0",'
+        b'"capabilities":["vision"],"context_length":9,"architecture":"amd64","os":"linux"}\n'
+    )
+    shown = _show(server_url, {"model": "i"}).json()
+    assert shown["requires"] == "0.14.0"
+    assert shown["capabilities"] == ["vision", "completion"]
+    assert _create(server_url, {"model": "i2", "from": "i"}).status_code == 200
+    assert store.resolve("i2").config["requires"] == "0.14.0"  # inherited
+    for info, message in (
+        ({"model_family": 1}, 'info field "model_family" must be a string'),
+        ({"context_length": -1}, 'info field "context_length" must be a non-negative integer'),
+        ({"embedding_length": "x"}, 'info field "embedding_length" must be a number'),
+    ):
+        resp = _create(server_url, {"model": "x", "from": "tiny", "info": info})
+        assert (resp.status_code, resp.json()) == (400, {"error": message})
+
+
+def test_projector_and_embedding_models(server_url: str, store: Store, tmp_path: Path) -> None:
+    model = _upload(server_url, write_tiny_gguf(tmp_path / "m.gguf"))
+    proj_file = write_tiny_gguf(tmp_path / "p.gguf", extra={"general.type": "projector"})
+    projector = _upload(server_url, proj_file)
+    files = {"model.gguf": model, "mmproj.gguf": projector}
+    assert _create(server_url, {"model": "v", "files": files}).status_code == 200
+    rec = store.resolve("v")
+    assert rec.projectors == (store.blob_path(projector),)
+    shown = _show(server_url, {"model": "v"}).json()
+    assert shown["capabilities"] == ["completion", "vision"]
+    assert shown["projector_info"]["general.type"] == "projector"
+    assert f"\nFROM {store.blob_path(projector)}\n" in shown["modelfile"]
+    embed = _upload(
+        server_url, write_tiny_gguf(tmp_path / "e.gguf", extra={"llama.pooling_type": 1})
+    )
+    assert _create(server_url, {"model": "e", "files": {"e.gguf": embed}}).status_code == 200
+    assert _show(server_url, {"model": "e"}).json()["capabilities"] == ["embedding"]
+
+
+def test_create_from_a_missing_model_tries_to_pull_it(server_url: str) -> None:
+    resp = _create(server_url, {"model": "x", "from": "127.0.0.1:1/no/model"})
+    lines = _lines(resp)
+    assert lines[0] == {"status": "pulling manifest"}
+    assert "error" in lines[-1] and len(lines) == 2
+
+
 # ---- tags ------------------------------------------------------------------------------------
 
 
