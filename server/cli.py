@@ -177,21 +177,23 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     client = Client(server_url().base)
-    options: dict[str, Any] = {}
-    base: dict[str, Any] = {"model": args.model, "options": options}
+    base: dict[str, Any] = {"model": args.model}
     if args.format:
         base["format"] = args.format
     if args.keepalive is not None:
         base["keep_alive"] = args.keepalive
     if args.think is not None:
         base["think"] = args.think
-    prompt = " ".join(args.prompt)
-    if not sys.stdin.isatty():
-        piped = sys.stdin.read()
-        prompt = f"{piped}\n\n{prompt}" if prompt else piped
+    words = list(args.prompt)
+    interactive = sys.stdin.isatty()
+    if not interactive:
+        piped = sys.stdin.read()  # `ollama run` puts piped input before the arguments
+        words = [piped, *words] if piped else words
+    if words:
+        prompt = " ".join(words)
         return _chat_once(client, base, [{"role": "user", "content": prompt}], args.verbose)
-    if prompt:
-        return _chat_once(client, base, [{"role": "user", "content": prompt}], args.verbose)
+    if not interactive:
+        return 0
     client.post("/api/chat", {**base, "messages": [], "stream": False})  # load, as `ollama run`
     return _interactive(client, base, args.verbose)
 
@@ -263,6 +265,7 @@ def _print_stats(final: dict[str, Any]) -> None:
 
 
 _HELP = """Available Commands:
+  /set parameter  Set a parameter: /set parameter <name> <value>
   /clear          Clear session context
   /bye            Exit
   /?, /help       Help for a command
@@ -296,6 +299,15 @@ def _interactive(client: Client, base: dict[str, Any], verbose: bool) -> int:
             history.clear()
             print("Cleared session context")
             continue
+        elif line.startswith("/set parameter"):
+            parts = line.split(maxsplit=3)
+            if len(parts) != 4:
+                print("Usage: /set parameter <name> <value>")
+                continue
+            options = base.setdefault("options", {})
+            options[parts[2]] = _parameter_value(parts[3])
+            print(f"Set parameter '{parts[2]}' to '{parts[3]}'")
+            continue
         elif line.startswith("/"):
             print(f"Unknown command '{line.split()[0]}'. Type /? for help")
             continue
@@ -308,6 +320,16 @@ def _interactive(client: Client, base: dict[str, Any], verbose: bool) -> int:
         else:
             history.append({"role": "assistant", "content": reply})
             print()
+
+
+def _parameter_value(text: str) -> Any:
+    """A `/set parameter` value: a JSON number or boolean when it parses as one, else text
+    (`stop` values become a one-element list, as Ollama's CLI sends them)."""
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return [text]
+    return value if isinstance(value, int | float | bool) else [str(value)]
 
 
 # --------------------------------------------------------------------------------------------

@@ -1,0 +1,155 @@
+"""server/cli.py: OLLAMA_HOST parsing, and `refllama serve/create/run/ps/stop` against servers."""
+
+from __future__ import annotations
+
+import io
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from server import cli
+from server.app import create_app
+from server.store import Store
+from tests.server.live import live_server
+
+REFLLAMA = str(Path(sys.executable).parent / "refllama")
+
+
+@pytest.mark.parametrize(
+    ("value", "base"),
+    [
+        ("", "http://127.0.0.1:11434"),
+        ("0.0.0.0", "http://0.0.0.0:11434"),
+        ("example.com:8080", "http://example.com:8080"),
+        ("http://example.com", "http://example.com:80"),
+        ("https://example.com", "https://example.com:443"),
+        ("https://example.com:8443/ollama", "https://example.com:8443/ollama"),
+        ("[::1]:9999", "http://[::1]:9999"),
+        ("::1", "http://[::1]:11434"),
+        ("localhost:notaport", "http://localhost:11434"),
+    ],
+)
+def test_ollama_host(value, base):  # §1.1
+    assert cli.parse_ollama_host(value).base == base
+
+
+class _TTY(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def _main(*argv: str) -> int:
+    with pytest.raises(SystemExit) as info:
+        cli.main(list(argv))
+    return int(info.value.code)
+
+
+@pytest.fixture(scope="module")
+def url(tmp_path_factory: pytest.TempPathFactory, smollm2_path) -> Iterator[str]:
+    store = Store(tmp_path_factory.mktemp("cli") / "models")
+    store.create_from_gguf("short", smollm2_path, parameters={"num_predict": 6})
+    with live_server(create_app(store)) as base:
+        yield base
+
+
+@pytest.mark.slow
+def test_run_ps_stop(url, monkeypatch, capsys):
+    monkeypatch.setenv("OLLAMA_HOST", url)
+    monkeypatch.setattr(sys, "stdin", io.StringIO(""))
+    assert _main("run", "short", "Say", "hi.") == 0
+    answer = capsys.readouterr().out
+    assert answer.strip() and answer.endswith("\n")
+
+    assert _main("ps") == 0
+    table = capsys.readouterr().out.splitlines()
+    assert table[0].split() == ["NAME", "ID", "SIZE", "PROCESSOR", "CONTEXT", "UNTIL"]
+    assert table[1].startswith("short:latest") and "100% CPU" in table[1]
+    assert "minutes from now" in table[1]
+
+    assert _main("stop", "short") == 0
+    assert _main("ps") == 0
+    assert len(capsys.readouterr().out.splitlines()) == 1
+    assert _main("stop", "nope") == 1
+    assert 'couldn\'t find model "nope" to stop' in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_run_piped_and_interactive(url, monkeypatch, capsys):
+    monkeypatch.setenv("OLLAMA_HOST", url)
+    monkeypatch.setattr(sys, "stdin", io.StringIO("Say hi."))
+    assert _main("run", "short") == 0
+    assert capsys.readouterr().out.strip()
+
+    script = 'Hello!\n/?\n/set parameter num_predict 2\n"""Two\nlines"""\n/bogus\n/bye\n'
+    monkeypatch.setattr(sys, "stdin", _TTY(script))
+    assert _main("run", "short") == 0
+    out = capsys.readouterr().out
+    assert "Available Commands:" in out and "Unknown command '/bogus'" in out
+    assert "Set parameter 'num_predict' to '2'" in out
+
+    assert _main("run", "nope", "hi") == 1
+    assert "model 'nope' not found" in capsys.readouterr().err
+
+
+def test_client_reports_a_missing_server(monkeypatch, capsys):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setenv("OLLAMA_HOST", f"127.0.0.1:{port}")
+    assert _main("ps") == 1
+    assert "could not connect" in capsys.readouterr().err
+
+
+def _wait_up(base: str, proc: subprocess.Popen, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"refllama serve exited with {proc.returncode}")
+        try:
+            with urllib.request.urlopen(base + "/", timeout=1) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.2)
+    raise RuntimeError("refllama serve did not start")
+
+
+@pytest.mark.slow
+def test_readme_path_serve_create_run(tmp_path, smollm2_path):
+    """The README's main command: serve, create from a Modelfile FROM the GGUF, run a prompt."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "OLLAMA_HOST": f"127.0.0.1:{port}", "OLLAMA_MODELS": str(tmp_path / "m")}
+    server = subprocess.Popen(
+        [REFLLAMA, "serve", "--log-level", "warning"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        _wait_up(f"http://127.0.0.1:{port}", server)
+        (tmp_path / "Modelfile").write_text(f"FROM {smollm2_path}\n")
+        created = subprocess.run(
+            [REFLLAMA, "create", "smollm2", "-f", str(tmp_path / "Modelfile")],
+            env=env, capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+        assert created.returncode == 0, created.stderr
+        ran = subprocess.run(
+            [REFLLAMA, "run", "smollm2", "What is the capital of France?"],
+            env=env, capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL,
+        )  # fmt: skip
+        assert ran.returncode == 0, ran.stderr
+        assert "Paris" in ran.stdout
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+        assert server.stderr is not None
+        server.stderr.close()
