@@ -149,12 +149,17 @@ def _variant_tokenizer(metadata: dict[str, dict[str, Any]], variant: dict[str, A
     return Tokenizer.from_metadata(meta)
 
 
+@pytest.fixture(scope="module")
+def variant_tokenizers(metadata: dict[str, dict[str, Any]]) -> dict[str, Tokenizer]:
+    return {name: _variant_tokenizer(metadata, v) for name, v in GOLDEN["variants"].items()}
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("vname", GOLDEN["variants"])
-def test_variants_match_llama_cpp(metadata: dict[str, dict[str, Any]], vname: str) -> None:
+def test_variants_match_llama_cpp(variant_tokenizers: dict[str, Tokenizer], vname: str) -> None:
     """Other pre-tokenizers, SPM with add_space_prefix, WordPiece: all checked by llama.cpp."""
     variant = GOLDEN["variants"][vname]
-    tok = _variant_tokenizer(metadata, variant)
+    tok = variant_tokenizers[vname]
     texts = variant["texts"] if isinstance(variant["texts"], list) else CORPUS[::2]
     assert (tok.add_bos, tok.add_eos) == (variant["add_bos"], variant["add_eos"])
     assert (tok.bos_id, tok.eos_id) == (variant["bos_id"], variant["eos_id"])
@@ -365,7 +370,7 @@ def test_live_generated_text(
 
 @pytest.fixture(scope="module")
 def variant_oracles(
-    tmp_path_factory: pytest.TempPathFactory, metadata: dict[str, dict[str, Any]]
+    tmp_path_factory: pytest.TempPathFactory, variant_tokenizers: dict[str, Tokenizer]
 ) -> dict[str, tuple[Tokenizer, Any]]:
     """Every golden variant rebuilt as a vocab-only GGUF and loaded by llama.cpp."""
     from tests.golden import make_tokenizer_golden as golden
@@ -381,7 +386,7 @@ def variant_oracles(
             base, types = golden.gguf_meta(golden.model_path(variant["base"]))
             meta = {k: v for k, v in base.items() if k not in variant["drop"]} | variant["set"]
             golden.write_gguf(path, base["general.architecture"], meta, types)
-        out[vname] = (_variant_tokenizer(metadata, variant), golden.load(path))
+        out[vname] = (variant_tokenizers[vname], golden.load(path))
     return out
 
 
