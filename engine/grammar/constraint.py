@@ -13,6 +13,7 @@ reused across requests; masks are cached per (vocabulary, DFA state).
 from __future__ import annotations
 
 import functools
+import threading
 from collections import OrderedDict
 from typing import Protocol
 
@@ -36,10 +37,25 @@ class TokenSource(Protocol):
     def token_bytes(self, token: int) -> bytes: ...
 
 
-@functools.lru_cache(maxsize=32)
+_GRAMMAR_CACHE_SIZE = 32
+_MAX_SHARED_STATES = 32768  # a DFA grown past this (~1 KiB of table per state) starts afresh
+_grammars: OrderedDict[str, CompiledGrammar] = OrderedDict()
+_grammars_lock = threading.Lock()
+
+
 def compile_grammar(text: str) -> CompiledGrammar:
     """Parse and compile GBNF text (cached: the DFA built by one request serves the next)."""
-    return CompiledGrammar(parse_gbnf(text))
+    with _grammars_lock:
+        grammar = _grammars.get(text)
+        if grammar is not None and grammar.n_states <= _MAX_SHARED_STATES:
+            _grammars.move_to_end(text)
+            return grammar
+    grammar = CompiledGrammar(parse_gbnf(text))
+    with _grammars_lock:
+        _grammars[text] = grammar
+        if len(_grammars) > _GRAMMAR_CACHE_SIZE:
+            _grammars.popitem(last=False)
+    return grammar
 
 
 @functools.lru_cache(maxsize=4)

@@ -456,3 +456,18 @@ def test_masks_match_llama_cpp(smollm2_path, grammar: str, text: str) -> None:
     finally:
         L.llama_sampler_free(sampler)
         L.llama_model_free(model)
+
+
+def test_compiled_grammars_are_cached_until_their_dfa_grows_too_large(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import engine.grammar.constraint as constraint
+
+    text = 'root ::= [a-z]+ "!"'
+    g = compile_grammar(text)
+    assert compile_grammar(text) is g
+    for byte in b"abc":
+        g.step(g.start, byte)
+    monkeypatch.setattr(constraint, "_MAX_SHARED_STATES", g.n_states - 1)
+    fresh = compile_grammar(text)
+    assert fresh is not g and compile_grammar(text) is fresh
