@@ -265,10 +265,6 @@ class CompiledGrammar:
         """Does the state hold an unfinished UTF-8 sequence?"""
         return self._keys[state][2] != 0
 
-    def stacks(self, state: int) -> StackSet:
-        """The stack set of a state (for tests and debugging)."""
-        return self._stacksets[self._keys[state][0]]
-
     @property
     def n_states(self) -> int:
         return len(self._keys)
