@@ -83,6 +83,18 @@ def _pieces(vocab: Vocab) -> list[bytes]:
     return pieces
 
 
+def _added_by_add_special(vocab: Vocab) -> tuple[list[int], list[int]]:
+    """The ids `encode(add_special=True)` puts before and after the text."""
+    if vocab.model == "bert":  # llama.cpp's WPM always wraps: [CLS] text [SEP]
+        if vocab.bos_id is None or vocab.sep_id is None:
+            raise TokenizerError("the bert (WPM) tokenizer needs bos ([CLS]) and sep ([SEP]) ids")
+        return [vocab.bos_id], [vocab.sep_id]
+    # load_vocab has checked that the ids exist when the flags are set.
+    prefix = [vocab.bos_id] if vocab.add_bos and vocab.bos_id is not None else []
+    suffix = [vocab.eos_id] if vocab.add_eos and vocab.eos_id is not None else []
+    return prefix, suffix
+
+
 class Tokenizer:
     """Tokenizer for one GGUF vocabulary; ids and text identical to llama.cpp's.
 
@@ -98,6 +110,7 @@ class Tokenizer:
         self.add_bos = vocab.add_bos
         self.add_eos = vocab.add_eos
         self.eog_ids: frozenset[int] = vocab.eog_ids
+        self._prefix, self._suffix = _added_by_add_special(vocab)
         self._hf = hf.build(vocab)
         # HF's switch for "special tokens are plain text" is state on the tokenizer object.
         self._hf_lock = threading.Lock()
@@ -134,14 +147,7 @@ class Tokenizer:
             ids = [i for i in ids if i != self.n_vocab]  # hf.MISSING_BYTE: dropped as llama.cpp
         if not add_special:
             return ids
-        v = self.vocab
-        if v.model == "bert":  # llama.cpp's WPM always wraps: [CLS] text [SEP]
-            return [v.bos_id, *ids, v.sep_id]  # type: ignore[list-item]
-        if self.add_bos:
-            ids.insert(0, self.bos_id)  # type: ignore[arg-type]
-        if self.add_eos:
-            ids.append(self.eos_id)  # type: ignore[arg-type]
-        return ids
+        return [*self._prefix, *ids, *self._suffix]
 
     def _check(self, token_id: int) -> None:
         if not 0 <= token_id < self.n_vocab:
