@@ -20,6 +20,7 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
+from server.cli import main as cli_main
 from server.routes_models import model_routes
 from server.store import Store
 from tests.server.conftest import ServerProcess, assert_consistent, needs_registry
@@ -292,3 +293,48 @@ def test_kill_mid_pull_then_resume(registry: str, tmp_path: Path, smollm2_path: 
     assert store.resolve(name).gguf_path.read_bytes() == smollm2_path.read_bytes()
     assert not any("partial" in p.name for p in store.blobs_dir.iterdir())
     assert_consistent(store)
+
+
+def test_pull_over_an_older_version_removes_its_unused_layers(
+    registry: str, server_url: str, store: Store, tiny_gguf: Path, tmp_path: Path
+) -> None:
+    name = f"{registry}/test/tiny:moving"
+    publisher = Store(tmp_path / "publisher")
+    with live_server(Starlette(routes=model_routes(publisher))) as pub_url:
+        publisher.create_from_gguf(name, tiny_gguf, system="version one")
+        assert _stream(pub_url, "push", {"model": name, "insecure": True})[1][-1]["status"] == (
+            "success"
+        )
+        _, first = _stream(server_url, "pull", {"model": name, "insecure": True})
+        assert "removing unused layers" not in [e["status"] for e in first]
+        publisher.create_from_gguf(name, tiny_gguf, system="version two")
+        _stream(pub_url, "push", {"model": name, "insecure": True})
+    _, second = _stream(server_url, "pull", {"model": name, "insecure": True})
+    assert [e["status"] for e in second][-3:] == [
+        "writing manifest",
+        "removing unused layers",
+        "success",
+    ]
+    assert store.resolve(name).system == "version two"
+    assert not store.has_blob("sha256:" + hashlib.sha256(b"version one").hexdigest())
+
+
+def test_cli_push_and_pull(
+    registry: str, server_url: str, store: Store, tiny_gguf: Path, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:  # fmt: skip
+    name = f"{registry}/cli/tiny:v1"
+    store.create_from_gguf(name, tiny_gguf)
+    monkeypatch.setenv("OLLAMA_HOST", server_url)
+    for argv in (["push", "--insecure", name], ["rm", name], ["pull", "--insecure", name]):
+        with pytest.raises(SystemExit) as done:
+            cli_main(argv)
+        assert done.value.code == 0, argv
+    out = capsys.readouterr()
+    assert out.out == f"deleted '{name}'\n"
+    progress = out.err.replace("\r", "\n").splitlines()
+    assert progress[0] == "retrieving manifest" and progress[-1] == "success"
+    assert "pulling manifest" in progress and "verifying sha256 digest" in progress
+    digest = store.resolve(name).manifest.layers[0].digest
+    size = f"{tiny_gguf.stat().st_size / 1000:.1f} KB"
+    assert f"pulling {digest[7:19]}: 100% ▕{'█' * 25}▏ {size}/{size}" in progress

@@ -658,3 +658,43 @@ def test_cli_create_from_modelfile_then_chat(
             )
     assert reply.done and reply.message.role == "assistant"
     assert reply.eval_count == 4 and reply.message.content
+
+
+def test_cli_list_show_cp_rm(
+    server_url: str, tiny: str, monkeypatch: pytest.MonkeyPatch, capsys: Any
+) -> None:
+    monkeypatch.setenv("OLLAMA_HOST", server_url)
+
+    def run(*argv: str) -> str:
+        with pytest.raises(SystemExit) as done:
+            cli_main(list(argv))
+        assert done.value.code == 0, argv
+        return str(capsys.readouterr().out)
+
+    assert run("cp", "tiny", "other") == "copied 'tiny' to 'other'\n"
+    listing = run("list").splitlines()
+    assert listing[0].split() == ["NAME", "ID", "SIZE", "MODIFIED"]
+    digest = httpx.get(f"{server_url}/api/tags").json()["models"][0]["digest"]
+    assert sorted(row.split()[:2] for row in listing[1:]) == [
+        ["other:latest", digest[:12]],
+        ["tiny:latest", digest[:12]],
+    ]
+    shown = run("show", "tiny")
+    assert "architecture        llama" in shown and "context length      64" in shown
+    assert run("show", "--template", "tiny") == "{{ .Prompt }}\n"
+    assert run("rm", "tiny", "other") == "deleted 'tiny'\ndeleted 'other'\n"
+    with pytest.raises(SystemExit) as failed:
+        cli_main(["rm", "tiny"])
+    assert failed.value.code == 1
+    assert capsys.readouterr().err == "Error: model 'tiny' not found\n"
+
+
+def test_cli_create_reports_modelfile_errors(
+    tmp_path: Path, server_url: str, monkeypatch: pytest.MonkeyPatch, capsys: Any
+) -> None:
+    monkeypatch.setenv("OLLAMA_HOST", server_url)
+    (tmp_path / "Modelfile").write_text("SYSTEM no from\n")
+    with pytest.raises(SystemExit) as failed:
+        cli_main(["create", "x", "-f", str(tmp_path / "Modelfile")])
+    assert failed.value.code == 1
+    assert capsys.readouterr().err == "Error: no FROM line\n"
