@@ -202,24 +202,24 @@ def pull(store: Store, name: Name, insecure: bool = False) -> Iterator[dict[str,
             parse_digest(layer.digest)
     except (ValueError, KeyError) as e:
         raise RegistryError(f"pull model manifest: invalid manifest: {e}") from e
-    downloaded: list[Layer] = []
+    failures: list[ServerError] = []
     for layer in manifest.blobs:
         if store.has_blob(layer.digest):
             size = store.blob_path(layer.digest).stat().st_size
             yield _progress("pulling", layer.digest, size, size)
             continue
-        with _lock_for(layer.digest):
+        with _lock_for(layer.digest):  # a concurrent pull of this blob finishes first
             if store.has_blob(layer.digest):
+                size = store.blob_path(layer.digest).stat().st_size
+                yield _progress("pulling", layer.digest, size, size)
                 continue
             yield from _download(store, registry, layer)
-            downloaded.append(layer)
+            # Verified while the lock is held; a mismatch is reported after the status line.
+            try:
+                _commit_download(store, layer)
+            except ServerError as e:
+                failures.append(e)
     yield {"status": "verifying sha256 digest"}
-    failures = []
-    for layer in downloaded:  # every blob is checked: good ones are kept, bad ones deleted
-        try:
-            _commit_download(store, layer)
-        except ServerError as e:
-            failures.append(e)
     if failures:
         raise failures[0]
     yield {"status": "writing manifest"}
@@ -243,24 +243,25 @@ def _part_file(partial: Path, n: int) -> Path:
 
 
 def _load_parts(partial: Path, total: int) -> list[dict[str, int]]:
-    """Saved part records if they describe this blob, else a fresh split (§14.2 resume)."""
-    parts = []
-    for n in range(len(part_sizes(total))):
-        try:
-            parts.append(json.loads(_part_file(partial, n).read_text()))
-        except (OSError, ValueError):
-            break
-    if (
-        partial.exists()
-        and parts
-        and sum(p["Size"] for p in parts) == total
-        and _part_file(partial, len(parts)).exists() is False
-    ):
-        return parts
-    return [
+    """The saved part records if they match this blob's split, else a fresh split (§14.2)."""
+    fresh = [
         {"N": n, "Offset": off, "Size": size, "Completed": 0}
         for n, (off, size) in enumerate(part_sizes(total))
     ]
+    if not partial.exists():
+        return fresh
+    saved = []
+    for part in fresh:
+        try:
+            record = json.loads(_part_file(partial, part["N"]).read_text())
+        except (OSError, ValueError):
+            return fresh
+        same = all(record.get(k) == part[k] for k in ("N", "Offset", "Size"))
+        done = record.get("Completed")
+        if not same or not isinstance(done, int) or not 0 <= done <= part["Size"]:
+            return fresh
+        saved.append({**part, "Completed": done})
+    return saved
 
 
 def _save_part(partial: Path, part: dict[str, int]) -> None:
@@ -292,8 +293,8 @@ def _download(store: Store, registry: Registry, layer: Layer) -> Iterator[dict[s
                 resp = registry.request("GET", url, {"Range": f"bytes={start}-{end}"})
                 if resp.status not in (200, 206):
                     raise _error("", resp)
-                if resp.status == 200 and start:
-                    resp.body.read(start)  # the server ignored Range: skip what we have
+                if resp.status == 200:
+                    _skip(resp, start)  # the server ignored Range: drop what we already have
                 f.seek(start)
                 try:
                     while part["Completed"] < part["Size"]:
@@ -314,6 +315,14 @@ def _download(store: Store, registry: Registry, layer: Layer) -> Iterator[dict[s
                     _save_part(partial, part)
         os.fsync(f.fileno())
     yield _progress("pulling", layer.digest, total, done)
+
+
+def _skip(resp: _Response, n: int) -> None:
+    while n > 0:
+        chunk = resp.body.read(min(CHUNK, n))
+        if not chunk:
+            raise RegistryError("blob download ended early")
+        n -= len(chunk)
 
 
 def _commit_download(store: Store, layer: Layer) -> None:

@@ -338,3 +338,31 @@ def test_cli_push_and_pull(
     digest = store.resolve(name).manifest.layers[0].digest
     size = f"{tiny_gguf.stat().st_size / 1000:.1f} KB"
     assert f"pulling {digest[7:19]}: 100% ▕{'█' * 25}▏ {size}/{size}" in progress
+
+
+def test_concurrent_pulls_of_one_model(
+    server_url: str, store: Store, smollm2_path: Path, tmp_path: Path
+) -> None:
+    source = Store(tmp_path / "source")
+    rec = source.create_from_gguf("x", smollm2_path)
+    slow = StubRegistry(
+        source.manifest_path(rec.parsed).read_bytes(),
+        {x.digest: source.read_blob(x.digest) for x in rec.manifest.blobs},
+    )
+    slow.delay = 0.01
+    results: list[list[dict[str, Any]]] = []
+    with live_server(slow.app()) as stub_url:
+        body = {"model": f"{stub_url.removeprefix('http://')}/c/smol:v1", "insecure": True}
+        threads = [
+            threading.Thread(target=lambda: results.append(_stream(server_url, "pull", body)[1]))
+            for _ in range(2)
+        ]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+    assert [r[-1] for r in results] == [{"status": "success"}] * 2
+    model_gets = [r for r in slow.requests if r[0] == "GET" and "/blobs/" in r[1]]
+    assert len(model_gets) == len(rec.manifest.blobs)  # each blob was downloaded once
+    assert store.resolve(body["model"]).gguf_path.read_bytes() == smollm2_path.read_bytes()
+    assert_consistent(store)
