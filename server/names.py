@@ -61,10 +61,6 @@ class Name:
         """The registry repository path, `namespace/model`."""
         return f"{self.namespace}/{self.model}"
 
-    def same_as(self, other: Name) -> bool:
-        """Equal ignoring case, as Ollama compares names."""
-        return all(a.lower() == b.lower() for a, b in zip(self.parts, other.parts, strict=True))
-
 
 def _cut_last(s: str, sep: str) -> tuple[str, str, bool]:
     """Split at the last `sep`; an empty side becomes "!" so that it fails validation."""

@@ -29,6 +29,7 @@ from engine.quantize import quantize_gguf
 from server import oci
 from server.create import Quantizer, original_case, parse_create, run_create
 from server.errors import (
+    BlobNotFound,
     DigestMismatch,
     InvalidName,
     InvalidRequest,
@@ -194,7 +195,7 @@ class ModelEndpoints:
         digest = request.path_params["digest"]
         parse_digest(digest)
         if not self.store.has_blob(digest):
-            return _json({"error": f"blob {go_quote(digest)} not found"}, 404)
+            raise BlobNotFound(digest)  # HEAD: the body never reaches the wire
         return Response(status_code=200)
 
     async def post_blob(self, request: Request) -> Response:

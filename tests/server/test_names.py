@@ -91,11 +91,6 @@ def test_display_forms(raw: str, short: str, full: str | None) -> None:
         assert name.full == full
 
 
-def test_same_as_ignores_case() -> None:
-    assert parse_name("Tiny").same_as(parse_name("registry.ollama.ai/LIBRARY/tiny:LATEST"))
-    assert not parse_name("tiny").same_as(parse_name("tiny:v2"))
-
-
 @pytest.mark.parametrize(
     ("raw", "file"),
     [
