@@ -33,15 +33,21 @@ from engine.tokenizer import Tokenizer
 
 CORPUS = Path(__file__).resolve().parents[1] / "tests" / "golden" / "tokenizer_corpus.json"
 HAVE_LLAMA_CPP = importlib.util.find_spec("llama_cpp") is not None
+if HAVE_LLAMA_CPP:
+    import llama_cpp
+
+    # llama.cpp warns on stderr for every corpus string that starts with "<bos>"; keep quiet.
+    _QUIET_LOG = llama_cpp.llama_log_callback(lambda level, text, user_data: None)
 
 
-def time_runs(repeat: int, fn: Callable[[], object]) -> list[float]:
-    fn()  # warm-up
+def time_runs(repeat: int, fn: Callable[[], object]) -> list[tuple[float, float]]:
+    """(wall, CPU) seconds of `repeat` calls after one warm-up call."""
+    fn()
     times = []
     for _ in range(repeat):
-        start = time.perf_counter()
+        wall, cpu = time.perf_counter(), time.process_time()
         fn()
-        times.append(time.perf_counter() - start)
+        times.append((time.perf_counter() - wall, time.process_time() - cpu))
     return times
 
 
@@ -55,16 +61,23 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def row(name: str, times: list[float], unit: str = "s", scale: float = 1.0) -> None:
-    values = [scale / t for t in times] if unit == "MB/s" else times
-    best = max(values) if unit == "MB/s" else min(values)
-    print(f"{name:28} {statistics.median(values):10.3f} {best:10.3f}  {unit}")
+def row(name: str, times: list[tuple[float, float]], unit: str = "s", mb: float = 1.0) -> None:
+    """Median and best of wall-clock and CPU time (CPU time is steadier on a shared machine)."""
+    if unit == "MB/s":
+        times = [(mb / wall, mb / cpu) for wall, cpu in times]
+    pick = max if unit == "MB/s" else min
+    wall, cpu = [t[0] for t in times], [t[1] for t in times]
+    print(
+        f"{name:26} {statistics.median(wall):9.3f} {pick(wall):9.3f} "
+        f"{statistics.median(cpu):9.3f} {pick(cpu):9.3f}  {unit}"
+    )
 
 
 def bench_model(name: str, texts: list[str], repeat: int) -> None:
     path = model_path(name)
     gguf = GGUFFile(path)
-    print(f"\n{name}: {path.name}, {repeat} runs{'':8} {'median':>10} {'best':>10}")
+    print(f"\n{name}: {path.name}, {repeat} runs")
+    print(f"{'':26} {'wall med':>9} {'best':>9} {'cpu med':>9} {'best':>9}")
     row("build", time_runs(repeat, lambda: Tokenizer.from_gguf(gguf)))
     row("gguf+build", time_runs(repeat, lambda: Tokenizer.from_gguf(GGUFFile(path))))
     tok = Tokenizer.from_gguf(gguf)
@@ -72,7 +85,7 @@ def bench_model(name: str, texts: list[str], repeat: int) -> None:
     all_ids = [tok.encode(t) for t in texts]
     llm = None
     if HAVE_LLAMA_CPP:
-        import llama_cpp
+        llama_cpp.llama_log_set(_QUIET_LOG, ctypes.c_void_p())
 
         def load() -> llama_cpp.Llama:
             return llama_cpp.Llama(model_path=str(path), vocab_only=True, verbose=False)
