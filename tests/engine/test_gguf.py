@@ -3,6 +3,7 @@ byte by byte here raise the typed GGUFError subclasses (never struct/NumPy/Index
 
 from __future__ import annotations
 
+import functools
 import struct
 import tempfile
 from pathlib import Path
@@ -311,6 +312,12 @@ def test_numeric_array_count_beyond_the_file(tmp_path: Path) -> None:
 # --- the real models, against gguf-py's reader -------------------------------------------------
 
 
+@functools.cache
+def gguf_reader(path: Path) -> gguf.GGUFReader:
+    """One GGUFReader per real model for the session (Gemma 3's takes seconds to open)."""
+    return gguf.GGUFReader(path)
+
+
 def reader_value(field: gguf.ReaderField) -> object:
     if field.types[0] == VT.ARRAY and field.types[-1] != VT.STRING:
         return np.array(field.contents())
@@ -322,7 +329,7 @@ def reader_value(field: gguf.ReaderField) -> object:
 def test_real_models_match_gguf_reader(model: str, request: pytest.FixtureRequest) -> None:
     path = request.getfixturevalue(model)
     ours = GGUFFile(path)
-    reader = gguf.GGUFReader(path)
+    reader = gguf_reader(path)
     fields = {k: v for k, v in reader.fields.items() if not k.startswith("GGUF.")}
     assert list(ours.metadata) == list(fields)
     for key, field in fields.items():

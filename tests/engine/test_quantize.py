@@ -123,7 +123,7 @@ ROUND_TRIP_BOUND = {
 
 
 @pytest.mark.parametrize("t", BLOCK_TYPES, ids=lambda t: t.name)
-@settings(max_examples=30, deadline=None)
+@settings(max_examples=20, deadline=None)
 @given(data=st.data())
 def test_dequantized_values_are_close(t: GGMLType, data: st.DataObject) -> None:
     block = quants.TYPE_SIZES[t][0]
@@ -171,7 +171,7 @@ def test_unsupported_quantizer_and_bad_row() -> None:
 @needs_oracle
 @pytest.mark.oracle
 @pytest.mark.parametrize("t", BLOCK_TYPES, ids=lambda t: t.name)
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=25, deadline=None)
 @given(data=st.data())
 def test_every_quantizer_equals_libggml(t: GGMLType, data: st.DataObject) -> None:
     x = data.draw(rows(quants.TYPE_SIZES[t][0], 2))
