@@ -55,20 +55,24 @@ def fp16_round(v: Floats) -> Floats:
 
 
 def seq_sum(terms: Floats) -> Floats:
-    """(m, n) -> (m,): float32 sum over the last axis from 0, in index order, as a C loop does."""
-    total = np.zeros(terms.shape[:-1], F32)
-    for i in range(terms.shape[-1]):
-        total += terms[..., i]
+    """(n, m) -> (m,): float32 sum over axis 0 from 0, in index order, as a C loop does.
+
+    The K-quant helpers keep a group's n positions on axis 0 and the m groups on axis 1, so
+    each step of this loop adds one contiguous row.
+    """
+    total = np.zeros(terms.shape[1:], F32)
+    for row in terms:
+        total += row
     return total
 
 
-def _first_max_abs(x: Floats) -> Floats:
-    """(m, n) -> (m,): the signed x with the largest |x|, the first on ties; 0 if all are 0.
+def _first_max_abs(x: Floats, axis: int = -1) -> Floats:
+    """The signed x with the largest |x| along `axis`, the first on ties; 0 if all are 0.
 
     ggml scans with `if (amax < fabsf(v))` from amax = 0, so a block of zeros keeps max = +0.
     """
-    i = np.argmax(np.abs(x), axis=-1)[..., None]
-    pick = np.take_along_axis(x, i, axis=-1)[..., 0]
+    i = np.expand_dims(np.argmax(np.abs(x), axis=axis), axis)
+    pick = np.squeeze(np.take_along_axis(x, i, axis=axis), axis)
     return np.where(np.abs(pick) > 0, pick, F32(0))
 
 
@@ -155,18 +159,19 @@ def quantize_q5_1(x: Floats) -> U8:
 def _qx_trial(x: Floats, iscale: Floats, nmax: int) -> tuple[Ints, Floats, Floats]:
     """Levels l = clamp(nearest_int(iscale x), -nmax, nmax - 1) and the sums of
     make_qx_quants with weights w = x^2: sumlx = sum((w x) l), suml2 = sum((w l) l)."""
-    levels = np.clip(nearest_int(iscale[:, None] * x), -nmax, nmax - 1)
+    levels = np.clip(nearest_int(iscale * x), -nmax, nmax - 1)
     lf = levels.astype(F32)
     w = x * x
     return levels, seq_sum(w * x * lf), seq_sum(w * lf * lf)
 
 
 def make_qx_quants(x: Floats, nmax: int) -> tuple[Ints, Floats]:
-    """ggml make_qx_quants(n, nmax, x, L, rmse_type=1, qw=NULL) over rows of x: (m, n).
+    """ggml make_qx_quants(n, nmax, x, L, rmse_type=1, qw=NULL) for m groups at once.
 
-    Returns codes L = l + nmax (0 for an all-zero group) and the float32 scale per row.
+    x: (n, m), a group per column. Returns codes L = l + nmax (n, m), 0 for an all-zero group,
+    and the float32 scale (m,).
     """
-    vmax = _first_max_abs(x)
+    vmax = _first_max_abs(x, axis=0)
     zero = np.abs(vmax) < GROUP_MAX_EPS
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         levels, sumlx, suml2 = _qx_trial(x, F32(-nmax) / vmax, nmax)
@@ -177,10 +182,10 @@ def make_qx_quants(x: Floats, nmax: int) -> tuple[Ints, Floats]:
             iscale = -(F32(nmax) + F32(0.1) * F32(step)) / vmax
             levels, sumlx, suml2 = _qx_trial(x, iscale, nmax)
             better = (suml2 > 0) & (sumlx * sumlx > best * suml2)
-            codes = np.where(better[:, None], levels + nmax, codes)
+            codes = np.where(better, levels + nmax, codes)
             scale = np.where(better, sumlx / suml2, scale)
             best = np.where(better, scale * sumlx, best)
-    codes[zero] = 0
+    codes[:, zero] = 0
     scale[zero] = 0
     return codes, scale
 
@@ -188,29 +193,30 @@ def make_qx_quants(x: Floats, nmax: int) -> tuple[Ints, Floats]:
 def make_qkx2_quants(
     x: Floats, w: Floats, nmax: int, rmin: float, rdelta: float, nstep: int
 ) -> tuple[Ints, Floats, Floats]:
-    """ggml make_qkx2_quants(..., use_mad=false) over rows of x, w: (m, n).
+    """ggml make_qkx2_quants(..., use_mad=false) for m groups at once.
 
-    Returns codes 0..nmax, scale and the_min (= -min >= 0) per row. A trial that lowers the
-    weighted error replaces `min`, and later trials use the new min (spec 3.5).
+    x, w: (n, m), a group per column. Returns codes 0..nmax (n, m), scale (m,) and
+    the_min = -min >= 0 (m,). A trial that lowers the weighted error replaces `min`, and later
+    trials use the new min (spec 3.5).
     """
-    lo, hi = x[:, 0].copy(), x[:, 0].copy()
-    sum_w, sum_x = w[:, 0].copy(), w[:, 0] * x[:, 0]
-    for i in range(1, x.shape[1]):
-        lo = np.where(x[:, i] < lo, x[:, i], lo)
-        hi = np.where(x[:, i] > hi, x[:, i], hi)
-        sum_w += w[:, i]
-        sum_x += w[:, i] * x[:, i]
+    lo, hi = x[0].copy(), x[0].copy()
+    sum_w, sum_x = w[0].copy(), w[0] * x[0]
+    for xi, wi in zip(x[1:], w[1:], strict=True):
+        lo = np.where(xi < lo, xi, lo)
+        hi = np.where(xi > hi, xi, hi)
+        sum_w += wi
+        sum_x += wi * xi
     lo = np.where(lo > 0, F32(0), lo)
     flat = hi == lo
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         iscale = F32(nmax) / (hi - lo)
         scale = F32(1) / iscale
-        codes = np.clip(nearest_int(iscale[:, None] * (x - lo[:, None])), 0, nmax)
-        diff = scale[:, None] * codes.astype(F32) + lo[:, None] - x
+        codes = np.clip(nearest_int(iscale * (x - lo)), 0, nmax)
+        diff = scale * codes.astype(F32) + lo - x
         best_error = seq_sum(w * (diff * diff))
         for step in range(nstep + 1):
             iscale = (F32(rmin) + F32(rdelta) * F32(step) + F32(nmax)) / (hi - lo)
-            trial = np.clip(nearest_int(iscale[:, None] * (x - lo[:, None])), 0, nmax)
+            trial = np.clip(nearest_int(iscale * (x - lo)), 0, nmax)
             tf = trial.astype(F32)
             wl = w * tf
             sum_l, sum_l2, sum_xl = seq_sum(wl), seq_sum(wl * tf), seq_sum(wl * x)
@@ -220,14 +226,14 @@ def make_qkx2_quants(
             positive = this_min > 0
             this_min = np.where(positive, F32(0), this_min)
             this_scale = np.where(positive, sum_xl / sum_l2, this_scale)
-            diff = this_scale[:, None] * tf + this_min[:, None] - x
+            diff = this_scale * tf + this_min - x
             error = seq_sum(w * (diff * diff))
             better = (det > 0) & (error < best_error) & ~flat
-            codes = np.where(better[:, None], trial, codes)
+            codes = np.where(better, trial, codes)
             best_error = np.where(better, error, best_error)
             scale = np.where(better, this_scale, scale)
             lo = np.where(better, this_min, lo)
-    codes[flat] = 0
+    codes[:, flat] = 0
     scale = np.where(flat, F32(0), scale)
     return codes, scale, -lo
 
@@ -243,10 +249,11 @@ def _pack_scale_min_k4(ls: Ints, lm: Ints) -> U8:
 def _quantize_k4(x: Floats, nmax: int, rmin: float, nstep: int) -> tuple[U8, U8, U8, Ints]:
     """Shared body of Q4_K / Q5_K: (n, 256) -> d, dmin (n, 2), scales (n, 12), codes (n, 256)."""
     n = len(x)
-    sub = x.reshape(n * 8, 32)
+    sub = np.ascontiguousarray(x.reshape(n * 8, 32).T)  # (32, n * 8): a sub-block per column
     av_x = np.sqrt(seq_sum(sub * sub) / F32(32))
-    w = av_x[:, None] + np.abs(sub)
+    w = av_x + np.abs(sub)
     codes, scales, mins = make_qkx2_quants(sub, w, nmax, rmin, 0.1, nstep)
+    codes = codes.T  # (n * 8, 32)
     scales, mins = scales.reshape(n, 8), mins.reshape(n, 8)
     max_scale, max_min = scales.max(axis=1), mins.max(axis=1)  # ggml: from 0, strict `>`
     max_scale = np.where(max_scale > 0, max_scale, F32(0))
@@ -294,8 +301,8 @@ def quantize_q5_k(x: Floats) -> U8:
 # the stored scales.  ggml: quantize_row_q6_K_ref.
 def quantize_q6_k(x: Floats) -> U8:
     n = len(x)
-    codes, scales = make_qx_quants(x.reshape(n * 16, 16), 32)
-    codes, scales = codes.reshape(n, 16, 16), scales.reshape(n, 16)
+    codes, scales = make_qx_quants(np.ascontiguousarray(x.reshape(n * 16, 16).T), 32)
+    codes, scales = codes.T.reshape(n, 16, 16), scales.reshape(n, 16)
     max_scale = _first_max_abs(scales)
     zero = np.abs(max_scale) < GROUP_MAX_EPS
     with np.errstate(divide="ignore", invalid="ignore"):
