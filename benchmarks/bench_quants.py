@@ -1,18 +1,23 @@
-"""Dequantization throughput per ggml type: engine.quants vs gguf-py, plus GGUF load time.
+"""Dequantization and quantization throughput per ggml type (engine.quants vs gguf-py, and
+llama.cpp's C reference when llama-cpp-python is installed), plus GGUF load time.
 
 Usage: OPENBLAS_NUM_THREADS=1 python benchmarks/bench_quants.py [--elements N] [--repeat R]
        python benchmarks/bench_quants.py --smoke
 
 Each type dequantizes the same random blocks (f16 scale fields set to finite values) through
-`engine.quants.dequantize` and `gguf.quants.dequantize`; the table gives the median and best
-MB/s of float32 output over R timed runs after one warm-up. The load-time table opens the
-Gemma 3 GGUF (262k-token vocabulary) with `engine.gguf.GGUFFile` and `gguf.GGUFReader`.
+`engine.quants.dequantize`, `gguf.quants.dequantize` and libggml's `dequantize_row_*` (one C
+thread); the table gives the median MB/s of float32 output over R timed runs after one warm-up.
+The quantize table does the same for normal random float32 input (MB/s of input). The
+load-time table opens the Gemma 3 GGUF (262k-token vocabulary) with `engine.gguf.GGUFFile`
+and `gguf.GGUFReader`.
 """
 
 from __future__ import annotations
 
 import argparse
+import ctypes
 import importlib.metadata
+import importlib.util
 import platform
 import statistics
 import time
@@ -87,12 +92,47 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def bench_dequant(n_elements: int, repeat: int) -> None:
+def _libggml() -> ctypes.CDLL | None:
+    """llama.cpp's libggml-base from llama-cpp-python, when it is installed."""
+    spec = importlib.util.find_spec("llama_cpp")
+    if spec is None or spec.origin is None:
+        return None
+    lib = ctypes.CDLL(str(Path(spec.origin).parent / "lib" / "libggml-base.so"))
+    lib.ggml_quantize_chunk.restype = ctypes.c_size_t
+    lib.ggml_quantize_chunk.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p]
+    lib.ggml_quantize_chunk.argtypes += [ctypes.c_int64] * 3 + [ctypes.c_void_p]
+    return lib
+
+
+def _c_dequantize(lib: ctypes.CDLL, t: GGMLType, raw: np.ndarray, n: int) -> np.ndarray:
+    out = np.empty(n, np.float32)
+    name = {GGMLType.F16: "ggml_fp16_to_fp32_row", GGMLType.BF16: "ggml_bf16_to_fp32_row"}.get(
+        t, f"dequantize_row_{t.name.lower().replace('_k', '_K')}"
+    )
+    getattr(lib, name)(ctypes.c_void_p(raw.ctypes.data), ctypes.c_void_p(out.ctypes.data),
+                       ctypes.c_int64(n))  # fmt: skip
+    return out
+
+
+def _c_quantize(lib: ctypes.CDLL, t: GGMLType, x: np.ndarray) -> np.ndarray:
+    block, size = quants.TYPE_SIZES[t]
+    out = np.empty(x.size // block * size, np.uint8)
+    lib.ggml_quantize_chunk(int(t), x.ctypes.data, out.ctypes.data, 0, *x.shape, None)
+    return out
+
+
+def _row(name: str, mb: float, columns: list[list[float]]) -> str:
+    """Median MB/s per implementation, then ours relative to gguf-py (column 2)."""
+    cells = [f"{mb / statistics.median(c):10.0f}" if c else f"{'n/a':>10}" for c in columns]
+    ratio = statistics.median(columns[1]) / statistics.median(columns[0]) if columns[1] else None
+    return f"{name:8} " + " ".join(cells) + (f" {ratio:7.2f}x" if ratio else "")
+
+
+def bench_dequant(n_elements: int, repeat: int, lib: ctypes.CDLL | None) -> None:
     rng = np.random.default_rng(0)
     mb = n_elements * 4 / 1e6
-    print(f"dequantize {n_elements} elements ({mb:.1f} MB float32 out), {repeat} runs, MB/s")
-    header = f"{'type':8} {'ours med':>10} {'ours max':>10} {'gguf med':>10} {'gguf max':>10}"
-    print(header + f" {'speedup':>8}")
+    print(f"\ndequantize {n_elements} elements ({mb:.1f} MB float32 out), median of {repeat}, MB/s")
+    print(f"{'type':8} {'ours':>10} {'gguf-py':>10} {'libggml':>10} {'ours/gguf':>8}")
     for t in quants.QUANTS:
         raw = random_blocks(t, n_elements, rng)
         shape = (n_elements // ROW, ROW)
@@ -104,14 +144,31 @@ def bench_dequant(n_elements: int, repeat: int) -> None:
             ref = time_runs(repeat, gguf.quants.dequantize, ref_raw, t)
         except NotImplementedError:
             ref = []
-        o_med, o_min = statistics.median(ours), min(ours)
-        row = f"{t.name:8} {mb / o_med:10.0f} {mb / o_min:10.0f}"
-        if ref:
-            r_med, r_min = statistics.median(ref), min(ref)
-            row += f" {mb / r_med:10.0f} {mb / r_min:10.0f} {r_med / o_med:7.2f}x"
-        else:
-            row += f" {'n/a':>10} {'n/a':>10} {'':>8}"
-        print(row)
+        c = (
+            []
+            if lib is None or t == GGMLType.F32
+            else time_runs(repeat, _c_dequantize, lib, t, raw, n_elements)
+        )
+        print(_row(t.name, mb, [ours, ref, c]))
+
+
+def bench_quantize(n_elements: int, repeat: int, lib: ctypes.CDLL | None) -> None:
+    x = np.random.default_rng(1).standard_normal((n_elements // ROW, ROW)).astype(np.float32)
+    mb = x.nbytes / 1e6
+    print(f"\nquantize {n_elements} float32 elements ({mb:.1f} MB in), median of {repeat}, MB/s")
+    print(f"{'type':8} {'ours':>10} {'gguf-py':>10} {'libggml':>10} {'ours/gguf':>8}")
+    for t in quants.QUANTIZERS:
+        ours = time_runs(repeat, quants.quantize, x, t)
+        try:
+            ref = time_runs(repeat, gguf.quants.quantize, x, t)
+        except NotImplementedError:
+            ref = []
+        c = (
+            []
+            if lib is None or quants.TYPE_SIZES[t][0] == 1
+            else time_runs(repeat, _c_quantize, lib, t, x)
+        )
+        print(_row(t.name, mb, [ours, ref, c]))
 
 
 def bench_load(path: Path, repeat: int) -> None:
@@ -128,12 +185,20 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeat", type=int, default=7, help="timed runs per measurement")
     parser.add_argument("--smoke", action="store_true", help="tiny sizes, one run; no load test")
     parser.add_argument("--no-load", action="store_true", help="skip the GGUF load timing")
+    parser.add_argument(
+        "--quantize-fraction", type=int, default=8, help="quantize elements / this many"
+    )
     args = parser.parse_args(argv)
     n_elements, repeat = (1 << 14, 1) if args.smoke else (args.elements, args.repeat)
     n_elements -= n_elements % ROW
     gguf_version = importlib.metadata.version("gguf")
-    print(f"numpy {np.__version__}, gguf-py {gguf_version}, CPU: {cpu_name()}")
-    bench_dequant(n_elements, repeat)
+    lib = _libggml()
+    oracle = f", libggml from llama-cpp-python {importlib.metadata.version('llama_cpp_python')}"
+    print(
+        f"numpy {np.__version__}, gguf-py {gguf_version}{oracle if lib else ''}, CPU: {cpu_name()}"
+    )
+    bench_dequant(n_elements, repeat, lib)
+    bench_quantize(n_elements // args.quantize_fraction, repeat, lib)
     if not (args.smoke or args.no_load):
         bench_load(model_path("gemma3"), max(3, repeat // 2))
 
