@@ -362,20 +362,21 @@ class Store:
     def resolve(self, name: str | Name) -> ModelRecord:
         """Look a model up by name (case-insensitively).
 
-        Raises InvalidName for a malformed string and ModelNotFound (text `model '<x>' not found`,
-        x as given) when no manifest exists.
+        Raises InvalidName for a malformed string, ModelNotFound (text `model '<x>' not found`,
+        x as given) when no manifest exists, and ServerError (500) for a manifest, config or
+        text layer that is unreadable (a store damaged from outside).
         """
         parsed = parse_name(name) if isinstance(name, str) else name
         parsed = self.canonical(parsed)
         try:
             found = self.read_manifest(parsed)
-        except ValueError as e:
-            raise ServerError(f"manifest of {parsed.short} is invalid: {e}") from e
-        if found is None:
-            raise ModelNotFound(name if isinstance(name, str) else parsed.short)
-        data, manifest = found
-        mtime = self.manifest_path(parsed).stat().st_mtime_ns
-        return self._record(parsed, data, manifest, mtime)
+            if found is None:
+                raise ModelNotFound(name if isinstance(name, str) else parsed.short)
+            data, manifest = found
+            mtime = self.manifest_path(parsed).stat().st_mtime_ns
+            return self._record(parsed, data, manifest, mtime)
+        except (OSError, ValueError) as e:  # json and UTF-8 decode errors are ValueErrors
+            raise ServerError(f"model {parsed.short} cannot be read: {e}") from e
 
     def list_models(self) -> list[ModelRecord]:
         """All readable models, newest manifest first; unreadable ones are skipped."""
@@ -383,7 +384,7 @@ class Store:
         for name in self.names():
             try:
                 records.append(self.resolve(name))
-            except (ServerError, OSError, ValueError) as e:
+            except ServerError as e:
                 log.warning("skipping model %s: %s", name.short, e)
         return sorted(records, key=lambda r: r.modified_ns, reverse=True)
 

@@ -285,3 +285,15 @@ def test_startup_prune_removes_stale_unreferenced_files(store: Store, tiny_gguf:
     assert not (store.manifests_dir / "registry.ollama.ai/empty").exists()
     assert_consistent(store)
     assert store.resolve("keep").name == "keep:latest"
+
+
+def test_a_damaged_model_is_a_server_error_and_skipped_in_lists(
+    store: Store, tiny_gguf: Path
+) -> None:
+    store.create_from_gguf("ok", tiny_gguf)
+    rec = store.create_from_gguf("damaged", tiny_gguf, system="gone")
+    system = next(x for x in rec.manifest.layers if x.media_type == MEDIA_SYSTEM)
+    store.blob_path(system.digest).unlink()
+    with pytest.raises(ServerError, match="^model damaged:latest cannot be read: "):
+        store.resolve("damaged")
+    assert [r.name for r in store.list_models()] == ["ok:latest"]
