@@ -57,7 +57,10 @@ def tokenizers(metadata: dict[str, dict[str, Any]]) -> dict[str, Tokenizer]:
     return {name: Tokenizer.from_metadata(meta) for name, meta in metadata.items()}
 
 
-def _mismatches(encode: Callable[[str], list[int]], texts: list[str], golden: list[list[int]]):
+def _mismatches(
+    encode: Callable[[str], list[int]], texts: list[str], golden: list[list[int]]
+) -> list[tuple[str, list[int], list[int]]]:
+    """(text, ours, llama.cpp's) for every text whose ids differ."""
     return [(t, encode(t), g) for t, g in zip(texts, golden, strict=True) if encode(t) != g]
 
 
