@@ -14,7 +14,7 @@ import logging
 import os
 import socket
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from fnmatch import fnmatch
 from typing import Any
 
@@ -69,23 +69,32 @@ EXCEPTION_STATUS: dict[type[Exception], int] = {
 }
 
 
-class JSONBody(Response):
-    """`application/json; charset=utf-8`, rendered by schemas.dumps (non-finite floats handled)."""
+JSON_UTF8 = "application/json; charset=utf-8"
 
-    media_type = "application/json"
+
+class JSONBody(Response):
+    """A JSON object rendered by schemas.dumps (non-finite floats handled deliberately)."""
+
+    media_type = JSON_UTF8
 
     def render(self, content: Any) -> bytes:
         return dumps(content).encode("utf-8")
 
 
-def _error_response(request: Request, exc: Exception) -> Response:
+def _status(exc: Exception) -> int:
     if isinstance(exc, ServerError):
-        status = exc.status_code
-    else:
-        status = next(EXCEPTION_STATUS[c] for c in type(exc).__mro__ if c in EXCEPTION_STATUS)
-    if status >= 500:
+        return exc.status_code
+    return next(EXCEPTION_STATUS[c] for c in type(exc).__mro__ if c in EXCEPTION_STATUS)
+
+
+def _error_body(exc: Exception, media_type: str = JSON_UTF8) -> Response:
+    return JSONBody({"error": str(exc).strip()}, status_code=_status(exc), media_type=media_type)
+
+
+def _error_response(request: Request, exc: Exception) -> Response:
+    if _status(exc) >= 500:
         log.warning("%s %s: %s", request.method, request.url.path, exc)
-    return JSONBody({"error": str(exc).strip()}, status_code=status)
+    return _error_body(exc)
 
 
 def _http_exception(request: Request, exc: Exception) -> Response:
@@ -102,21 +111,21 @@ def _http_exception(request: Request, exc: Exception) -> Response:
 
 
 class NDJSONStream(StreamingResponse):
-    """An NDJSON response over a sync event iterator, each step run in a worker thread.
+    """An NDJSON response over a job's events, each step computed in a worker thread.
 
-    When the client goes away (send fails) or the response is cancelled, the iterator is closed,
+    When the client goes away (a send fails) or the response is cancelled, the job is closed,
     which ends generation and releases the model.
     """
 
     media_type = "application/x-ndjson"
 
-    def __init__(self, first: bytes, events: Iterator[dict[str, Any]]) -> None:
-        self._events = events
+    def __init__(self, first: bytes, job: inference.Job) -> None:
+        self._job = job
         super().__init__(self._lines(first))
 
     async def _lines(self, first: bytes) -> AsyncIterator[bytes]:
         yield first
-        while (event := await anyio.to_thread.run_sync(next, self._events, None)) is not None:
+        while (event := await anyio.to_thread.run_sync(next, self._job.events, None)) is not None:
             yield ndjson_line(event)
 
     async def stream_response(self, send: Send) -> None:
@@ -124,35 +133,31 @@ class NDJSONStream(StreamingResponse):
             await super().stream_response(send)
         finally:
             with anyio.CancelScope(shield=True):
-                await anyio.to_thread.run_sync(_close, self._events)
+                await anyio.to_thread.run_sync(self._job.close)
 
 
-def _close(events: Iterator[dict[str, Any]]) -> None:
-    close = getattr(events, "close", None)
-    if close is not None:
-        close()
+async def _respond(job: inference.Job) -> Response:
+    """Stream the job's events as NDJSON, or combine them into one object (spec §1.6).
 
-
-async def _respond(
-    events: Iterator[dict[str, Any]], stream: bool, combine: inference.Combine
-) -> Response:
-    """Stream the events as NDJSON, or combine them into one object (spec §1.6).
-
-    The first event is computed before the response starts, so an error during prompt
-    processing still gets its own status instead of a 200 stream (spec §1.7).
+    The first event is computed before the response starts, so an error while the prompt is
+    processed still gets its own status instead of a 200 stream (spec §1.7); such an error is
+    sent as `application/json` without a charset, as Ollama sends it.
     """
-    if not stream:
+    if not job.stream or job.single:
         try:
-            final = await anyio.to_thread.run_sync(combine, events)
+            return JSONBody(await anyio.to_thread.run_sync(job.combine))
         finally:
-            await anyio.to_thread.run_sync(_close, events)
-        return JSONBody(final)
+            await anyio.to_thread.run_sync(job.close)
     try:
-        first = await anyio.to_thread.run_sync(next, events)
+        first = await anyio.to_thread.run_sync(next, job.events, None)
+    except EngineError as exc:
+        await anyio.to_thread.run_sync(job.close)
+        return _error_body(exc, media_type="application/json")
     except BaseException:
-        await anyio.to_thread.run_sync(_close, events)
+        await anyio.to_thread.run_sync(job.close)
         raise
-    return NDJSONStream(ndjson_line(first), events)
+    assert first is not None  # a job always yields at least its final event
+    return NDJSONStream(ndjson_line(first), job)
 
 
 # --------------------------------------------------------------------------------------------
@@ -182,7 +187,7 @@ class Endpoints:
         job = await inference.prepare_generate(record, req, self.scheduler, arrived)
         if job is None:
             return JSONBody(generate_event(req.model, "", done=True, done_reason="load"))
-        return await _respond(job.events(), req.stream and not job.single, job.combine)
+        return await _respond(job)
 
     async def chat(self, request: Request) -> Response:
         arrived = time.perf_counter_ns()
@@ -196,7 +201,7 @@ class Endpoints:
         job = await inference.prepare_chat(record, req, self.scheduler, arrived)
         if job is None:
             return JSONBody(chat_event(req.model, "", done=True, done_reason="load"))
-        return await _respond(job.events(), req.stream and not job.single, job.combine)
+        return await _respond(job)
 
     async def embed(self, request: Request) -> Response:
         arrived = time.perf_counter_ns()

@@ -15,7 +15,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -61,8 +61,6 @@ from server.schemas import (
 from server.store import ModelRecord
 
 log = logging.getLogger(__name__)
-
-Combine = Callable[[Iterator[dict[str, Any]]], dict[str, Any]]
 
 
 class InvalidFormat(ServerError):
@@ -204,12 +202,21 @@ class Job:
     debug_info: dict[str, Any] | None = None
     _released: bool = False
 
+    def __post_init__(self) -> None:
+        self.events: Generator[dict[str, Any], None, None] = self._events()
+
+    def close(self) -> None:
+        """End generation (if running) and release the model; safe to call more than once."""
+        self.events.close()
+        self.release()
+
     def release(self) -> None:
         if not self._released:
             self._released = True
             self.scheduler.release(self.runner)
 
-    def events(self) -> Iterator[dict[str, Any]]:
+    def _events(self) -> Generator[dict[str, Any], None, None]:
+        """The response events: text pieces, then the final one (or one debug object)."""
         try:
             if self.debug_info is not None:
                 yield self._event("", done=False, debug_info=self.debug_info)
@@ -346,14 +353,14 @@ class Job:
             trace=tr,
         )
 
-    def combine(self, events: Iterator[dict[str, Any]]) -> dict[str, Any]:
+    def combine(self) -> dict[str, Any]:
         """The `stream: false` answer: the last event with text fields concatenated (§1.6)."""
         texts: dict[str, list[str]] = {"text": [], "thinking": []}
         logprobs: list[dict[str, Any]] = []
         traces: list[dict[str, Any]] = []
         calls: list[dict[str, Any]] = []
         last: dict[str, Any] = {}
-        for event in events:
+        for event in self.events:
             body = event.get("message", event)
             texts["text"].append(body.get("content", body.get("response", "")))
             texts["thinking"].append(body.get("thinking", ""))

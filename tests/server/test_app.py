@@ -3,15 +3,18 @@ keep_alive, /api/ps and the tokenize extensions (spec/ollama-api.md §1, §3, §
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 from datetime import datetime
+from typing import Any
 
 import httpx
 import ollama
 import pytest
 
 from engine import load
+from engine.errors import EngineError
 from server.app import create_app, host_allowed, origin_allowed
 from server.scheduler import Scheduler
 from server.store import Store
@@ -65,7 +68,7 @@ def test_empty_body_and_malformed_json(http, path):  # G4, G5
     assert (r.status_code, r.json()) == (400, {"error": "missing request body"})
     r = http.post(path, content=b'{"model": ')
     assert r.status_code == 400 and isinstance(r.json()["error"], str)
-    assert r.headers["content-type"] == "application/json"
+    assert r.headers["content-type"] == "application/json; charset=utf-8"
 
 
 def test_unknown_keys_ignored_and_null_body(http):  # G6, §1.4 rule 2
@@ -115,7 +118,7 @@ def test_keep_alive_errors(http):  # O9
 
 def test_load_unload_and_ps(http):  # GE1, GE2, C1, C2, O11, M14
     r = http.post("/api/generate", json={"model": "smollm2"})
-    assert r.status_code == 200 and r.headers["content-type"] == "application/json"
+    assert r.status_code == 200 and r.headers["content-type"] == "application/json; charset=utf-8"
     body = r.json()
     assert body["model"] == "smollm2" and body["response"] == "" and body["done"] is True
     assert body["done_reason"] == "load"
@@ -237,3 +240,61 @@ def test_queue_limit_answers_503(tmp_path):  # §1.7
     assert r.json() == {
         "error": "server busy, please try again.  maximum pending requests exceeded"
     }
+
+
+class FailingModel:
+    """A real model whose eval raises once the cache holds `fail_at` positions: an engine
+    failure in the middle of a generation."""
+
+    def __init__(self, model: Any) -> None:
+        self._model = model
+        self.fail_at = 10**9
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._model, name)
+
+    def eval(self, tokens: Any, cache: Any, *args: Any, **kwargs: Any) -> Any:
+        if cache.n_past >= self.fail_at:
+            raise EngineError("simulated engine failure")
+        return self._model.eval(tokens, cache, *args, **kwargs)
+
+
+def test_errors_before_and_after_streaming_began(tmp_path, smollm2_path):  # G8, G9, §1.7
+    store = Store(tmp_path / "models")
+    store.create_from_gguf("smollm2", smollm2_path)
+    app = create_app(store, Scheduler(lambda path: FailingModel(load(path))))
+    prompt = "Once upon a time"
+    body = {"model": "smollm2", "prompt": prompt, "raw": True, "options": {"temperature": 0}}
+    with live_server(app) as base, httpx.Client(base_url=base, timeout=120) as http:
+        http.post("/api/generate", json={"model": "smollm2"})
+        (runner,) = app.state.scheduler.loaded()
+        n_prompt = len(runner.model.tokenizer.encode(prompt))
+        runner.model.fail_at = n_prompt + 3
+        with http.stream("POST", "/api/generate", json=body) as r:
+            lines = [json.loads(line) for line in r.iter_lines()]
+        assert r.status_code == 200
+        assert lines[-1] == {"error": "simulated engine failure"}
+        assert len(lines) >= 2 and all(not line.get("done") for line in lines[:-1])
+
+        r = http.post("/api/generate", json={**body, "stream": False})
+        assert (r.status_code, r.json()) == (500, {"error": "simulated engine failure"})
+
+        runner.model.fail_at = 0  # fails while the prompt is processed: before any line
+        r = http.post("/api/generate", json=body)
+        assert (r.status_code, r.json()) == (500, {"error": "simulated engine failure"})
+        assert r.headers["content-type"] == "application/json"
+        runner.model.fail_at = 10**9
+        ok = http.post(
+            "/api/generate", json={**body, "stream": False, "options": {"num_predict": 2}}
+        )
+        assert ok.status_code == 200  # the model was released after each failure
+
+
+def test_default_num_ctx_from_environment(http, monkeypatch):  # O2
+    http.post("/api/generate", json={"model": "smollm2", "keep_alive": 0})
+    monkeypatch.setenv("OLLAMA_CONTEXT_LENGTH", "2048")
+    http.post("/api/generate", json={"model": "smollm2"})
+    assert http.get("/api/ps").json()["models"][0]["context_length"] == 2048
+    monkeypatch.delenv("OLLAMA_CONTEXT_LENGTH")
+    http.post("/api/generate", json={"model": "smollm2"})
+    assert http.get("/api/ps").json()["models"][0]["context_length"] == 4096

@@ -82,7 +82,7 @@ def test_stream_false_concatenates_the_stream(http):  # GE7, G7
     }
     _, events = stream(http, body)
     r = http.post("/api/generate", json={**body, "stream": False})
-    assert r.headers["content-type"] == "application/json"
+    assert r.headers["content-type"] == "application/json; charset=utf-8"
     whole = r.json()
     assert whole["response"] == "".join(e["response"] for e in events)
     assert whole["context"] == events[-1]["context"]
