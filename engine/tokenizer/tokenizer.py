@@ -149,20 +149,18 @@ class Tokenizer:
             return ids
         return [*self._prefix, *ids, *self._suffix]
 
-    def _check(self, token_id: int) -> None:
-        if not 0 <= token_id < self.n_vocab:
-            raise TokenizerError(
-                f"token id {token_id} is outside the vocabulary [0, {self.n_vocab})"
-            )
+    def _check(self, token: int) -> None:
+        if not 0 <= token < self.n_vocab:
+            raise TokenizerError(f"token id {token} is outside the vocabulary [0, {self.n_vocab})")
 
-    def token_bytes(self, token_id: int, special: bool = True) -> bytes:
-        """The raw bytes token `token_id` contributes to the text (llama.cpp `token_to_piece`).
+    def token_bytes(self, token: int, special: bool = True) -> bytes:
+        """The raw bytes `token` contributes to the text (llama.cpp `token_to_piece`).
 
         May be part of a UTF-8 character (byte tokens, byte-level BPE). With special=False
         CONTROL/UNKNOWN tokens give b"".
         """
-        self._check(token_id)
-        return (self._special_pieces if special else self._plain_pieces)[token_id]
+        self._check(token)
+        return (self._special_pieces if special else self._plain_pieces)[token]
 
     def decode(self, ids: Iterable[int], special: bool = True) -> str:
         """The text of `ids`: their pieces concatenated, invalid UTF-8 replaced by U+FFFD."""
@@ -188,8 +186,8 @@ class StreamDetokenizer:
         # ones exactly as a one-shot bytes.decode(errors="replace") would.
         self._utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
 
-    def push(self, token_id: int) -> str:
-        return self._utf8.decode(self._tokenizer.token_bytes(token_id, self._special))
+    def push(self, token: int) -> str:
+        return self._utf8.decode(self._tokenizer.token_bytes(token, self._special))
 
     def flush(self) -> str:
         return self._utf8.decode(b"", final=True)
