@@ -159,15 +159,23 @@ def _guarded(events: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
 # ---- request fields ----------------------------------------------------------------------------
 
 
+def _type_error(key: str, value: Any, go_type: str) -> InvalidRequest:
+    """Go's unmarshal message; the JSON kind is named as encoding/json names it."""
+    kinds = ((bool, "bool"), (int | float, "number"), (str, "string"), (list, "array"))
+    kind = next((name for t, name in kinds if isinstance(value, t)), "object")
+    return InvalidRequest(
+        f"json: cannot unmarshal {kind} into Go struct field .{key} of type {go_type}"
+    )
+
+
 def _str_field(body: dict[str, Any], *keys: str) -> str:
+    """The first of `keys` holding a non-empty string (later keys are deprecated aliases)."""
     for key in keys:
         value = body.get(key)
         if value is None or value == "":
             continue
         if not isinstance(value, str):
-            raise InvalidRequest(
-                f"json: cannot unmarshal into Go struct field .{key} of type string"
-            )
+            raise _type_error(key, value, "string")
         return value
     return ""
 
@@ -177,7 +185,7 @@ def _bool_field(body: dict[str, Any], key: str, default: bool) -> bool:
     if value is None:
         return default
     if not isinstance(value, bool):
-        raise InvalidRequest(f"json: cannot unmarshal into Go struct field .{key} of type bool")
+        raise _type_error(key, value, "bool")
     return value
 
 

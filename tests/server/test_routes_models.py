@@ -438,6 +438,8 @@ def test_show_errors(server_url: str) -> None:  # M5
     assert (resp.status_code, resp.json()) == (404, {"error": "model 'foo:latest' not found"})
     resp = _show(server_url, {"model": "a/b/c/d"})
     assert (resp.status_code, resp.json()) == (400, {"error": "invalid model name"})
+    resp = _show(server_url, {"model": 1})
+    assert resp.status_code == 400 and "cannot unmarshal number" in resp.json()["error"]
 
 
 def test_show_plain_model(server_url: str, store: Store, tiny: str, tiny_gguf: Path) -> None:
