@@ -37,7 +37,12 @@ def _gpt2_byte_alphabet() -> dict[str, int]:
 
 
 _GPT2_BYTES = _gpt2_byte_alphabet()
-_GPT2_TRANSLATE = str.maketrans({c: chr(b) for c, b in _GPT2_BYTES.items()})
+# Fast path of _gpt2_piece: alphabet characters become their byte as a latin-1 character; the
+# latin-1 characters outside the alphabet become U+FFFF so that encoding fails for them too.
+_GPT2_TRANSLATE = str.maketrans(
+    {chr(c): "\uffff" for c in range(256) if chr(c) not in _GPT2_BYTES}
+    | {c: chr(b) for c, b in _GPT2_BYTES.items()}
+)
 
 
 def _gpt2_piece(text: str) -> bytes:

@@ -215,6 +215,27 @@ def test_wordpiece_decode_keeps_phantom_spaces() -> None:
     assert _wpm().decode([2, 4, 5, 6, 3]) == "[CLS] unaffable[SEP]"
 
 
+def _bpe(tokens: list[str], types: list[int], merges: list[str]) -> Tokenizer:
+    meta = _meta("gpt2", tokens, types, pre="gpt-2", eos_token_id=5)
+    meta["tokenizer.ggml.merges"] = merges
+    return Tokenizer.from_metadata(meta)
+
+
+def test_bpe_merges_and_missing_byte_characters() -> None:
+    tokens = ["a", "b", "ab", "\u0120", "\u0120a", "<|endoftext|>", "!", "?", "!?", "x\n"]
+    types = [NORMAL] * 5 + [CONTROL] + [NORMAL] * 4
+    tok = _bpe(tokens, types, ["a b", "\u0120 a", "! ?"])
+    assert (tok.add_bos, tok.eog_ids) == (False, frozenset({5}))
+    assert tok.encode("ab a") == [2, 4]  # "ab" | " a" -> Ġa
+    assert tok.encode("!?") == [8]
+    # Byte 0x01 has no token: llama.cpp keeps it as a symbol between ! and ? (so they do not
+    # merge) and then drops it.
+    assert tok.encode("!\x01?") == [6, 7]
+    assert tok.decode([2, 4, 5]) == "ab a<|endoftext|>"
+    # A NORMAL token with a character outside the byte alphabet: llama.cpp's marker.
+    assert tok.token_bytes(9) == b"x[UNK_BYTE_0x0ax\n]"
+
+
 def test_unknown_pre_tokenizer_is_named(metadata: dict[str, dict[str, Any]]) -> None:
     meta = dict(metadata["smollm2"]) | {"tokenizer.ggml.pre": "no-such-pre"}
     with pytest.raises(TokenizerError, match="no-such-pre"):
