@@ -162,17 +162,27 @@ class StubRegistry:
         self.requests: list[tuple[str, str, str]] = []  # (method, path, Accept)
         self.corrupt: set[str] = set()
         self.delay = 0.0  # seconds per MB of blob data
+        self.realm = ""  # when set, manifests need `Bearer t0k`, handed out at /token
+        self.token_queries: list[dict[str, str]] = []
 
     def app(self) -> Starlette:
         return Starlette(
             routes=[
                 Route("/v2/{ns}/{model}/manifests/{tag}", self.get_manifest, methods=["GET"]),
                 Route("/v2/{ns}/{model}/blobs/{digest}", self.blob, methods=["GET", "HEAD"]),
+                Route("/token", self.token, methods=["GET"]),
             ]
         )
 
+    async def token(self, request: Request) -> Response:
+        self.token_queries.append(dict(request.query_params))
+        return Response(json.dumps({"token": "t0k"}), media_type="application/json")
+
     async def get_manifest(self, request: Request) -> Response:
         self._record(request)
+        if self.realm and request.headers.get("authorization") != "Bearer t0k":
+            challenge = f'Bearer realm="{self.realm}",service="stub",scope="repository:x:pull"'
+            return Response(b"", 401, headers={"WWW-Authenticate": challenge})
         return Response(
             self.manifest, media_type="application/vnd.docker.distribution.manifest.v2+json"
         )
@@ -223,6 +233,21 @@ def test_pull_requests_and_insecure(stub: tuple[StubRegistry, str], server_url: 
     before = len(registry.requests)
     _, events = _stream(server_url, "pull", {"model": f"{host}/stub/tiny:v2"})
     assert "error" in events[-1] and len(registry.requests) == before
+
+
+def test_bearer_token_flow(stub: tuple[StubRegistry, str], server_url: str) -> None:
+    registry, host = stub
+    registry.realm = f"http://{host}/token"
+    _, events = _stream(server_url, "pull", {"model": f"{host}/stub/tiny:v1", "insecure": True})
+    assert events[-1] == {"status": "success"}
+    (query,) = registry.token_queries
+    assert (query["service"], query["scope"]) == ("stub", "repository:x:pull")
+    assert [r[1] for r in registry.requests[:2]] == ["/v2/stub/tiny/manifests/v1"] * 2
+    registry.realm = "http://elsewhere.invalid/token"
+    _, events = _stream(server_url, "pull", {"model": f"{host}/stub/tiny:v1", "insecure": True})
+    assert events[-1] == {
+        "error": f'realm host "elsewhere.invalid" does not match original host "{host}"'
+    }
 
 
 def test_corrupt_blob_is_deleted_and_the_pull_fails(
