@@ -501,9 +501,11 @@ async def prepare_generate(
         prompt = await anyio.to_thread.run_sync(
             _render_generate, runner, record, template, override, req, think, opts
         )
-        ids = await anyio.to_thread.run_sync(
-            _tokenize_prompt, runner, prompt, opts, req.truncate, req.shift
-        )
+        ids = []  # _debug_render_only stops after rendering (spec §4.2 step 13)
+        if not req.debug_render_only:
+            ids = await anyio.to_thread.run_sync(
+                _tokenize_prompt, runner, prompt, opts, req.truncate, req.shift
+            )
         grammar = grammar_for_format(fmt, chat=False)
     except BaseException:
         scheduler.release(runner)
@@ -646,9 +648,11 @@ async def prepare_chat(
                 truncate=req.truncate,
             )
         )
-        ids = await anyio.to_thread.run_sync(
-            _tokenize_prompt, runner, rendered.prompt, opts, req.truncate, req.shift
-        )
+        ids = []  # _debug_render_only stops after rendering (spec §5.2 step 11)
+        if not req.debug_render_only:
+            ids = await anyio.to_thread.run_sync(
+                _tokenize_prompt, runner, rendered.prompt, opts, req.truncate, req.shift
+            )
         grammar = grammar_for_format(fmt, chat=True)
     except BaseException:
         scheduler.release(runner)

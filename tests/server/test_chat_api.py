@@ -219,3 +219,18 @@ def test_eight_concurrent_streams_equal_their_solo_runs(url):  # acceptance: con
         assert final["done"] is True
         assert text == alone["message"]["content"]
         assert final["eval_count"] == alone["eval_count"]
+
+
+def test_history_truncation(http):  # T13, T14, T15, T16
+    turns = []
+    for i in range(6):
+        turns.append({"role": "user", "content": f"Message number {i}: " + "blah " * 20})
+        turns.append({"role": "assistant", "content": f"Reply {i}."})
+    last = {"role": "user", "content": "What now?", "images": ["aGk="]}
+    messages = [*turns, last]
+    full = render(http, model="chatml", messages=messages, options={"num_ctx": 160})
+    assert "Message number 0" not in full and "The secret word" not in full  # oldest dropped
+    assert SYSTEM in full and full.count("<|im_start|>") >= 3  # system kept
+    assert "[img-0]What now?" in full  # the last message is kept, with its image marker
+    kept = render(http, model="chatml", messages=messages, truncate=False, options={"num_ctx": 160})
+    assert "Message number 0" in kept and "The secret word" in kept  # truncate:false

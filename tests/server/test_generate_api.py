@@ -330,3 +330,32 @@ def test_client_disconnect_stops_generation(http):  # disconnect -> generation e
     while loaded() and time.monotonic() < deadline:
         time.sleep(0.2)
     assert not loaded()  # the request was released, and keep_alive 0 unloaded the model
+
+
+def test_option_layers_and_stop_replacement(http):  # O3, O4, O6, O8
+    story = "Once upon a time, in a small village by the sea,"
+    base = {"model": "smollm2", "prompt": story, "raw": True, "stream": False}
+    text = http.post("/api/generate", json={**base, "options": GREEDY}).json()["response"]
+    first, later = text.split()[1], text.split()[4]
+    assert text.index(first) < text.index(later)
+    r = http.post(
+        "/api/create",
+        json={"model": "stopper", "from": "smollm2", "stream": False,
+              "parameters": {"stop": [first], "top_k": 5, **GREEDY}},
+    )  # fmt: skip
+    assert r.status_code == 200, r.text
+    base = {**base, "model": "stopper"}
+    by_model = http.post("/api/generate", json=base).json()
+    assert by_model["response"] == text[: text.index(first)]
+    by_request = http.post("/api/generate", json={**base, "options": {"stop": [later]}}).json()
+    assert by_request["response"] == text[: text.index(later)]  # the model's list is replaced
+
+    def top_k_kept(options: dict) -> int:
+        body = {**base, "prompt": "Hi", "trace": True, "options": {"num_predict": 1, **options}}
+        out = http.post("/api/generate", json=body).json()
+        (stage,) = [s for s in out["trace"][0]["stages"] if s["name"] == "top_k"]
+        return stage["size"]
+
+    assert top_k_kept({}) == 5  # model parameter over the default 40
+    assert top_k_kept({"top_k": None}) == 5  # null keeps the lower layer
+    assert top_k_kept({"top_k": 3.9}) == 3  # numbers are truncated toward zero
