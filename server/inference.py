@@ -10,6 +10,7 @@ runner's lock, one step at a time, so concurrent requests interleave without sha
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import logging
@@ -85,6 +86,7 @@ class _GGUFPromptFacts:
     bos_token: str
     eos_token: str
     pooling_type: int  # {arch}.pooling_type: 0 none, 1 mean, 2 cls, 3 last
+    context_length: int  # {arch}.context_length, the training context (0 if absent)
 
 
 @functools.lru_cache(maxsize=32)
@@ -103,6 +105,7 @@ def _gguf_facts(path: Path) -> _GGUFPromptFacts:
         bos_token=token("tokenizer.ggml.bos_token_id"),
         eos_token=token("tokenizer.ggml.eos_token_id"),
         pooling_type=int(meta.get(f"{arch}.pooling_type", 0)),
+        context_length=int(meta.get(f"{arch}.context_length", 0)),
     )
 
 
@@ -148,7 +151,7 @@ def request_options(record: ModelRecord, options: dict[str, Any]) -> Options:
     env_ctx = int(os.environ.get("OLLAMA_CONTEXT_LENGTH") or 0)
     base = {"num_ctx": env_ctx} if env_ctx else {}
     try:
-        return resolve({**base, **record.parameters}, options)
+        opts = resolve({**base, **record.parameters}, options)
     except InvalidOption as e:
         go_type = _OPTION_TYPES.get(e.allowed)
         if go_type is None:
@@ -156,6 +159,10 @@ def request_options(record: ModelRecord, options: dict[str, Any]) -> Options:
         if go_type == "array" and isinstance(e.value, list | tuple):
             raise OptionTypeError(f'option "{e.field}" must be of an array of strings') from e
         raise OptionTypeError(f'option "{e.field}" must be of type {go_type}') from e
+    trained = _gguf_facts(record.gguf_path).context_length
+    if 0 < trained < opts.num_ctx:  # lowered to the training context when scheduled (§2.4)
+        opts = dataclasses.replace(opts, num_ctx=trained)
+    return opts
 
 
 class OptionTypeError(ServerError):

@@ -22,6 +22,7 @@ from gguf import GGUFWriter
 from starlette.types import ASGIApp
 
 from server.store import Store
+from tests.tiny_model import write_tiny_model
 
 
 @contextmanager
@@ -130,5 +131,14 @@ def api_store(root: Path, smollm2: Path) -> Store:
     )
     store.create_from_gguf("thinker", smollm2, template=THINKING)
     store.create_from_gguf("fim", smollm2, template=FIM, system=SYSTEM)
+    store.create_from_gguf("emb", write_embedding_header(root / "emb.gguf"))
+    return store
+
+
+def tiny_store(root: Path) -> Store:
+    """A store with the tiny random-weight llama of tests/tiny_model.py as `tiny` (fast to load:
+    for tests of HTTP behaviour, not of text) and the embedding-only `emb`."""
+    store = Store(root / "models")
+    store.create_from_gguf("tiny", write_tiny_model(root / "tiny.gguf"))
     store.create_from_gguf("emb", write_embedding_header(root / "emb.gguf"))
     return store

@@ -1,5 +1,8 @@
 """server/app.py over a real uvicorn server: HTTP conventions, errors, CORS/Host, load/unload,
-keep_alive, /api/ps and the tokenize extensions (spec/ollama-api.md §1, §3, §11.9-§11.11)."""
+keep_alive, /api/ps and the tokenize extensions (spec/ollama-api.md §1, §3, §11.9-§11.11).
+
+The model is tests/tiny_model.py's random-weight llama: these tests are about HTTP behaviour,
+so a model that loads in milliseconds keeps them fast."""
 
 from __future__ import annotations
 
@@ -18,14 +21,12 @@ from engine.errors import EngineError
 from server.app import create_app, host_allowed, origin_allowed
 from server.scheduler import Scheduler
 from server.store import Store
-from tests.server.live import api_store, live_server, write_embedding_header
-
-pytestmark = pytest.mark.slow
+from tests.server.live import live_server, tiny_store, write_embedding_header
 
 
 @pytest.fixture(scope="module")
-def url(tmp_path_factory: pytest.TempPathFactory, smollm2_path) -> Iterator[str]:
-    store = api_store(tmp_path_factory.mktemp("app"), smollm2_path)
+def url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    store = tiny_store(tmp_path_factory.mktemp("app"))
     with live_server(create_app(store)) as base:
         yield base
 
@@ -72,7 +73,7 @@ def test_empty_body_and_malformed_json(http, path):  # G4, G5
 
 
 def test_unknown_keys_ignored_and_null_body(http):  # G6, §1.4 rule 2
-    r = http.post("/api/chat", json={"model": "smollm2", "messages": [], "Bogus": 1})
+    r = http.post("/api/chat", json={"model": "tiny", "messages": [], "Bogus": 1})
     assert r.status_code == 200 and r.json()["done_reason"] == "load"
     r = http.post("/api/chat", content=b"null")
     assert (r.status_code, r.json()) == (400, {"error": "model is required"})
@@ -94,7 +95,7 @@ def test_error_statuses_before_streaming(http):  # G8, GE3, GE4, C3, E9
 
 
 def test_option_type_errors_are_500_and_unknown_options_ignored(http):  # O5, O7
-    base = {"model": "smollm2", "prompt": "", "stream": False}
+    base = {"model": "tiny", "prompt": "", "stream": False}
     r = http.post("/api/generate", json={**base, "options": {"temperature": "hot"}})
     assert (r.status_code, r.json()) == (
         500,
@@ -109,7 +110,7 @@ def test_option_type_errors_are_500_and_unknown_options_ignored(http):  # O5, O7
 
 
 def test_keep_alive_errors(http):  # O9
-    base = {"model": "smollm2", "prompt": ""}
+    base = {"model": "tiny", "prompt": ""}
     r = http.post("/api/generate", json={**base, "keep_alive": "10"})
     assert (r.status_code, r.json()) == (400, {"error": 'time: missing unit in duration "10"'})
     r = http.post("/api/generate", json={**base, "keep_alive": True})
@@ -117,90 +118,90 @@ def test_keep_alive_errors(http):  # O9
 
 
 def test_load_unload_and_ps(http):  # GE1, GE2, C1, C2, O11, M14
-    r = http.post("/api/generate", json={"model": "smollm2"})
+    r = http.post("/api/generate", json={"model": "tiny"})
     assert r.status_code == 200 and r.headers["content-type"] == "application/json; charset=utf-8"
     body = r.json()
-    assert body["model"] == "smollm2" and body["response"] == "" and body["done"] is True
+    assert body["model"] == "tiny" and body["response"] == "" and body["done"] is True
     assert body["done_reason"] == "load"
-    assert "smollm2:latest" in _loaded(http)
-    (entry,) = [m for m in http.get("/api/ps").json()["models"] if m["name"] == "smollm2:latest"]
-    assert entry["model"] == "smollm2:latest" and entry["size_vram"] == 0
-    assert entry["size"] > 50_000_000 and entry["context_length"] == 4096
+    assert "tiny:latest" in _loaded(http)
+    (entry,) = [m for m in http.get("/api/ps").json()["models"] if m["name"] == "tiny:latest"]
+    assert entry["model"] == "tiny:latest" and entry["size_vram"] == 0
+    assert entry["size"] > 0 and entry["context_length"] == 256  # lowered to the training context
     assert entry["details"]["family"] == "llama" and entry["details"]["parent_model"] == ""
     assert len(entry["digest"]) == 64
     assert datetime.fromisoformat(entry["expires_at"]).timestamp() > time.time() + 200
 
-    r = http.post("/api/generate", json={"model": "smollm2", "keep_alive": 0})
+    r = http.post("/api/generate", json={"model": "tiny", "keep_alive": 0})
     assert r.json()["done_reason"] == "unload" and r.json()["done"] is True
-    assert "smollm2:latest" not in _loaded(http)
-    r = http.post("/api/generate", json={"model": "smollm2", "keep_alive": 0})
+    assert "tiny:latest" not in _loaded(http)
+    r = http.post("/api/generate", json={"model": "tiny", "keep_alive": 0})
     assert r.status_code == 200 and r.json()["done_reason"] == "unload"  # not loaded: still 200
 
-    r = http.post("/api/chat", json={"model": "smollm2", "messages": []})
+    r = http.post("/api/chat", json={"model": "tiny", "messages": []})
     assert r.json()["message"] == {"role": "assistant", "content": ""}
     assert r.json()["done_reason"] == "load"
-    r = http.post("/api/chat", json={"model": "smollm2", "keep_alive": 0})
+    r = http.post("/api/chat", json={"model": "tiny", "keep_alive": 0})
     assert r.json()["done_reason"] == "unload"
     assert http.get("/api/ps").json() == {"models": []}
 
 
 def test_keep_alive_sets_and_keeps_session_duration(http):  # O9, O10, §3.2
-    http.post("/api/generate", json={"model": "smollm2", "keep_alive": "1h"})
+    http.post("/api/generate", json={"model": "tiny", "keep_alive": "1h"})
     first = datetime.fromisoformat(http.get("/api/ps").json()["models"][0]["expires_at"])
     assert 3500 < first.timestamp() - time.time() <= 3600
-    http.post("/api/generate", json={"model": "smollm2"})  # no keep_alive: duration unchanged
+    http.post("/api/generate", json={"model": "tiny"})  # no keep_alive: duration unchanged
     again = datetime.fromisoformat(http.get("/api/ps").json()["models"][0]["expires_at"])
     assert 3500 < again.timestamp() - time.time() <= 3600
-    http.post("/api/generate", json={"model": "smollm2", "keep_alive": -1})
+    http.post("/api/generate", json={"model": "tiny", "keep_alive": -1})
     forever = datetime.fromisoformat(http.get("/api/ps").json()["models"][0]["expires_at"])
     assert forever.year > 2200
-    http.post("/api/generate", json={"model": "smollm2", "keep_alive": 1.5})
+    http.post("/api/generate", json={"model": "tiny", "keep_alive": 1.5})
     time.sleep(3.0)  # the reaper runs every second
-    assert "smollm2:latest" not in _loaded(http)
+    assert "tiny:latest" not in _loaded(http)
 
 
 def test_keep_alive_zero_on_a_generation_unloads_after_it(http):  # O11
     r = http.post(
         "/api/generate",
-        json={"model": "smollm2", "prompt": "Hi", "keep_alive": 0, "stream": False,
+        json={"model": "tiny", "prompt": "Hi", "keep_alive": 0, "stream": False,
               "options": {"num_predict": 2}},
     )  # fmt: skip
     assert r.json()["done"] is True
-    assert "smollm2:latest" not in _loaded(http)
+    assert "tiny:latest" not in _loaded(http)
 
 
 def test_num_ctx_change_reloads(http):  # O12
     def load(options: dict) -> None:
-        http.post("/api/generate", json={"model": "smollm2", "options": options})
+        http.post("/api/generate", json={"model": "tiny", "options": options})
 
-    load({"num_ctx": 512})
-    assert http.get("/api/ps").json()["models"][0]["context_length"] == 512
-    load({"num_ctx": 512, "temperature": 0.1})
-    assert http.get("/api/ps").json()["models"][0]["context_length"] == 512
-    load({"num_ctx": 1024})
-    assert [m["context_length"] for m in http.get("/api/ps").json()["models"]] == [1024]
+    load({"num_ctx": 64})
+    assert http.get("/api/ps").json()["models"][0]["context_length"] == 64
+    load({"num_ctx": 64, "temperature": 0.1})
+    assert http.get("/api/ps").json()["models"][0]["context_length"] == 64
+    load({"num_ctx": 128})
+    assert [m["context_length"] for m in http.get("/api/ps").json()["models"]] == [128]
 
 
 def test_official_client_ps_and_version_shapes(url, http):  # acceptance: client works unchanged
     with ollama.Client(host=url) as client:
-        client.generate(model="smollm2")
+        client.generate(model="tiny")
         ps = client.ps()
-    assert [m.model for m in ps.models] == ["smollm2:latest"]
+    assert [m.model for m in ps.models] == ["tiny:latest"]
     assert ps.models[0].size_vram == 0 and ps.models[0].expires_at is not None
 
 
 def test_tokenize_and_detokenize(http):
     text = "Hello world"
-    r = http.post("/api/tokenize", json={"model": "smollm2", "content": text})
+    r = http.post("/api/tokenize", json={"model": "tiny", "content": text})
     ids = r.json()["tokens"]
     assert all(isinstance(t, int) for t in ids) and ids
     pieces = http.post(
-        "/api/tokenize", json={"model": "smollm2", "content": text, "with_pieces": True}
+        "/api/tokenize", json={"model": "tiny", "content": text, "with_pieces": True}
     ).json()["tokens"]
     assert [p["id"] for p in pieces] == ids and "".join(p["piece"] for p in pieces) == text
-    back = http.post("/api/detokenize", json={"model": "smollm2", "tokens": ids}).json()
+    back = http.post("/api/detokenize", json={"model": "tiny", "tokens": ids}).json()
     assert back == {"content": text}
-    bad = http.post("/api/detokenize", json={"model": "smollm2", "tokens": [10**9]})
+    bad = http.post("/api/detokenize", json={"model": "tiny", "tokens": [10**9]})
     assert bad.status_code == 400 and "10000000" in bad.json()["error"]
 
 
@@ -259,14 +260,13 @@ class FailingModel:
         return self._model.eval(tokens, cache, *args, **kwargs)
 
 
-def test_errors_before_and_after_streaming_began(tmp_path, smollm2_path):  # G8, G9, §1.7
-    store = Store(tmp_path / "models")
-    store.create_from_gguf("smollm2", smollm2_path)
+def test_errors_before_and_after_streaming_began(tmp_path):  # G8, G9, §1.7
+    store = tiny_store(tmp_path)
     app = create_app(store, Scheduler(lambda path: FailingModel(load(path))))
     prompt = "Once upon a time"
-    body = {"model": "smollm2", "prompt": prompt, "raw": True, "options": {"temperature": 0}}
+    body = {"model": "tiny", "prompt": prompt, "raw": True, "options": {"temperature": 0}}
     with live_server(app) as base, httpx.Client(base_url=base, timeout=120) as http:
-        http.post("/api/generate", json={"model": "smollm2"})
+        http.post("/api/generate", json={"model": "tiny"})
         (runner,) = app.state.scheduler.loaded()
         n_prompt = len(runner.model.tokenizer.encode(prompt))
         runner.model.fail_at = n_prompt + 3
@@ -291,10 +291,10 @@ def test_errors_before_and_after_streaming_began(tmp_path, smollm2_path):  # G8,
 
 
 def test_default_num_ctx_from_environment(http, monkeypatch):  # O2
-    http.post("/api/generate", json={"model": "smollm2", "keep_alive": 0})
-    monkeypatch.setenv("OLLAMA_CONTEXT_LENGTH", "2048")
-    http.post("/api/generate", json={"model": "smollm2"})
-    assert http.get("/api/ps").json()["models"][0]["context_length"] == 2048
+    http.post("/api/generate", json={"model": "tiny", "keep_alive": 0})
+    monkeypatch.setenv("OLLAMA_CONTEXT_LENGTH", "100")
+    http.post("/api/generate", json={"model": "tiny"})
+    assert http.get("/api/ps").json()["models"][0]["context_length"] == 100
     monkeypatch.delenv("OLLAMA_CONTEXT_LENGTH")
-    http.post("/api/generate", json={"model": "smollm2"})
-    assert http.get("/api/ps").json()["models"][0]["context_length"] == 4096
+    http.post("/api/generate", json={"model": "tiny"})
+    assert http.get("/api/ps").json()["models"][0]["context_length"] == 256  # 4096, lowered
