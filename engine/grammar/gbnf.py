@@ -5,9 +5,9 @@ RULE_REF, CHAR, CHAR_NOT, CHAR_RNG_UPPER, CHAR_ALT, CHAR_ANY), the same rewritin
 repetitions into generated helper rules, and the same checks (undefined rules, missing `root`,
 left recursion, repetition counts above 2000). See spec/sampling.md §7.4 for the syntax.
 
-Differences, all stricter: token terminals (`<[id]>`, `<text>`, `!<...>`) are rejected; `{m,n}`
-with n < m is rejected; left recursion through rules that are only transitively nullable is
-rejected too (llama.cpp's check misses it and its matcher then never terminates).
+Differences: token terminals (`<[id]>`, `<text>`, `!<...>`) and `{m,n}` with n < m are rejected;
+left recursion is judged by whether it would make the stacks grow (see _check_left_recursion),
+which also catches recursion through transitively nullable rules that llama.cpp misses.
 """
 
 from __future__ import annotations
@@ -333,33 +333,55 @@ def _nullable_rules(grammar: Grammar) -> set[int]:
     return nullable
 
 
-def _check_left_recursion(grammar: Grammar) -> None:
-    """Reject a rule that can reach itself without consuming a character."""
-    nullable = _nullable_rules(grammar)
-    # left[i]: rules that can appear first in a derivation of rule i
-    left: list[set[int]] = []
+def _left_calls(grammar: Grammar, nullable: set[int]) -> list[list[tuple[int, bool]]]:
+    """calls[r]: (t, grows) for each reference to t preceded only by `nullable` rules in one of
+    r's alternatives; `grows` when something follows the reference (it pushes a stack entry)."""
+    calls: list[list[tuple[int, bool]]] = []
     for rule in grammar.rules:
-        firsts: set[int] = set()
+        out: list[tuple[int, bool]] = []
         for alt in _alternatives(rule):
-            for t, v in alt:
+            for i, (t, v) in enumerate(alt):
                 if t != Elem.RULE_REF:
                     break
-                firsts.add(v)
+                out.append((v, i + 1 < len(alt)))
                 if v not in nullable:
                     break
-        left.append(firsts)
-    for start in range(len(grammar.rules)):
-        seen: set[int] = set()
-        todo = list(left[start])
-        while todo:
-            r = todo.pop()
-            if r == start:
-                raise GrammarError(
-                    f"unsupported grammar: left recursion in rule {grammar.names[start]!r}"
-                )
-            if r not in seen:
-                seen.add(r)
-                todo.extend(left[r])
+        calls.append(out)
+    return calls
+
+
+def _check_left_recursion(grammar: Grammar) -> None:
+    """Reject left recursion: llama.cpp's cases, and any that would grow the stacks forever.
+
+    llama.cpp (llama_grammar_detect_left_recursion) looks through rules with a directly empty
+    alternative only, and rejects every cycle it finds. That misses recursion through rules that
+    are nullable only transitively (`a ::= b a "x"`, `b ::= c`, `c ::= `), on which its matcher
+    never terminates; such a cycle is rejected here when one of its calls grows the stack. Tail
+    cycles through nullable rules (`S' ::= S S' |` from `(a*)*`) revisit the same stack and are
+    accepted, as llama.cpp accepts them.
+    """
+    direct_empty = {r for r, rule in enumerate(grammar.rules) if [] in _alternatives(rule)}
+    direct = _left_calls(grammar, direct_empty)
+    full = _left_calls(grammar, _nullable_rules(grammar))
+    for rule_id in range(len(grammar.rules)):
+        if any(_left_reachable(direct, t, rule_id) for t, _ in direct[rule_id]) or any(
+            grows and _left_reachable(full, t, rule_id) for t, grows in full[rule_id]
+        ):
+            name = grammar.names[rule_id]
+            raise GrammarError(f"unsupported grammar: left recursion in rule {name!r}")
+
+
+def _left_reachable(calls: list[list[tuple[int, bool]]], start: int, goal: int) -> bool:
+    seen: set[int] = set()
+    todo = [start]
+    while todo:
+        r = todo.pop()
+        if r == goal:
+            return True
+        if r not in seen:
+            seen.add(r)
+            todo.extend(t for t, _ in calls[r])
+    return False
 
 
 def parse_gbnf(text: str) -> Grammar:

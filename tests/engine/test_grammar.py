@@ -20,7 +20,7 @@ from engine.errors import GrammarError
 from engine.gguf import GGUFFile
 from engine.grammar import GrammarConstraint, TokenTrie, compile_grammar, parse_gbnf, trie_for
 from engine.grammar.gbnf import Elem, Grammar
-from engine.json_schema import JSON_OBJECT_GBNF
+from engine.json_schema import JSON_OBJECT_GBNF, schema_to_grammar
 from engine.tokenizer import Tokenizer
 from tests.conftest import needs_oracle
 
@@ -168,6 +168,7 @@ def test_parse_structure_follows_llama_cpp_rewrites() -> None:
         ("root ::= [^abc]+", "xyz", "xa"),
         ('root ::= ( "a"\n  "b" )*', "abab", "aba"),
         ('root ::= "a"{0,2} "b"', "aab", "aaab"),
+        ('root ::= ("a"* "b"?)* "."', "aab.", "c"),  # tail recursion through nullable rules
     ],
 )
 def test_parser_features(text: str, accepted: str, rejected: str) -> None:
@@ -183,6 +184,8 @@ def test_parser_features(text: str, accepted: str, rejected: str) -> None:
         ('item ::= "a"\n', "does not contain a 'root'"),
         ('root ::= root "a" | "b"\n', "left recursion"),
         ('root ::= a "x"\na ::= b root\nb ::= "c"?\n', "left recursion"),
+        ('root ::= a "x"\na ::= b root "y"\nb ::= c\nc ::= "c"?\n', "left recursion"),
+        ("root ::= x\nx ::= x\n", "left recursion in rule 'x'"),
         ('root ::= "\\q"\n', "line 1, column 11: unknown escape"),
         ('root ::= "abc\n', "unexpected end of input"),
         ("root ::= [a-\n", "end of input in character class"),
@@ -416,6 +419,23 @@ ORACLE_CASES = [
     (ARITHMETIC, "(x +2)*y3 =42\nb=c\n"),
     (CHESS, "1. e4 e5\n2. Nf3 Nc6\n3. O-O Qxd8+\n"),
     (JAPANESE, "こんにちは 世界、カタカナ"),
+    (  # a converted schema: llama.cpp must parse our GBNF and mask exactly as we do
+        schema_to_grammar(
+            {
+                "type": "object",
+                "properties": {
+                    "code": {"type": "string", "pattern": "^[A-Z]{2}-\\d{3}(x|y)*$"},
+                    "n": {"type": "integer", "minimum": -5, "maximum": 300},
+                    "tags": {"type": "array", "items": {"type": "string", "maxLength": 4}},
+                    "when": {"type": "string", "format": "date-time"},
+                },
+                "required": ["code", "n"],
+                "additionalProperties": {"type": "boolean"},
+            }
+        ),
+        '{"code": "AB-123xy", "n": 42, "tags": ["x", "日本"], "when": "2024-01-31T12:00:00Z",'
+        '\n  "extra": true}',
+    ),
 ]
 
 

@@ -343,7 +343,14 @@ def test_recursive_ref() -> None:
 @pytest.mark.parametrize(
     ("schema", "message"),
     [
-        ({"type": "string", "pattern": "^a+$"}, "unsupported JSON schema keyword 'pattern'"),
+        ({"type": "string", "pattern": "^(?=a)a$"}, "lookarounds"),
+        ({"type": "string", "pattern": "^(a)\\1$"}, "escape \\1 is not supported"),
+        ({"type": "string", "pattern": "^a**$"}, "multiple repeat"),
+        ({"type": "string", "pattern": "^a{3,2}$"}, "bad repetition"),
+        ({"type": "string", "pattern": "^a)$"}, "unbalanced"),
+        ({"type": "string", "pattern": '^["]$'}, "no JSON-safe character"),
+        ({"type": "string", "pattern": "^a$", "maxLength": 3}, "pattern together with"),
+        ({"not": {"type": "string"}}, "unsupported JSON schema keyword 'not'"),
         ({"properties": {"x": {"type": "number", "multipleOf": 2}}}, "#/properties/x"),
         ({"allOf": [{"type": "object"}]}, "'allOf'"),
         ({"type": "array", "items": {}, "uniqueItems": True}, "'uniqueItems'"),
@@ -365,6 +372,64 @@ def test_unsupported_or_invalid_schemas(schema: dict, message: str) -> None:
     assert message in str(err.value)
 
 
+# -- pattern ---------------------------------------------------------------------------------
+
+_regex_atoms = st.sampled_from(
+    ["a", "b", "é", "日", "\\.", "\\d", "\\w", "\\s", ".", "[a-c]", "[^ab]", "[0-9_-]", '"', "\\\\",
+     "\\n", "[\\d\\-x]", "(?:ab|c)"]
+)  # fmt: skip
+
+
+def _regex(children: st.SearchStrategy[str]) -> st.SearchStrategy[str]:
+    quantifiers = st.sampled_from(["*", "+", "?", "{2}", "{1,3}", "{0,}", "*?"])
+    return (
+        st.lists(children, min_size=1, max_size=3).map("".join)
+        | st.lists(children, min_size=2, max_size=3).map(lambda a: "(" + "|".join(a) + ")")
+        | st.tuples(children.map(lambda r: f"(?:{r})"), quantifiers).map("".join)
+    )
+
+
+_patterns = st.tuples(
+    st.sampled_from(["", "^"]), st.recursive(_regex_atoms, _regex, max_leaves=6),
+    st.sampled_from(["", "$"]),
+).map("".join)  # fmt: skip
+
+
+@settings(max_examples=60, deadline=None)
+@given(pattern=_patterns, seed=st.integers(0, 2**32 - 1))
+def test_pattern_sentences_validate(pattern: str, seed: int) -> None:
+    schema = {"type": "string", "pattern": pattern}
+    grammar = parse_gbnf(schema_to_grammar(schema))
+    rng = random.Random(seed)
+    for _ in range(3):
+        text = random_sentence(grammar, rng)
+        jsonschema.validate(json.loads(text), schema)
+
+
+@pytest.mark.parametrize(
+    ("pattern", "accepted", "rejected"),
+    [
+        ("^[A-Z]{2}-\\d{3}$", ['"AB-123"'], ['"AB-12"', '"ab-123"', '"AB-1234"']),
+        ("^(a|bc)+$", ['"abca"', '"bc"'], ['""', '"b"']),
+        ("ab", ['"ab"', '"xxaby\\n"'], ['"ba"']),
+        ('^say "hi"\\\\$', ['"say \\"hi\\"\\\\"'], ['"say "hi""']),
+        ("^\\s$", ['" "', '"\\t"'], ['"\\u0020"']),
+    ],
+)
+def test_pattern_examples(pattern: str, accepted: list[str], rejected: list[str]) -> None:
+    text = schema_to_grammar({"type": "string", "pattern": pattern})
+    for sentence in accepted:
+        assert _matches(text, sentence), sentence
+    for sentence in rejected:
+        assert not _matches(text, sentence), sentence
+
+
+def test_surrogate_escapes_are_not_generated() -> None:
+    text = schema_to_grammar({"type": "string", "minLength": 2})
+    assert _matches(text, '"\\u00e9\\uFFFF"')
+    assert not _matches(text, '"\\ud83d\\ude00"')
+
+
 def test_grammar_for_format() -> None:
     assert grammar_for_format(None) is None and grammar_for_format("") is None
     assert grammar_for_format("json") == JSON_OBJECT_GBNF
@@ -378,4 +443,4 @@ def test_grammar_for_format() -> None:
     with pytest.raises(InvalidFormat, match=r'invalid format: "\[1\]"'):
         grammar_for_format([1])
     with pytest.raises(GrammarError, match="invalid JSON schema in format"):
-        grammar_for_format({"type": "string", "pattern": "x"})
+        grammar_for_format({"type": "string", "multipleOf": 2})

@@ -1,18 +1,4 @@
-"""JSON schema -> GBNF, and Ollama's `format` values -> grammar text.
-
-Follows the semantics of llama.cpp `common/json-schema-to-grammar.cpp` (spec/sampling.md §7.3):
-the same `space` rule, property order (required first, then optional, each in schema order),
-additionalProperties handling, bounded repetition for arrays and strings, integer digit ranges,
-and `$ref` within the document. Where llama.cpp would emit output that does not validate, this
-module rejects the schema instead (GrammarError, a 400 at the server):
-
-- keywords it cannot enforce (`pattern`, `multipleOf`, `uniqueItems`, `allOf`, `not`, ...);
-- `required` names missing from `properties`;
-- ranges on `number` are honoured by emitting only integer values inside the range (llama.cpp
-  ignores them); a number range that holds no integer is rejected.
-- additional-property keys never start with a raw backslash (llama.cpp's key rule can emit `\\"`
-  and break the JSON).
-"""
+"""JSON schema -> GBNF: the converter (see engine/json_schema/__init__.py for what it covers)."""
 
 from __future__ import annotations
 
@@ -24,6 +10,8 @@ from typing import Any
 
 from engine.errors import GrammarError, InvalidFormat
 from engine.grammar.gbnf import parse_gbnf
+from engine.json_schema.pattern import JSON_CHAR, pattern_rule
+from engine.json_schema.ranges import integer_range
 
 # Ollama's fixed grammar for `format: "json"` on the completion path (spec/sampling.md §7.2):
 # llama.cpp's grammars/json.gbnf with an object at the root and unbounded whitespace.
@@ -76,7 +64,7 @@ PRIMITIVES: dict[str, tuple[str, tuple[str, ...]]] = {
         r'[0-9a-fA-F]{12} "\""',
         (),
     ),
-    "char": (r'[^"\\\x7F\x00-\x1F] | [\\] (["\\bfnrt] | "u" [0-9a-fA-F]{4})', ()),
+    "char": (JSON_CHAR, ()),
     "string": (r'"\"" char* "\""', ("char",)),
     "null": ('"null"', ()),
     "date": (
@@ -102,11 +90,10 @@ _KNOWN_KEYWORDS = {
     "minItems", "maxItems", "enum", "const", "anyOf", "oneOf", "$ref", "$defs", "definitions",
     "minLength", "maxLength", "format", "minimum", "maximum", "exclusiveMinimum",
     "exclusiveMaximum", "title", "description", "default", "examples", "$schema", "$id",
-    "$comment", "nullable", "readOnly", "writeOnly", "deprecated",
+    "$comment", "nullable", "readOnly", "writeOnly", "deprecated", "pattern",
 }  # fmt: skip
 _TYPES = {"object", "array", "string", "number", "integer", "boolean", "null"}
 _SHORT_ESCAPES = {'"': '"', "\\": "\\", "b": "\b", "f": "\f", "n": "\n", "r": "\r", "t": "\t"}
-_MAX_DIGITS = 16  # unbounded integer sides stop at 16 digits, as the `integer` primitive does
 _INVALID_NAME_CHARS = re.compile(r"[^a-zA-Z0-9-]+")
 
 
@@ -136,55 +123,6 @@ def _repetition(item: str, lo: int, hi: int | None, sep: str | None = None) -> s
     rest = _repetition(f"({sep} {item})", max(lo - 1, 0), None if hi is None else hi - 1)
     body = f"{item} {rest}"
     return f"({body})?" if lo == 0 else body
-
-
-def _same_length_range(lo: str, hi: str) -> str:
-    """GBNF matching digit strings of len(lo) between lo and hi inclusive (lo <= hi)."""
-    if lo == hi:
-        return _literal(lo)
-    i = 0
-    while lo[i] == hi[i]:
-        i += 1
-    prefix = f"{_literal(lo[:i])} " if i else ""
-    x, y, m = lo[i], hi[i], len(lo) - i - 1
-    if m == 0:
-        return f"{prefix}[{x}-{y}]"
-    lo_rest, hi_rest = lo[i + 1 :], hi[i + 1 :]
-    alts = []
-    first_full = x if lo_rest == "0" * m else chr(ord(x) + 1)
-    last_full = y if hi_rest == "9" * m else chr(ord(y) - 1)
-    if lo_rest != "0" * m:
-        alts.append(f'"{x}" ({_same_length_range(lo_rest, "9" * m)})')
-    if first_full <= last_full:
-        alts.append(f"[{first_full}-{last_full}] [0-9]{{{m}}}")
-    if hi_rest != "9" * m:
-        alts.append(f'"{y}" ({_same_length_range("0" * m, hi_rest)})')
-    return f"{prefix}({' | '.join(alts)})"
-
-
-def _natural_range(lo: int, hi: int) -> str:
-    """GBNF for decimal integers in [lo, hi], 0 <= lo <= hi, without leading zeros."""
-    alts = []
-    for n_digits in range(len(str(lo)), len(str(hi)) + 1):
-        a = max(lo, 10 ** (n_digits - 1) if n_digits > 1 else 0)
-        b = min(hi, 10**n_digits - 1)
-        alts.append(_same_length_range(str(a), str(b)))
-    return " | ".join(alts)
-
-
-def integer_range(lo: int | None, hi: int | None) -> str:
-    """GBNF for decimal integers in [lo, hi]; a missing side stops at 16 digits."""
-    limit = 10**_MAX_DIGITS - 1
-    lo = -limit if lo is None else lo
-    hi = limit if hi is None else hi
-    if lo > hi:
-        raise GrammarError(f"integer range [{lo}, {hi}] is empty")
-    alts = []
-    if lo < 0:
-        alts.append(f'"-" ({_natural_range(-min(hi, -1), -lo)})')
-    if hi >= 0:
-        alts.append(_natural_range(max(lo, 0), hi))
-    return " | ".join(alts)
 
 
 def _bounds(schema: Mapping[str, Any], path: str, integral: bool) -> tuple[int | None, int | None]:
@@ -320,7 +258,14 @@ class _Converter:
             return self.add_rule(rule_name, self.object_rule(schema, name, path))
         if schema_type in (None, "array") and ("items" in schema or "prefixItems" in schema):
             return self.add_rule(rule_name, self.array_rule(schema, name, path))
-        if schema_type in (None, "string") and schema.get("format", "").startswith("uuid"):
+        if schema_type in (None, "string") and "pattern" in schema:
+            pattern = schema["pattern"]
+            if not isinstance(pattern, str):
+                raise GrammarError(f"{path}: pattern must be a string, got {pattern!r}")
+            if "minLength" in schema or "maxLength" in schema:
+                raise GrammarError(f"{path}: pattern together with minLength/maxLength")
+            return self.add_rule(rule_name, pattern_rule(pattern, path))
+        if schema_type in (None, "string") and str(schema.get("format", "")).startswith("uuid"):
             return self.add_primitive("root" if rule_name == "root" else "uuid", "uuid")
         if schema_type in (None, "string") and schema.get("format") in STRING_FORMATS:
             prim = f"{schema['format']}-string"
