@@ -29,7 +29,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from engine import load
 from engine.errors import ContextOverflow, EngineError, GrammarError, InvalidOption, TokenizerError
 from server import inference
-from server.errors import InvalidRequest, ModelNotFound, ServerError
+from server.errors import InvalidRequest, ModelNotFound, ServerError, go_quote
 from server.names import parse_name
 from server.routes_models import model_routes
 from server.scheduler import Scheduler
@@ -176,7 +176,7 @@ class Endpoints:
         return JSONBody({"version": OLLAMA_VERSION})
 
     async def generate(self, request: Request) -> Response:
-        arrived = time.perf_counter_ns()
+        arrived = time.monotonic_ns()
         req = GenerateRequest.from_body(await request.body())
         if not req.model.strip():
             raise ModelNotFound("", "model '' not found")
@@ -190,7 +190,7 @@ class Endpoints:
         return await _respond(job)
 
     async def chat(self, request: Request) -> Response:
-        arrived = time.perf_counter_ns()
+        arrived = time.monotonic_ns()
         req = ChatRequest.from_body(await request.body())
         if not req.model.strip():
             raise InvalidRequest("model is required")
@@ -204,7 +204,7 @@ class Endpoints:
         return await _respond(job)
 
     async def embed(self, request: Request) -> Response:
-        arrived = time.perf_counter_ns()
+        arrived = time.monotonic_ns()
         req = EmbedRequest.from_body(await request.body())
         if not req.model.strip():
             raise ModelNotFound("", "model '' not found")
@@ -260,11 +260,18 @@ class Endpoints:
         """The stored model for a request's `model`, with the endpoint's not-found wording."""
         name = parse_name(raw.strip())
         try:
-            return self.store.resolve(name)
+            record = self.store.resolve(name)
         except ModelNotFound:
             if pull_hint:
-                raise ModelNotFound(raw, f'model "{raw}" not found, try pulling it first') from None
+                raise ModelNotFound(raw, _pull_hint(raw)) from None
             raise ModelNotFound(raw) from None
+        if not record.gguf_path.exists():  # manifest without its model blob (spec §4.2 step 10)
+            raise ModelNotFound(raw, _pull_hint(raw))
+        return record
+
+
+def _pull_hint(raw: str) -> str:
+    return f"model {go_quote(raw)} not found, try pulling it first"
 
 
 # --------------------------------------------------------------------------------------------

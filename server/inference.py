@@ -444,11 +444,16 @@ def trace_json(trace: SampleTrace, piece: Callable[[int], bytes]) -> dict[str, A
 
 
 async def _acquire(
-    scheduler: Scheduler, record: ModelRecord, opts: Options, keep_alive: float | None
+    scheduler: Scheduler,
+    record: ModelRecord,
+    opts: Options,
+    keep_alive: float | None,
+    arrived: int | None = None,
 ) -> tuple[Runner, int]:
-    start = time.perf_counter_ns()
+    """The runner, and the load duration: request arrival (monotonic ns) to model ready."""
+    start = time.monotonic_ns() if arrived is None else arrived
     runner = await scheduler.acquire(record, opts.num_ctx, keep_alive)
-    return runner, time.perf_counter_ns() - start
+    return runner, time.monotonic_ns() - start
 
 
 def _count_tokens(runner: Runner) -> Callable[[str], int]:
@@ -500,7 +505,7 @@ async def prepare_generate(
     override = GoTemplate(req.template) if req.template else None
     fmt = check_format(req.format)
     opts = request_options(record, req.options)
-    runner, load_ns = await _acquire(scheduler, record, opts, req.keep_alive)
+    runner, load_ns = await _acquire(scheduler, record, opts, req.keep_alive, arrived)
     if not req.prompt:
         scheduler.release(runner)
         return None
@@ -634,7 +639,7 @@ async def prepare_chat(
         raise InvalidRequest(f"{record.parsed.full} does not support tools")
     fmt = check_format(req.format)
     opts = request_options(record, req.options)
-    runner, load_ns = await _acquire(scheduler, record, opts, req.keep_alive)
+    runner, load_ns = await _acquire(scheduler, record, opts, req.keep_alive, arrived)
     if not req.messages:
         scheduler.release(runner)
         return None
@@ -697,7 +702,7 @@ async def embed(
     record: ModelRecord, req: EmbedRequest, scheduler: Scheduler, arrived: int
 ) -> dict[str, Any]:
     opts = request_options(record, req.options)
-    runner, load_ns = await _acquire(scheduler, record, opts, req.keep_alive)
+    runner, load_ns = await _acquire(scheduler, record, opts, req.keep_alive, arrived)
     try:
         if not req.input:
             return {"model": req.model, "embeddings": []}
@@ -706,7 +711,7 @@ async def embed(
         scheduler.release(runner)
     body: dict[str, Any] = {"model": req.model, "embeddings": vectors}
     metrics = Metrics(
-        total_duration=time.perf_counter_ns() - arrived,
+        total_duration=time.monotonic_ns() - arrived,
         load_duration=load_ns,
         prompt_eval_count=count,
     )

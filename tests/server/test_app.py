@@ -298,3 +298,14 @@ def test_default_num_ctx_from_environment(http, monkeypatch):  # O2
     monkeypatch.delenv("OLLAMA_CONTEXT_LENGTH")
     http.post("/api/generate", json={"model": "tiny"})
     assert http.get("/api/ps").json()["models"][0]["context_length"] == 256  # 4096, lowered
+
+
+def test_missing_model_blob_is_404(tmp_path):  # §4.2 step 10
+    store = tiny_store(tmp_path)
+    store.resolve("tiny").gguf_path.unlink()
+    with live_server(create_app(store)) as base:
+        r = httpx.post(base + "/api/generate", json={"model": "tiny", "prompt": "x"})
+    assert (r.status_code, r.json()) == (
+        404,
+        {"error": 'model "tiny" not found, try pulling it first'},
+    )
