@@ -36,6 +36,7 @@ from engine.templates import (
     ChatTemplate,
     GoTemplate,
     Message,
+    RenderedPrompt,
     chat_messages,
     load_template,
     render_chat,
@@ -207,6 +208,10 @@ class Job:
     has_tools: bool = False
     single: bool = False  # _debug_render_only: one object, never streamed
     debug_info: dict[str, Any] | None = None
+    # Chat with thinking and `format` (spec §8.4): re-renders the prompt with the thinking done
+    # so far, returning (prompt text, token ids); `answer_output` parses the second run.
+    rethink: Callable[[str], tuple[str, list[int]]] | None = None
+    answer_output: ChatOutputParser = field(default_factory=ChatOutputParser)
     _released: bool = False
 
     def __post_init__(self) -> None:
@@ -232,15 +237,16 @@ class Job:
         finally:
             self.release()
 
-    def _generate(self) -> Iterator[dict[str, Any]]:
+    def _steps(self, ids: list[int], grammar: str | None) -> Iterator[Step]:
+        """engine.generate on a slot of this runner, one step per call under the runner lock."""
         model = self.runner.model
         constraint = None
-        if self.grammar is not None:
-            constraint = GrammarConstraint(self.grammar, trie_for(model.tokenizer))
-        slot = self.runner.take_slot(self.prompt_ids)
+        if grammar is not None:
+            constraint = GrammarConstraint(grammar, trie_for(model.tokenizer))
+        slot = self.runner.take_slot(ids)
         steps = generate(
             model,
-            self.prompt_ids,
+            ids,
             self.opts,
             constraint=constraint,
             slot=slot,
@@ -252,38 +258,67 @@ class Job:
             load_duration=self.load_ns,
             t_start=self.arrived_ns,
         )
-        raw_pieces: list[str] = []
-        emitted = False
         try:
             while True:
                 with self.runner.lock:
                     step = next(steps, None)
                 if step is None:
                     return
-                raw_pieces.append(step.text)
+                yield step
+        finally:
+            steps.close()
+            self.runner.give_slot(slot)
+
+    def _generate(self) -> Iterator[dict[str, Any]]:
+        emitted = False
+        try:
+            ids, grammar = self.prompt_ids, self.grammar
+            if self.rethink is not None and grammar is not None:
+                # Spec §8.4: think without the grammar; at the first answer text, stop, add the
+                # thinking as an assistant message, re-render and answer under the grammar.
+                thought: list[str] = []
+                for step in self._steps(ids, None):
+                    delta = self.output.add(step.text, done=step.done)
+                    if delta.content:
+                        break  # this first answer piece is not sent
+                    thought.append(delta.thinking)
+                    event = self._step_event(step, delta, "")
+                    if event is not None:
+                        yield event
+                        emitted = True
+                    if step.done:
+                        return
+                self.prompt_text, ids = self.rethink("".join(thought))
+                self.output = self.answer_output
+            pieces: list[str] = []
+            for step in self._steps(ids, grammar):
+                pieces.append(step.text)
                 delta = self.output.add(step.text, done=step.done)
-                lp = self._logprobs(step)
-                tr = self._trace(step)
-                if step.done:
-                    yield self._final(step, delta, lp, tr, "".join(raw_pieces))
-                    return
-                if delta.content or delta.thinking or delta.tool_calls or lp or tr:
-                    yield self._event(
-                        delta.content,
-                        thinking=delta.thinking,
-                        tool_calls=delta.tool_calls,
-                        logprobs=lp,
-                        trace=tr,
-                    )
+                event = self._step_event(step, delta, "".join(pieces))
+                if event is not None:
+                    yield event
                     emitted = True
         except EngineError as e:
             if not emitted or not self.stream:
                 raise
             log.warning("generation failed after streaming began: %s", e)
             yield {"error": str(e)}
-        finally:
-            steps.close()
-            self.runner.give_slot(slot)
+
+    def _step_event(self, step: Step, delta: Delta, generated: str) -> dict[str, Any] | None:
+        """The event for one step: the final one, or a piece (None when nothing to send)."""
+        lp = self._logprobs(step)
+        tr = self._trace(step)
+        if step.done:
+            return self._final(step, delta, lp, tr, generated)
+        if delta.content or delta.thinking or delta.tool_calls or lp or tr:
+            return self._event(
+                delta.content,
+                thinking=delta.thinking,
+                tool_calls=delta.tool_calls,
+                logprobs=lp,
+                trace=tr,
+            )
+        return None
 
     def _logprobs(self, step: Step) -> list[dict[str, Any]] | None:
         if step.logprobs is None:
@@ -649,17 +684,19 @@ async def prepare_chat(
             model_system=record.system or "",
             model_messages=[_message(m) for m in record.messages],
         )
-        rendered = await anyio.to_thread.run_sync(
-            lambda: render_chat(
+
+        def render(msgs: list[Message]) -> RenderedPrompt:
+            return render_chat(
                 template,
-                messages,
+                msgs,
                 tools=list(req.tools) or None,
                 think=think,
                 num_ctx=opts.num_ctx,
                 count_tokens=_count_tokens(runner),
                 truncate=req.truncate,
             )
-        )
+
+        rendered = await anyio.to_thread.run_sync(render, messages)
         ids = []  # _debug_render_only stops after rendering (spec §5.2 step 11)
         if not req.debug_render_only:
             ids = await anyio.to_thread.run_sync(
@@ -669,7 +706,14 @@ async def prepare_chat(
     except BaseException:
         scheduler.release(runner)
         raise
-    images = tuple(img for m in req.messages for img in m.images)
+    output = _output_parser(template, rendered.prompt, think, req.tools)
+    rethink = None
+    if grammar is not None and output.thinking is not None:
+
+        def rethink(thought: str) -> tuple[str, list[int]]:
+            prompt = render([*messages, Message("assistant", thinking=thought)]).prompt
+            return prompt, _tokenize_prompt(runner, prompt, opts, req.truncate, req.shift)
+
     return Job(
         name=req.model,
         kind="chat",
@@ -687,10 +731,14 @@ async def prepare_chat(
         shift=req.shift,
         truncate=req.truncate,
         grammar=grammar,
-        output=_output_parser(template, rendered.prompt, think, req.tools),
+        output=output,
         has_tools=bool(req.tools),
         single=req.debug_render_only,
-        debug_info=_debug_info(rendered.prompt, images) if req.debug_render_only else None,
+        debug_info=_debug_info(rendered.prompt, rendered.images) if req.debug_render_only else None,
+        rethink=rethink,
+        answer_output=ChatOutputParser(
+            thinking=output.thinking, tools=_output_parser(template, "", False, req.tools).tools
+        ),
     )
 
 

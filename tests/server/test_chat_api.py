@@ -245,3 +245,36 @@ def _concurrent_equals_solo(url: str, body: Any) -> None:
         assert text == alone["message"]["content"]
         assert final["eval_count"] == alone["eval_count"]
     assert len({text for text, _ in results}) > 1  # the seeds matter
+
+
+# Closing tag "." : the first sentence the model writes is its "thinking" (spec §8.1 tags).
+SENTENCE_THINKER = """\
+{{- range .Messages }}<|im_start|>{{ .Role }}
+{{ if .Thinking }}<think>{{ .Thinking }}.{{ end }}{{ .Content }}<|im_end|>
+{{ end }}<|im_start|>assistant
+{{ if .Think }}<think>{{ end }}"""
+
+
+def test_thinking_then_format(http):  # §8.4
+    r = http.post(
+        "/api/create",
+        json={"model": "sentence", "from": "smollm2", "template": SENTENCE_THINKER,
+              "stream": False},
+    )  # fmt: skip
+    assert r.status_code == 200, r.text
+    schema = {
+        "type": "object",
+        "properties": {"answer": {"enum": ["yes", "no"]}},
+        "required": ["answer"],
+        "additionalProperties": False,
+    }
+    messages = [{"role": "user", "content": "Is the sky blue? Explain, then answer in JSON."}]
+    body = {"model": "sentence", "messages": messages, "format": schema,
+            "options": {"temperature": 0, "num_predict": 60}}  # fmt: skip
+    out = chat(http, **body)
+    assert out["message"]["thinking"]  # the unconstrained first sentence
+    assert json.loads(out["message"]["content"])["answer"] in ("yes", "no")
+    with http.stream("POST", "/api/chat", json=body) as r:
+        events = [json.loads(line) for line in r.iter_lines()]
+    assert "".join(e["message"].get("thinking", "") for e in events) == out["message"]["thinking"]
+    assert "".join(e["message"]["content"] for e in events) == out["message"]["content"]
