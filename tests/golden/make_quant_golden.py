@@ -4,9 +4,9 @@ Run (needs llama_cpp): python tests/golden/make_quant_golden.py
 It builds the model (`build_model`, seeded, so every run writes the same bytes), quantizes it
 with `llama_model_quantize` (llama-cpp-python's low-level API, one thread, no imatrix) to every
 file type engine.quantize supports, and records the sha256 of each output file and the type
-and sha256 of every output tensor's bytes in tests/golden/quant_golden.json. tests/engine/test_quantize.py compares
-engine.quantize.quantize_gguf with those digests, and redoes the llama.cpp run live when
-llama_cpp is importable.
+and sha256 of every output tensor's bytes in tests/golden/quant_golden.json.
+tests/engine/test_quantize.py compares engine.quantize.quantize_gguf with those digests, and
+redoes the llama.cpp run live when llama_cpp is importable.
 """
 
 from __future__ import annotations
