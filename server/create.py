@@ -278,18 +278,17 @@ def _from_files(store: Store, files: dict[str, str], build: _Build) -> Iterator[
         path = store.blob_path(digest)
         if filename.endswith(".safetensors"):
             raise Unsupported("safetensors models are not supported: import a GGUF file")
-        is_gguf = filename.endswith(".gguf")
-        if not path.is_file():
-            if is_gguf:
+        # A `.gguf` name is parsed (and fails) as GGUF; other names must carry the GGUF magic.
+        if filename.endswith(".gguf"):
+            yield {"status": "parsing GGUF"}
+            if not path.is_file():
                 raise ServerError(f"open {path}: no such file or directory")
+            if _magic(path) != GGUF_MAGIC:
+                raise InvalidRequest("supplied file was not in GGUF format")
+        elif not path.is_file() or _magic(path) != GGUF_MAGIC:
             raise InvalidRequest("unknown type")
-        with open(path, "rb") as f:
-            magic = f.read(4)
-        if magic != GGUF_MAGIC:
-            raise InvalidRequest(
-                "supplied file was not in GGUF format" if is_gguf else "unknown type"
-            )
-        yield {"status": "parsing GGUF"}
+        else:
+            yield {"status": "parsing GGUF"}
         try:
             gguf = GGUFFile(path)
         except GGUFError as e:
@@ -300,6 +299,11 @@ def _from_files(store: Store, files: dict[str, str], build: _Build) -> Iterator[
             build.config = config_from_gguf(gguf)
     if sum(x.media_type == MEDIA_MODEL for x in build.layers) > 1:
         raise Unsupported("split GGUF models (several model files) are not supported")
+
+
+def _magic(path: Path) -> bytes:
+    with open(path, "rb") as f:
+        return f.read(4)
 
 
 def _gguf_media_type(gguf: GGUFFile) -> str:

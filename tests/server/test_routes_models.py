@@ -193,6 +193,17 @@ def test_error_after_progress_is_a_stream_line(server_url: str, tiny_gguf: Path)
     assert resp.status_code == 200
     assert lines[0] == {"status": "parsing GGUF"}
     assert lines[-1]["error"].startswith("template error: ")
+    not_gguf = _upload(server_url, _write(tiny_gguf.with_name("bad.gguf"), b"NOTGGUF!"))
+    resp = _create(server_url, {"model": "m", "files": {"bad.gguf": not_gguf}})
+    assert (resp.status_code, _lines(resp)) == (
+        200,
+        [{"status": "parsing GGUF"}, {"error": "supplied file was not in GGUF format"}],
+    )
+
+
+def _write(path: Path, data: bytes) -> Path:
+    path.write_bytes(data)
+    return path
 
 
 def test_create_from_model_with_system(server_url: str, store: Store, tiny: str) -> None:  # CR4
