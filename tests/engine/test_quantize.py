@@ -247,7 +247,6 @@ def test_should_quantize(name: str, n_dims: int, expected: bool) -> None:
     assert should_quantize(name, n_dims) is expected
 
 
-@pytest.mark.slow
 def test_smollm2_q4_k_m_plan_matches_the_spec_example(smollm2_path: Path) -> None:
     """The per-layer types llama.cpp chose for SmolLM2 (spec 3.7, worked example)."""
     types = plan(GGUFFile(smollm2_path), "q4_K_M")
