@@ -28,12 +28,15 @@ from tests.conftest import needs_oracle
 from tests.golden.make_quant_golden import (
     FILE_TYPES_TESTED,
     GOLDEN,
+    OTHER_SOURCES_TESTED,
+    SOURCE_FILE_TYPES,
     build_model,
     llama_cpp_quantize,
     sha256_file,
     tensor_digests,
 )
 
+GOLDEN_DATA = json.loads(GOLDEN.read_text())
 BLOCK_TYPES = [t for t in quants.QUANTIZERS if quants.TYPE_SIZES[t][0] > 1]
 IN_GGUF_PY = [GGMLType.Q4_0, GGMLType.Q4_1, GGMLType.Q5_0, GGMLType.Q5_1, GGMLType.Q8_0]
 
@@ -289,14 +292,23 @@ def test_smollm2_requantized_by_llama_cpp_has_our_types(smollm2_path: Path, tmp_
 
 
 @pytest.fixture(scope="module")
-def f16_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("quant") / "f16.gguf"
-    build_model(path)
-    return path
+def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The golden model stored as F16 (the main case), BF16 and F32."""
+    out = {}
+    for dtype in SOURCE_FILE_TYPES:
+        out[dtype.name] = tmp_path_factory.mktemp("quant") / f"{dtype.name}.gguf"
+        build_model(out[dtype.name], dtype=dtype)
+    return out
 
 
-def test_golden_model_is_reproducible(f16_model: Path) -> None:
-    assert sha256_file(f16_model) == json.loads(GOLDEN.read_text())["source_sha256"]
+@pytest.fixture(scope="module")
+def f16_model(models: dict[str, Path]) -> Path:
+    return models["F16"]
+
+
+@pytest.mark.parametrize("dtype", ["F16", "BF16", "F32"])
+def test_golden_model_is_reproducible(models: dict[str, Path], dtype: str) -> None:
+    assert sha256_file(models[dtype]) == GOLDEN_DATA["source_sha256"][dtype]
 
 
 @pytest.mark.parametrize("file_type", FILE_TYPES_TESTED)
@@ -305,20 +317,33 @@ def test_every_tensor_equals_llama_cpp_golden(
 ) -> None:
     dst = tmp_path / "out.gguf"
     quantize_gguf(f16_model, dst, file_type)
-    golden = json.loads(GOLDEN.read_text())
-    assert tensor_digests(dst) == golden["quantized"][file_type]
-    assert sha256_file(dst) == golden["files"][file_type]  # metadata and layout too
+    assert tensor_digests(dst) == GOLDEN_DATA["quantized"][file_type]
+    assert sha256_file(dst) == GOLDEN_DATA["files"]["F16"][file_type]  # metadata, layout too
+
+
+@pytest.mark.parametrize("file_type", OTHER_SOURCES_TESTED)
+@pytest.mark.parametrize("dtype", ["BF16", "F32"])
+def test_bf16_and_f32_sources_equal_llama_cpp_golden(
+    models: dict[str, Path], tmp_path: Path, dtype: str, file_type: str
+) -> None:
+    dst = tmp_path / "out.gguf"
+    quantize_gguf(models[dtype], dst, file_type)
+    assert sha256_file(dst) == GOLDEN_DATA["files"][dtype][file_type]
 
 
 @needs_oracle
 @pytest.mark.oracle
-@pytest.mark.parametrize("file_type", FILE_TYPES_TESTED)
-def test_every_tensor_equals_llama_cpp_live(
-    f16_model: Path, tmp_path: Path, file_type: str
+@pytest.mark.parametrize(
+    ("dtype", "file_type"),
+    [("F16", t) for t in FILE_TYPES_TESTED]
+    + [(d, t) for d in ("BF16", "F32") for t in OTHER_SOURCES_TESTED],
+)
+def test_whole_files_equal_llama_cpp_live(
+    models: dict[str, Path], tmp_path: Path, dtype: str, file_type: str
 ) -> None:
     ours, theirs = tmp_path / "ours.gguf", tmp_path / "theirs.gguf"
-    quantize_gguf(f16_model, ours, file_type)
-    llama_cpp_quantize(f16_model, theirs, file_type)
+    quantize_gguf(models[dtype], ours, file_type)
+    llama_cpp_quantize(models[dtype], theirs, file_type)
     assert tensor_digests(ours) == tensor_digests(theirs)
     assert ours.read_bytes() == theirs.read_bytes()
 
