@@ -14,6 +14,7 @@ else runs.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import threading
@@ -26,6 +27,7 @@ from typing import Any
 import anyio
 
 from engine.generate import Slot
+from engine.gguf import GGUFFile
 from server.errors import ServerError
 from server.schemas import FOREVER, parse_keep_alive
 from server.store import ModelRecord
@@ -76,12 +78,14 @@ class Runner:
             self.free_slots.append(slot)
 
     def size(self) -> int:
-        """Bytes held: the weights as stored plus the KV caches of the free slots and of the
-        requests in flight (each has one)."""
+        """Bytes held: the weights as float32 (the engine dequantizes at load) plus the KV
+        caches of the free slots and of the requests in flight (each has one)."""
         with self.lock:
             caches = [s.cache.k.nbytes + s.cache.v.nbytes for s in self.free_slots]
         per_cache = max(caches, default=0)
-        return self.record.gguf_path.stat().st_size + sum(caches) + self.in_flight * per_cache
+        return (
+            _float32_weight_bytes(self.record.gguf_path) + sum(caches) + self.in_flight * per_cache
+        )
 
     def ps_expiry(self, now: float) -> float:
         """`expires_at` for /api/ps: while busy, now + duration (spec §3.2)."""
@@ -210,6 +214,11 @@ class Scheduler:
         with self._state:
             runners = list(self._runners.values())
         return sorted(runners, key=lambda r: r.ps_expiry(now), reverse=True)
+
+
+@functools.lru_cache(maxsize=32)
+def _float32_weight_bytes(path: Path) -> int:
+    return 4 * sum(t.n_elements for t in GGUFFile(path).tensors.values())
 
 
 def _common_prefix(a: list[int], b: list[int]) -> int:
