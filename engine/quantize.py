@@ -15,6 +15,7 @@ import logging
 import os
 import re
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -213,11 +214,15 @@ def _metadata_value(value: Any, vtype: GGUFValueType) -> Any:
     return value
 
 
-def quantize_gguf(src: Path, dst: Path, file_type: str) -> None:
+def quantize_gguf(
+    src: Path, dst: Path, file_type: str, *, progress: Callable[[int], None] | None = None
+) -> None:
     """Write `src` re-quantized to `file_type` (q8_0, q4_0, q4_1, q5_0, q5_1, q4_K_S, q4_K_M,
     q6_K, or f16/bf16/f32; any case) at `dst`, atomically.
 
     Metadata is copied with `general.file_type` set and `general.quantization_version` = 2.
+    `progress`, if given, is called after each tensor with the number of source tensor bytes
+    it consumed (they add up to the sum of the source tensors' sizes).
     Raises InvalidOption for an unknown `file_type` and UnsupportedQuantType when a tensor that
     must be quantized is not F32/F16/BF16.
     """
@@ -234,15 +239,39 @@ def quantize_gguf(src: Path, dst: Path, file_type: str) -> None:
     os.close(fd)
     tmp = Path(tmp_name)
     try:
-        _write(f, types, ftype, tmp)
+        _write(f, types, ftype, tmp, progress)
         os.replace(tmp, dst)
     finally:
         tmp.unlink(missing_ok=True)
+    dir_fd = os.open(dst.parent, os.O_RDONLY)  # make the rename itself durable
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
 
 
-def _write(f: GGUFFile, types: dict[str, GGMLType], ftype: LlamaFileType, path: Path) -> None:
+def _write(
+    f: GGUFFile,
+    types: dict[str, GGMLType],
+    ftype: LlamaFileType,
+    path: Path,
+    progress: Callable[[int], None] | None,
+) -> None:
     arch = f.metadata.get("general.architecture", "llama")
     writer = GGUFWriter(path, arch)  # writes general.architecture first
+    try:
+        _write_all(writer, f, types, ftype, progress)
+    finally:
+        writer.close()
+
+
+def _write_all(
+    writer: GGUFWriter,
+    f: GGUFFile,
+    types: dict[str, GGMLType],
+    ftype: LlamaFileType,
+    progress: Callable[[int], None] | None,
+) -> None:
     # As llama.cpp: copy the KVs in order, then (re)set quantization_version and file_type, which
     # gguf_set_val moves to the end.
     for key, value in f.metadata.items():
@@ -270,7 +299,8 @@ def _write(f: GGUFFile, types: dict[str, GGMLType], ftype: LlamaFileType, path: 
             log.debug("quantizing %s %s -> %s", name, info.ggml_type.name, t.name)
             data = quants.quantize(f.tensor(name), t).reshape(-1)
         writer.write_tensor_data(data)
+        if progress is not None:
+            progress(info.n_bytes)
     writer.flush()
     for fout in writer.fout or ():
         os.fsync(fout.fileno())
-    writer.close()

@@ -387,3 +387,29 @@ def test_f16_target_copies_rows_without_rules(f16_model: Path, tmp_path: Path) -
     for name, info in src.tensors.items():
         assert out.tensors[name].ggml_type == info.ggml_type
         np.testing.assert_array_equal(out.raw(name), src.raw(name))
+
+
+def test_progress_reports_every_source_byte(f16_model: Path, tmp_path: Path) -> None:
+    seen: list[int] = []
+    quantize_gguf(f16_model, tmp_path / "out.gguf", "q4_K_M", progress=seen.append)
+    src = GGUFFile(f16_model)
+    assert len(seen) == len(src.tensors)
+    assert sum(seen) == sum(info.n_bytes for info in src.tensors.values())
+
+
+def test_a_failure_midway_leaves_no_file(
+    f16_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls = 0
+
+    def failing(values: np.ndarray, t: GGMLType) -> np.ndarray:
+        nonlocal calls
+        calls += 1
+        if calls == 5:
+            raise MemoryError("simulated")
+        return quants.quant.quantize(values, t)
+
+    monkeypatch.setattr(quants, "quantize", failing)
+    with pytest.raises(MemoryError):
+        quantize_gguf(f16_model, tmp_path / "out.gguf", "q8_0")
+    assert list(tmp_path.iterdir()) == []
