@@ -281,7 +281,7 @@ def dequantize(
             f"{raw.size} bytes of {_type_name(ggml_type)} cannot hold shape {shape}: expected "
             f"{n_elements // block * size} bytes and rows a multiple of {block} elements"
         )
-    if block == 1:  # plain floats: one pass over the whole tensor (F32: a view, as in gguf-py)
+    if block == 1:  # plain floats: the kernel takes the whole tensor (F32: a view, as in gguf-py)
         return kernel(raw).reshape(shape)
     blocks = raw.reshape(-1, size)
     out = np.empty(n_elements, dtype=np.float32)
