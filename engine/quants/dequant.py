@@ -28,18 +28,7 @@ def dequantize_f32(blocks: npt.NDArray[np.uint8]) -> npt.NDArray[np.float32]:
 
 
 def dequantize_f16(blocks: npt.NDArray[np.uint8]) -> npt.NDArray[np.float32]:
-    bits = blocks.view("<u2").reshape(-1)
-    out = np.empty(bits.shape, np.float32)
-    for i in range(0, len(bits), _F16_CHUNK):
-        np.take(_F16_TO_F32, bits[i : i + _F16_CHUNK], out=out[i : i + _F16_CHUNK])
-    return out
-
-
-# Every half converted once by NumPy's own cast (so bit-identical to it, NaN payloads included).
-# Looking values up in this 256 KiB table, a cache-sized chunk at a time, is faster than the
-# element-wise cast (benchmarks/bench_quants.py).
-_F16_TO_F32 = np.arange(1 << 16, dtype=np.uint32).astype(np.uint16).view("<f2").astype(np.float32)
-_F16_CHUNK = 1 << 16
+    return blocks.view("<f2").astype(np.float32)
 
 
 def dequantize_bf16(blocks: npt.NDArray[np.uint8]) -> npt.NDArray[np.float32]:
