@@ -150,6 +150,7 @@ def bench_dequant(n_elements: int, repeat: int, lib: ctypes.CDLL | None) -> None
             else time_runs(repeat, _c_dequantize, lib, t, raw, n_elements)
         )
         print(_row(t.name, mb, [ours, ref, c]))
+    print("(F32 is a zero-copy view in both: its row measures per-call overhead, not throughput)")
 
 
 def bench_quantize(n_elements: int, repeat: int, lib: ctypes.CDLL | None) -> None:
