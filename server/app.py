@@ -1,6 +1,6 @@
 """The Starlette application: route table, thin endpoints, one exception-to-HTTP map.
 
-Endpoints parse (server/schemas.py), delegate (server/inference.py, server/scheduler.py, the
+Endpoints parse (server/schemas.py), delegate (server/inference.py, server/embeddings.py, the
 model routes of server/routes_models.py) and format. Every error is an exception: the map in
 `EXCEPTION_STATUS` turns it into Ollama's `{"error": "..."}` body with its status
 (spec/ollama-api.md §1.7, §19). CORS and Host checks follow spec §1.3.
@@ -28,8 +28,9 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from engine import load
 from engine.errors import ContextOverflow, EngineError, GrammarError, InvalidOption, TokenizerError
-from server import inference
+from server import embeddings, inference
 from server.errors import InvalidRequest, ModelNotFound, ServerError, go_quote
+from server.job import Job
 from server.names import parse_name
 from server.routes_models import model_routes
 from server.scheduler import Scheduler
@@ -61,7 +62,7 @@ _FOREVER_SECONDS = (2**63 - 1) / 1e9
 
 EXCEPTION_STATUS: dict[type[Exception], int] = {
     ContextOverflow: 400,  # a prompt that cannot fit (spec §19)
-    InvalidOption: 400,  # out of range; type errors become 500 in inference.request_options
+    InvalidOption: 400,  # out of range; type errors become 500 in preflight.request_options
     GrammarError: 400,  # a JSON schema the grammar compiler rejects
     TokenizerError: 400,  # e.g. a token id outside the vocabulary
     EngineError: 500,  # template execution errors included, as Ollama answers them
@@ -119,7 +120,7 @@ class NDJSONStream(StreamingResponse):
 
     media_type = "application/x-ndjson"
 
-    def __init__(self, first: bytes, job: inference.Job) -> None:
+    def __init__(self, first: bytes, job: Job) -> None:
         self._job = job
         super().__init__(self._lines(first))
 
@@ -136,7 +137,7 @@ class NDJSONStream(StreamingResponse):
                 await anyio.to_thread.run_sync(self._job.close)
 
 
-async def _respond(job: inference.Job) -> Response:
+async def _respond(job: Job) -> Response:
     """Stream the job's events as NDJSON, or combine them into one object (spec §1.6).
 
     The first event is computed before the response starts, so an error while the prompt is
@@ -209,7 +210,7 @@ class Endpoints:
         if not req.model.strip():
             raise ModelNotFound("", "model '' not found")
         record = self._resolve(req.model, pull_hint=True)
-        body = await inference.embed(record, req, self.scheduler, arrived)
+        body = await embeddings.embed(record, req, self.scheduler, arrived)
         return JSONBody(body)
 
     async def embeddings(self, request: Request) -> Response:
@@ -217,7 +218,7 @@ class Endpoints:
         if not req.model.strip():
             raise InvalidRequest("model is required")
         record = self._resolve(req.model, pull_hint=True)
-        return JSONBody(await inference.embeddings(record, req, self.scheduler))
+        return JSONBody(await embeddings.embeddings(record, req, self.scheduler))
 
     async def ps(self, request: Request) -> Response:
         now = time.time()
@@ -247,14 +248,14 @@ class Endpoints:
         if not req.model.strip():
             raise InvalidRequest("model is required")
         record = self._resolve(req.model)
-        return JSONBody(await inference.tokenize(record, req, self.scheduler))
+        return JSONBody(await embeddings.tokenize(record, req, self.scheduler))
 
     async def detokenize(self, request: Request) -> Response:
         req = DetokenizeRequest.from_body(await request.body())
         if not req.model.strip():
             raise InvalidRequest("model is required")
         record = self._resolve(req.model)
-        return JSONBody(await inference.detokenize(record, req, self.scheduler))
+        return JSONBody(await embeddings.detokenize(record, req, self.scheduler))
 
     def _resolve(self, raw: str, pull_hint: bool = False) -> ModelRecord:
         """The stored model for a request's `model`, with the endpoint's not-found wording."""

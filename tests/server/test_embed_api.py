@@ -12,7 +12,7 @@ import pytest
 from starlette.applications import Starlette
 
 from server.app import create_app
-from server.inference import normalize, pool
+from server.embeddings import normalize, pool
 from tests.server.live import api_store, live_server
 
 pytestmark = pytest.mark.slow

@@ -1,0 +1,164 @@
+"""/api/embed, /api/embeddings and the /api/tokenize, /api/detokenize extensions
+(spec/ollama-api.md §10; llama-server's tokenize shapes)."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import anyio
+import numpy as np
+import numpy.typing as npt
+
+from engine.options import Options
+from server.errors import InvalidRequest
+from server.preflight import acquire_runner, gguf_facts, request_options
+from server.scheduler import Runner, Scheduler
+from server.schemas import (
+    DetokenizeRequest,
+    EmbeddingsRequest,
+    EmbedRequest,
+    Metrics,
+    TokenizeRequest,
+    float32_list,
+)
+from server.store import ModelRecord
+
+log = logging.getLogger(__name__)
+
+
+async def embed(
+    record: ModelRecord, req: EmbedRequest, scheduler: Scheduler, arrived: int
+) -> dict[str, Any]:
+    opts = request_options(record, req.options)
+    runner, load_ns = await acquire_runner(scheduler, record, opts, req.keep_alive, arrived)
+    try:
+        if not req.input:
+            return {"model": req.model, "embeddings": []}
+        vectors, count = await anyio.to_thread.run_sync(_embed_all, runner, req, opts)
+    finally:
+        scheduler.release(runner)
+    body: dict[str, Any] = {"model": req.model, "embeddings": vectors}
+    metrics = Metrics(
+        total_duration=time.monotonic_ns() - arrived,
+        load_duration=load_ns,
+        prompt_eval_count=count,
+    )
+    body.update(metrics.fields())
+    return body
+
+
+def _embed_all(runner: Runner, req: EmbedRequest, opts: Options) -> tuple[list[list[float]], int]:
+    """Spec §10.1 step 7 for every input, in order; returns the vectors and the token total."""
+    model, tok = runner.model, runner.model.tokenizer
+    pooling = gguf_facts(runner.record.gguf_path).pooling_type
+    ctx = min(opts.num_ctx, model.config.n_ctx_train)
+    vectors, total = [], 0
+    for text in req.input:
+        ids = tok.encode(text, add_special=False, parse_special=False)
+        limit = ctx - int(not ids or ids[0] != tok.bos_id) - int(not ids or ids[-1] != tok.eos_id)
+        if limit <= 0:
+            raise InvalidRequest("input after truncation exceeds maximum context length")
+        if len(ids) > limit:
+            if not req.truncate:
+                raise InvalidRequest("the input length exceeds the context length")
+            text = tok.decode(ids[:limit])
+        ids = tok.encode(text, add_special=True, parse_special=False)
+        with runner.lock:
+            hidden = model.embed(ids)  # (T, D)
+        vector = normalize(pool(hidden, pooling))
+        if 0 < req.dimensions < vector.size:
+            vector = normalize(vector[: req.dimensions])
+        vectors.append(float32_list(vector))
+        total += len(ids)
+    return vectors, total
+
+
+def pool(hidden: npt.NDArray[np.float32], pooling_type: int) -> npt.NDArray[np.float32]:
+    """(T, D) -> (D,) by the GGUF's `{arch}.pooling_type`: 1 mean, 2 cls (first token),
+    3 last. A generative model has none (0); like Ollama's own runner it then returns the
+    last token's hidden state."""
+    if pooling_type == 1:
+        return hidden.mean(axis=0, dtype=np.float32)
+    if pooling_type == 2:
+        return hidden[0]
+    return hidden[-1]
+
+
+def normalize(v: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+    """v / max(||v||_2, 1e-12) in float32 (spec §10.1 step 7.8); NaN or Inf is an error."""
+    if not np.isfinite(v).all():
+        raise InvalidRequest("embedding contains NaN or Inf values")
+    norm = max(float(np.linalg.norm(v.astype(np.float64))), 1e-12)
+    return (v / np.float32(norm)).astype(np.float32)
+
+
+async def embeddings(
+    record: ModelRecord, req: EmbeddingsRequest, scheduler: Scheduler
+) -> dict[str, Any]:
+    """Legacy /api/embeddings: one raw pooled vector as float64, no normalisation (§10.2)."""
+    opts = request_options(record, req.options)
+    runner, _ = await acquire_runner(scheduler, record, opts, req.keep_alive)
+    try:
+        if not req.prompt:
+            return {"embedding": []}
+        vector = await anyio.to_thread.run_sync(_embed_one, runner, req.prompt)
+    finally:
+        scheduler.release(runner)
+    return {"embedding": vector.astype(np.float64).tolist()}
+
+
+def _embed_one(runner: Runner, text: str) -> npt.NDArray[np.float32]:
+    tok = runner.model.tokenizer
+    ids = tok.encode(text, add_special=True, parse_special=False)
+    with runner.lock:
+        hidden = runner.model.embed(ids)  # (T, D)
+    return pool(hidden, gguf_facts(runner.record.gguf_path).pooling_type)
+
+
+# --------------------------------------------------------------------------------------------
+# Tokenize / detokenize (refllama extensions, llama-server's shapes)
+
+
+async def tokenize(
+    record: ModelRecord, req: TokenizeRequest, scheduler: Scheduler
+) -> dict[str, Any]:
+    opts = request_options(record, {})
+    runner, _ = await acquire_runner(scheduler, record, opts, None)
+    try:
+        model = runner.model
+        ids = [
+            int(t)
+            for t in model.tokenize(
+                req.content, add_special=req.add_special, parse_special=req.parse_special
+            )
+        ]
+        if not req.with_pieces:
+            return {"tokens": ids}
+        return {"tokens": [{"id": t, "piece": _piece(model.tokenizer.token_bytes(t))} for t in ids]}
+    finally:
+        scheduler.release(runner)
+
+
+def _piece(raw: bytes) -> str | list[int]:
+    """llama-server's `with_pieces`: the text when it is valid UTF-8, else the byte values."""
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return list(raw)
+
+
+async def detokenize(
+    record: ModelRecord, req: DetokenizeRequest, scheduler: Scheduler
+) -> dict[str, Any]:
+    opts = request_options(record, {})
+    runner, _ = await acquire_runner(scheduler, record, opts, None)
+    try:
+        vocab = runner.model.tokenizer.n_vocab
+        bad = [t for t in req.tokens if not 0 <= t < vocab]
+        if bad:
+            raise InvalidRequest(f"token id {bad[0]} is out of range [0, {vocab})")
+        return {"content": runner.model.detokenize(req.tokens)}
+    finally:
+        scheduler.release(runner)
