@@ -341,7 +341,7 @@ def quantize_bf16(x: Floats) -> U8:
 
 
 def quantize_f32(x: Floats) -> U8:
-    return x.astype("<f4").view(np.uint8)
+    return x.astype("<f4", copy=False).view(np.uint8)
 
 
 QUANTIZERS: dict[GGMLType, Callable[[Floats], U8]] = {
@@ -365,7 +365,8 @@ CHUNK_ELEMENTS = 1 << 16
 def quantize(values: Floats, ggml_type: GGMLType) -> U8:
     """float32 values of NumPy shape (..., row) -> the ggml bytes of `ggml_type`, (..., row bytes).
 
-    `row` must be a multiple of the type's block size; blocks never straddle rows.
+    `row` must be a multiple of the type's block size; blocks never straddle rows. For F32 the
+    result may share memory with `values`.
     """
     kernel = QUANTIZERS.get(ggml_type)
     if kernel is None:
@@ -376,9 +377,12 @@ def quantize(values: Floats, ggml_type: GGMLType) -> U8:
             f"cannot quantize shape {values.shape} to {ggml_type.name}: the row length must be "
             f"a multiple of {block}"
         )
+    out_shape = (*values.shape[:-1], values.shape[-1] // block * size)
+    if block == 1:  # plain floats: one conversion of the whole tensor (F32: no copy if possible)
+        return kernel(np.ascontiguousarray(values, dtype=F32)).reshape(out_shape)
     blocks = np.ascontiguousarray(values, dtype=F32).reshape(-1, block)
     out = np.empty((len(blocks), size), np.uint8)
     step = max(1, CHUNK_ELEMENTS // block)
     for i in range(0, len(blocks), step):
         out[i : i + step] = kernel(blocks[i : i + step]).reshape(-1, size)
-    return out.reshape(*values.shape[:-1], values.shape[-1] // block * size)
+    return out.reshape(out_shape)
