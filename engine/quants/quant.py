@@ -76,11 +76,18 @@ def _first_max_abs(x: Floats, axis: int = -1) -> Floats:
     return np.where(np.abs(pick) > 0, pick, F32(0))
 
 
-def _first_extreme(x: Floats, argfn: object) -> Floats:
-    """The first minimum (or maximum) along the last axis, as a strict-comparison scan finds it
-    (that decides between -0.0 and +0.0, which have different fp16 bytes)."""
-    i = argfn(x, axis=-1)[..., None]  # type: ignore[operator]
-    return np.take_along_axis(x, i, axis=-1)[..., 0]
+def _first_min(x: Floats) -> Floats:
+    """(n, k) -> (n,): the first minimum of each row, as ggml's `if (v < min)` scan finds it.
+
+    Which of several equal zeros comes first decides between -0.0 and +0.0, whose fp16 bytes
+    differ; np.argmin returns the first of equal values, np.min does not promise one.
+    """
+    return np.take_along_axis(x, np.argmin(x, axis=1)[:, None], axis=1)[:, 0]
+
+
+def _first_max(x: Floats) -> Floats:
+    """(n, k) -> (n,): the first maximum of each row (ggml's `if (v > max)` scan)."""
+    return np.take_along_axis(x, np.argmax(x, axis=1)[:, None], axis=1)[:, 0]
 
 
 def _pack_nibbles(q: npt.NDArray[np.integer]) -> U8:
@@ -128,7 +135,7 @@ def quantize_q4_0(x: Floats) -> U8:
 # Q4_1 (20 bytes: d f16, m f16, qs[16]): d = (max - min) / 15, q = min(15, trunc((x - min) / d
 # + 0.5)).  ggml: quantize_row_q4_1_ref.
 def quantize_q4_1(x: Floats) -> U8:
-    lo, hi = _first_extreme(x, np.argmin), _first_extreme(x, np.argmax)
+    lo, hi = _first_min(x), _first_max(x)
     d = (hi - lo) / F32(15)
     q = _scaled_codes(x, d, 0.5, 15, lo)
     return np.concatenate([fp16_bytes(d), fp16_bytes(lo), _pack_nibbles(q)], axis=1)
@@ -145,7 +152,7 @@ def quantize_q5_0(x: Floats) -> U8:
 # Q5_1 (24 bytes: d f16, m f16, qh[4], qs[16]): d = (max - min) / 31, q = trunc((x - min) / d
 # + 0.5) (no clamp in ggml; it cannot exceed 31).  ggml: quantize_row_q5_1_ref.
 def quantize_q5_1(x: Floats) -> U8:
-    lo, hi = _first_extreme(x, np.argmin), _first_extreme(x, np.argmax)
+    lo, hi = _first_min(x), _first_max(x)
     d = (hi - lo) / F32(31)
     q = _scaled_codes(x, d, 0.5, 255, lo) & 0xFF  # C: (uint8_t) of the truncated value
     return np.concatenate(
