@@ -3,10 +3,10 @@
 Which tensors are quantized and to which type follows llama.cpp's `llama_tensor_get_type` as
 ported by Ollama (server/quantization.go; spec gguf-and-models.md 3.6 and 3.7). Tensor bytes
 come from the reference quantizers in engine/quants/quant.py. Tensors and metadata are written
-in llama.cpp's order, so for F16/F32 sources the whole output file equals `llama_model_quantize`'s
-byte for byte (tests/engine/test_quantize.py). The file is written with gguf-py's GGUFWriter
-into a temporary file next to `dst`, synced, then renamed over `dst`: a crash never leaves a
-partial `dst`.
+in llama.cpp's order, so for F16, BF16 and F32 sources the whole output file equals
+`llama_model_quantize`'s byte for byte (tests/engine/test_quantize.py). The file is written
+with gguf-py's GGUFWriter into a temporary file next to `dst`, synced, then renamed over `dst`:
+a crash never leaves a partial `dst`.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import os
 import re
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -108,7 +108,8 @@ def use_more_bits(i_layer: int, n_layers: int) -> bool:
 class TypeRules:
     """llama.cpp's per-tensor type choice for K-quant file types, with its running counters.
 
-    Call `choose` on the quantized tensors in file order (the attn_v/ffn_down counters advance).
+    Call `choose` on the quantized tensors in `llama_cpp_order` (the attn_v and ffn_down
+    counters advance with each call, so they count layers in that order).
     """
 
     ftype: LlamaFileType
@@ -117,8 +118,8 @@ class TypeRules:
     n_ffn_down: int
     has_output: bool
     n_experts: int
-    i_attn_v: int = field(default=0)
-    i_ffn_down: int = field(default=0)
+    i_attn_v: int = 0
+    i_ffn_down: int = 0
 
     @classmethod
     def for_model(cls, f: GGUFFile, ftype: LlamaFileType, default: GGMLType) -> TypeRules:
