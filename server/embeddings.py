@@ -13,16 +13,10 @@ import numpy.typing as npt
 
 from engine.options import Options
 from server.errors import InvalidRequest
+from server.events import Metrics, float32_list
 from server.preflight import acquire_runner, gguf_facts, request_options
 from server.scheduler import Runner, Scheduler
-from server.schemas import (
-    DetokenizeRequest,
-    EmbeddingsRequest,
-    EmbedRequest,
-    Metrics,
-    TokenizeRequest,
-    float32_list,
-)
+from server.schemas import DetokenizeRequest, EmbeddingsRequest, EmbedRequest, TokenizeRequest
 from server.store import ModelRecord
 
 log = logging.getLogger(__name__)

@@ -21,13 +21,8 @@ from engine.grammar.constraint import GrammarConstraint, trie_for
 from engine.options import Options
 from engine.sampling import SampleTrace
 from engine.tools import ChatOutputParser, Delta, ToolCall
+from server.events import Metrics, chat_event, generate_event, logprob_entry
 from server.scheduler import Runner, Scheduler
-from server.schemas import (
-    Metrics,
-    chat_event,
-    generate_event,
-    logprob_entry,
-)
 
 log = logging.getLogger(__name__)
 

@@ -1,11 +1,10 @@
-"""Request parsing and response building for the native Ollama API.
+"""Request parsing for the native Ollama API.
 
 Bodies are decoded the way Ollama's Go `encoding/json` decodes them (spec/ollama-api.md §1.4):
 empty body is an error, `null` is an all-defaults request, top-level keys match
 case-insensitively, unknown keys are ignored, a `null` field means "unset". `keep_alive` follows
-Go's `time.ParseDuration` (§3.1) and `think` the level rules of §8.2. Response events are plain
-dicts in Ollama's wire key order (§4.4, §5.3); `ndjson_line` renders them, turning non-finite
-floats into finite ones on purpose (see `json_safe`).
+Go's `time.ParseDuration` (§3.1) and `think` the level rules of §8.2. Response events are built
+in server/events.py.
 """
 
 from __future__ import annotations
@@ -15,16 +14,11 @@ import binascii
 import json
 import math
 import re
-import time
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
-import numpy.typing as npt
-
 from server.errors import InvalidRequest, go_quote
 
-FLT_MAX = float(np.finfo(np.float32).max)
 FOREVER = math.inf  # keep_alive for "never unload"
 THINK_LEVELS = ("high", "medium", "low", "max")
 
@@ -449,164 +443,3 @@ class DetokenizeRequest:
     def from_body(cls, raw: bytes) -> DetokenizeRequest:
         f = _Fields(decode_body(raw, "DetokenizeRequest"), "DetokenizeRequest")
         return cls(model=f.str("model"), tokens=f.ints("tokens") or [])
-
-
-# --------------------------------------------------------------------------------------------
-# Responses (spec §1.5, §4.4, §5.3)
-
-
-def utc_timestamp(ns: int) -> str:
-    """RFC 3339 in UTC, fraction up to 9 digits without trailing zeros: `...T20:47:51.1475Z`."""
-    secs, frac = divmod(ns, 1_000_000_000)
-    digits = f"{frac:09d}".rstrip("0")
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(secs)) + (
-        f".{digits}Z" if digits else "Z"
-    )
-
-
-def local_timestamp(seconds: float) -> str:
-    """RFC 3339 in the server's time zone with a numeric offset (`expires_at`, spec §1.5)."""
-    whole = math.floor(seconds)
-    local = time.localtime(whole)
-    offset = local.tm_gmtoff
-    sign = "+" if offset >= 0 else "-"
-    hh, mm = divmod(abs(offset) // 60, 60)
-    digits = f"{round((seconds - whole) * 1e9):09d}"[:9].rstrip("0")
-    frac = f".{digits}" if digits else ""
-    return time.strftime("%Y-%m-%dT%H:%M:%S", local) + f"{frac}{sign}{hh:02d}:{mm:02d}"
-
-
-@dataclass
-class Metrics:
-    """Final-event counts and durations (ns). Each is omitted from JSON when zero."""
-
-    total_duration: int = 0
-    load_duration: int = 0
-    prompt_eval_count: int = 0
-    prompt_eval_duration: int = 0
-    eval_count: int = 0
-    eval_duration: int = 0
-
-    def fields(self) -> dict[str, int]:
-        return {k: v for k, v in self.__dict__.items() if v}
-
-
-def generate_event(
-    model: str,
-    response: str,
-    *,
-    thinking: str = "",
-    done: bool = False,
-    done_reason: str = "",
-    context: list[int] | None = None,
-    metrics: Metrics | None = None,
-    debug_info: dict[str, Any] | None = None,
-    logprobs: list[dict[str, Any]] | None = None,
-    trace: list[dict[str, Any]] | None = None,
-) -> dict[str, Any]:
-    event: dict[str, Any] = {
-        "model": model,
-        "created_at": utc_timestamp(time.time_ns()),
-        "response": response,
-    }
-    if thinking:
-        event["thinking"] = thinking
-    event["done"] = done
-    if done_reason:
-        event["done_reason"] = done_reason
-    if context:
-        event["context"] = context
-    if metrics is not None:
-        event.update(metrics.fields())
-    if debug_info is not None:
-        event["_debug_info"] = debug_info
-    if logprobs:
-        event["logprobs"] = logprobs
-    if trace:
-        event["trace"] = trace
-    return event
-
-
-def chat_event(
-    model: str,
-    content: str,
-    *,
-    thinking: str = "",
-    tool_calls: list[dict[str, Any]] | None = None,
-    done: bool = False,
-    done_reason: str = "",
-    metrics: Metrics | None = None,
-    debug_info: dict[str, Any] | None = None,
-    logprobs: list[dict[str, Any]] | None = None,
-    trace: list[dict[str, Any]] | None = None,
-    role: str = "assistant",
-) -> dict[str, Any]:
-    message: dict[str, Any] = {"role": role, "content": content}
-    if thinking:
-        message["thinking"] = thinking
-    if tool_calls:
-        message["tool_calls"] = tool_calls
-    event: dict[str, Any] = {
-        "model": model,
-        "created_at": utc_timestamp(time.time_ns()),
-        "message": message,
-        "done": done,
-    }
-    if done_reason:
-        event["done_reason"] = done_reason
-    if debug_info is not None:
-        event["_debug_info"] = debug_info
-    if logprobs:
-        event["logprobs"] = logprobs
-    if metrics is not None:
-        event.update(metrics.fields())
-    if trace:
-        event["trace"] = trace
-    return event
-
-
-def logprob_entry(
-    token: str, logprob: float, top: list[tuple[str, float]] | None
-) -> dict[str, Any]:
-    """One `logprobs` item (spec §4.6); `bytes` omitted for empty text, `top_logprobs` if asked."""
-    entry: dict[str, Any] = {"token": token, "logprob": logprob}
-    if token:
-        entry["bytes"] = list(token.encode("utf-8"))
-    if top:
-        entry["top_logprobs"] = [
-            {"token": t, "logprob": lp, **({"bytes": list(t.encode("utf-8"))} if t else {})}
-            for t, lp in top
-        ]
-    return entry
-
-
-def float32_list(vector: npt.NDArray[np.float32]) -> list[float]:
-    """float32 values as the shortest decimals that round-trip a float32 (`0.010071029`)."""
-    return [float(np.format_float_positional(v, unique=True, trim="-")) for v in vector]
-
-
-def json_safe(value: Any) -> Any:
-    """Make a value JSON-encodable with allow_nan=False, deliberately.
-
-    ±inf becomes ±FLT_MAX: llama.cpp reports a zero probability's logprob as -FLT_MAX, and a
-    logit masked to -inf by a sampler stage reads the same way. NaN becomes null.
-    """
-    if isinstance(value, float):
-        if math.isnan(value):
-            return None
-        if math.isinf(value):
-            return FLT_MAX if value > 0 else -FLT_MAX
-        return value
-    if isinstance(value, dict):
-        return {k: json_safe(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [json_safe(v) for v in value]
-    return value
-
-
-def dumps(value: Any) -> str:
-    return json.dumps(json_safe(value), ensure_ascii=False, allow_nan=False, separators=(",", ":"))
-
-
-def ndjson_line(event: dict[str, Any]) -> bytes:
-    return (dumps(event) + "\n").encode("utf-8")

@@ -18,7 +18,8 @@ import pytest
 
 from engine import load
 from engine.errors import EngineError
-from server.app import create_app, host_allowed, origin_allowed
+from server.app import create_app
+from server.guard import host_allowed, origin_allowed
 from server.scheduler import Scheduler
 from server.store import Store
 from tests.server.live import live_server, tiny_store, write_embedding_header
