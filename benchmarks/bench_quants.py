@@ -72,14 +72,22 @@ def random_blocks(t: GGMLType, n_elements: int, rng: np.random.Generator) -> np.
     return blocks.reshape(-1)
 
 
-def time_runs(repeat: int, fn: Callable[..., object], *args: object) -> list[float]:
-    fn(*args)  # warm-up
-    times = []
+Call = tuple[Callable[..., object], tuple[object, ...]]
+
+
+def time_interleaved(repeat: int, calls: list[Call | None]) -> list[list[float]]:
+    """Seconds per run of each call, the calls taking turns run by run (on a shared machine a
+    burst of load then hits all of them alike). A None call gets an empty list."""
+    live = [c for c in calls if c is not None]
+    for fn, args in live:
+        fn(*args)  # warm-up
+    times: dict[int, list[float]] = {id(c): [] for c in live}
     for _ in range(repeat):
-        start = time.perf_counter()
-        fn(*args)
-        times.append(time.perf_counter() - start)
-    return times
+        for c in live:
+            start = time.perf_counter()
+            c[0](*c[1])
+            times[id(c)].append(time.perf_counter() - start)
+    return [times[id(c)] if c is not None else [] for c in calls]
 
 
 def cpu_name() -> str:
@@ -136,18 +144,17 @@ def bench_dequant(n_elements: int, repeat: int, lib: ctypes.CDLL | None) -> None
     for t in quants.QUANTS:
         raw = random_blocks(t, n_elements, rng)
         shape = (n_elements // ROW, ROW)
-        ours = time_runs(repeat, quants.dequantize, raw, t, shape)
         ref_raw = raw.reshape(n_elements // ROW, -1)
         if t in (GGMLType.F32, GGMLType.F16):
             ref_raw = ref_raw.view(np.float32 if t == GGMLType.F32 else np.float16)
-        try:
-            ref = time_runs(repeat, gguf.quants.dequantize, ref_raw, t)
-        except NotImplementedError:
-            ref = []
-        c = (
-            []
-            if lib is None or t == GGMLType.F32
-            else time_runs(repeat, _c_dequantize, lib, t, raw, n_elements)
+        in_gguf_py = t != GGMLType.Q8_K
+        ours, ref, c = time_interleaved(
+            repeat,
+            [
+                (quants.dequantize, (raw, t, shape)),
+                (gguf.quants.dequantize, (ref_raw, t)) if in_gguf_py else None,
+                (_c_dequantize, (lib, t, raw, n_elements)) if lib and t != GGMLType.F32 else None,
+            ],
         )
         print(_row(t.name, mb, [ours, ref, c]))
     print("(F32 is a zero-copy view in both: its row measures per-call overhead, not throughput)")
@@ -159,15 +166,14 @@ def bench_quantize(n_elements: int, repeat: int, lib: ctypes.CDLL | None) -> Non
     print(f"\nquantize {n_elements} float32 elements ({mb:.1f} MB in), median of {repeat}, MB/s")
     print(f"{'type':8} {'ours':>10} {'gguf-py':>10} {'libggml':>10} {'ours/gguf':>8}")
     for t in quants.QUANTIZERS:
-        ours = time_runs(repeat, quants.quantize, x, t)
-        try:
-            ref = time_runs(repeat, gguf.quants.quantize, x, t)
-        except NotImplementedError:
-            ref = []
-        c = (
-            []
-            if lib is None or quants.TYPE_SIZES[t][0] == 1
-            else time_runs(repeat, _c_quantize, lib, t, x)
+        in_gguf_py = t not in (GGMLType.Q4_K, GGMLType.Q5_K, GGMLType.Q6_K)  # no K quantizers
+        ours, ref, c = time_interleaved(
+            repeat,
+            [
+                (quants.quantize, (x, t)),
+                (gguf.quants.quantize, (x, t)) if in_gguf_py else None,
+                (_c_quantize, (lib, t, x)) if lib and quants.TYPE_SIZES[t][0] > 1 else None,
+            ],
         )
         print(_row(t.name, mb, [ours, ref, c]))
 
@@ -175,8 +181,9 @@ def bench_quantize(n_elements: int, repeat: int, lib: ctypes.CDLL | None) -> Non
 def bench_load(path: Path, repeat: int) -> None:
     print(f"\nload {path.name} ({path.stat().st_size / 1e6:.0f} MB), {repeat} runs, seconds")
     print(f"{'reader':22} {'median':>8} {'min':>8}")
-    for name, reader in (("engine.gguf.GGUFFile", GGUFFile), ("gguf.GGUFReader", gguf.GGUFReader)):
-        times = time_runs(repeat, reader, path)
+    names = ("engine.gguf.GGUFFile", "gguf.GGUFReader")
+    results = time_interleaved(repeat, [(GGUFFile, (path,)), (gguf.GGUFReader, (path,))])
+    for name, times in zip(names, results, strict=True):
         print(f"{name:22} {statistics.median(times):8.3f} {min(times):8.3f}")
 
 
