@@ -1,10 +1,12 @@
 """One sequence's key/value cache: preallocated arrays, the tokens they hold, and context shift.
 
-Keys are stored after RoPE, values as computed, both float32 (llama.cpp stores F16 by default;
-float32 keeps this a reference). Cache index == position: position p of the sequence lives at
-index p of every layer. The capacity is `num_ctx` rounded up to whole `KEY_BLOCK`s because
-attention works on fixed-size key blocks (see engine/model.py); slots at or past `n_past` are
-never read unmasked. This is the only mutable object in the forward pass.
+Keys are stored after RoPE, values as computed, in float32 arrays; with `f16` (llama.cpp's
+default F16 cache, see engine/numerics.py) the model stores F16-rounded values, and shift()
+rounds re-rotated keys again, as llama.cpp writes them back into its F16 cache. Cache index ==
+position: position p of the sequence lives at index p of every layer. The capacity is `num_ctx`
+rounded up to whole `KEY_BLOCK`s because attention works on fixed-size key blocks (see
+engine/model.py); slots at or past `n_past` are never read unmasked. This is the only mutable
+object in the forward pass.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ class KVCache:
         head_dim_k: int,
         head_dim_v: int,
         ropes: tuple[Rope, ...],
+        f16: bool = False,
     ) -> None:
         if num_ctx < 1:
             raise ContextOverflow(f"num_ctx must be at least 1, got {num_ctx}")
@@ -35,6 +38,7 @@ class KVCache:
         n_layer = len(ropes)
         self.num_ctx = num_ctx
         self.ropes = ropes  # per layer, used to re-rotate keys on shift()
+        self.f16 = f16  # values are F16-rounded (llama.cpp's F16 cache) and stay so on shift()
         self.k = np.zeros((n_layer, n_head_kv, capacity, head_dim_k), np.float32)  # (L,Hkv,S,Dh)
         self.v = np.zeros((n_layer, n_head_kv, capacity, head_dim_v), np.float32)  # (L,Hkv,S,Dv)
         self.tokens: list[int] = []  # the token at each cached position
@@ -77,7 +81,10 @@ class KVCache:
         for layer, rope in enumerate(self.ropes):
             cos, sin = rope.cos_sin(delta)  # (1, n_rot/2): the same delta for every moved key
             moved = self.k[layer, :, dst : dst + n_moved]  # (Hkv, n_moved, Dh)
-            self.k[layer, :, dst : dst + n_moved] = rope.apply(moved, cos, sin)
+            rotated = rope.apply(moved, cos, sin)
+            if self.f16:
+                rotated = rotated.astype(np.float16).astype(np.float32)
+            self.k[layer, :, dst : dst + n_moved] = rotated
         del self.tokens[n_keep : n_keep + n_discard]
 
     def reserve(self, n_new: int) -> None:

@@ -40,8 +40,19 @@ import numpy as np
 import numpy.typing as npt
 
 from engine.errors import GGUFError, ModelTooLarge, UnsupportedArchitecture
-from engine.gguf import GGUFFile
+from engine.gguf import GGMLType, GGUFFile
 from engine.kvcache import KEY_BLOCK, KVCache
+from engine.numerics import (
+    LLAMA_CPP,
+    Numerics,
+    Rounding,
+    gelu_f16_table,
+    gelu_tanh,
+    q8_1_sum_error,
+    round_activations,
+    round_f16,
+    vec_dot_rounding,
+)
 from engine.rope import Rope
 from engine.tokenizer import Tokenizer
 
@@ -67,13 +78,15 @@ class ArchTraits:
     embed_scale: bool  # token embeddings times sqrt(n_embd)
     gelu: bool  # GELU (tanh) gate activation instead of SiLU
     sliding: bool  # sliding-window layers with their own RoPE base
+    prescale_q: bool  # q is scaled before q.k (softmax scale 1) rather than inside the softmax
 
 
+_GEMMA3 = ArchTraits(True, True, True, True, True, True, True)
 ARCHS: dict[str, ArchTraits] = {
-    "llama": ArchTraits(False, False, False, False, False, False),
-    "qwen2": ArchTraits(True, False, False, False, False, False),
-    "qwen3": ArchTraits(True, True, False, False, False, False),
-    "gemma3": ArchTraits(True, True, True, True, True, True),
+    "llama": ArchTraits(False, False, False, False, False, False, False),
+    "qwen2": ArchTraits(True, False, False, False, False, False, False),
+    "qwen3": ArchTraits(True, True, False, False, False, False, False),
+    "gemma3": _GEMMA3,
 }
 GEMMA3_SWA_PERIOD = 6  # every 6th layer is global unless sliding_window_pattern says otherwise
 GEMMA3_SWA_BASE = 10000.0
@@ -218,18 +231,35 @@ class ModelConfig:
 
 
 @dataclass(frozen=True)
+class Linear:
+    """y = x @ W, W (in, out) stored as column parts; each part's weights share one GGML type
+    family, whose llama.cpp activation rounding is kept with it (engine/numerics.py)."""
+
+    parts: tuple[LinearPart, ...]  # outputs concatenated
+
+
+@dataclass(frozen=True)
+class LinearPart:
+    weight: Array  # (in, out)
+    rounding: Rounding
+    # Q4_1/Q5_1 block mins (in/32, out), for llama.cpp's Q8_1 sum term (engine/numerics.py);
+    # None when no tensor of this part has mins.
+    mins: Array | None = None
+
+
+@dataclass(frozen=True)
 class LayerWeights:
     attn_norm: Array  # (D,)
-    wqkv: Array  # (D, H*Dh + Hkv*Dh + Hkv*Dv): q, k, v columns
+    wqkv: Linear  # (D, H*Dh + Hkv*Dh + Hkv*Dv): q, k, v columns
     bqkv: Array | None  # (H*Dh + Hkv*Dh + Hkv*Dv,)
     q_norm: Array | None  # (Dh,)
     k_norm: Array | None  # (Dh,)
-    wo: Array  # (H*Dv, D)
+    wo: Linear  # (H*Dv, D)
     bo: Array | None  # (D,)
     post_attn_norm: Array | None  # (D,)
     ffn_norm: Array  # (D,)
-    w_gate_up: Array  # (D, 2F): gate columns, then up
-    w_down: Array  # (F, D)
+    w_gate_up: Linear  # (D, 2F): gate columns, then up
+    w_down: Linear  # (F, D)
     post_ffn_norm: Array | None  # (D,)
 
 
@@ -238,6 +268,7 @@ class Weights:
     token_embd: Array | None  # (V, D) lookup table; None when tied to `output`
     output_norm: Array  # (D,)
     output: Array  # (nC, D, C): the (D, V) output matrix cut into nC blocks of C columns
+    output_rounding: Rounding
     output_bias: Array | None  # (V,)
     layers: tuple[LayerWeights, ...]
     rope_factors: tuple[float, ...] | None  # (n_rot/2,) from rope_freqs.weight
@@ -250,6 +281,19 @@ def memory_needed(gguf: GGUFFile, config: ModelConfig, num_ctx: int) -> int:
     capacity = -(-num_ctx // KEY_BLOCK) * KEY_BLOCK
     kv = config.n_layer * config.n_head_kv * capacity * (config.head_dim + config.head_dim_v) * 4
     return weights + kv + 2 * largest
+
+
+_TYPES_WITH_MIN = {GGMLType.Q4_1, GGMLType.Q5_1}  # blocks start with f16 d, f16 m
+
+
+def _block_mins(gguf: GGUFFile, name: str) -> Array:
+    """(out, in/32) block mins m of a Q4_1/Q5_1 matrix; zeros for other types."""
+    info = gguf.tensors[name]
+    n_out, n_in = info.shape
+    if info.ggml_type not in _TYPES_WITH_MIN:
+        return np.zeros((n_out, n_in // 32), F32)
+    blocks = gguf.raw(name).reshape(n_out, n_in // 32, -1)
+    return blocks[:, :, 2:4].copy().view("<f2")[..., 0].astype(F32)
 
 
 def available_memory() -> int:
@@ -274,12 +318,26 @@ def load_weights(gguf: GGUFFile, config: ModelConfig) -> Weights:
     def opt(name: str) -> Array | None:
         return vec(name) if name in tensors else None
 
-    def fused(names: list[str]) -> Array:
-        # GGUF matrices are (out, in): stack them along out, then one transposed copy.
-        stacked = np.concatenate([gguf.tensor(n) for n in names])  # (sum of outs, in)
-        w = np.empty(stacked.shape[::-1], F32)  # (in, sum of outs)
-        w[...] = stacked.T
-        return w
+    def fused(names: list[str]) -> Linear:
+        # GGUF matrices are (out, in): stack neighbours with the same activation rounding along
+        # out, then one transposed copy per part.
+        groups: list[tuple[Rounding, list[str]]] = []
+        for name in names:
+            rounding = vec_dot_rounding(tensors[name].ggml_type)
+            if groups and groups[-1][0] is rounding:
+                groups[-1][1].append(name)
+            else:
+                groups.append((rounding, [name]))
+        parts = []
+        for rounding, group in groups:
+            stacked = np.concatenate([gguf.tensor(n) for n in group])  # (sum of outs, in)
+            w = np.empty(stacked.shape[::-1], F32)  # (in, sum of outs)
+            w[...] = stacked.T
+            mins = None
+            if any(tensors[n].ggml_type in _TYPES_WITH_MIN for n in group):
+                mins = np.concatenate([_block_mins(gguf, n) for n in group]).T.copy()
+            parts.append(LinearPart(w, rounding, mins))
+        return Linear(tuple(parts))
 
     for name in ("token_embd.weight", "output_norm.weight"):
         if name not in tensors:
@@ -318,12 +376,13 @@ def load_weights(gguf: GGUFFile, config: ModelConfig) -> Weights:
                 post_ffn_norm=vec(f"{p}post_ffw_norm.weight") if traits.post_norms else None,
             )
         )
-    tied = "output.weight" not in tensors
+    out_name = "token_embd.weight" if "output.weight" not in tensors else "output.weight"
     factors = opt("rope_freqs.weight")
     return Weights(
-        token_embd=None if tied else vec("token_embd.weight"),
+        token_embd=None if out_name == "token_embd.weight" else vec("token_embd.weight"),
         output_norm=vec("output_norm.weight"),
-        output=_blocked(gguf.tensor("token_embd.weight" if tied else "output.weight")),
+        output=_blocked(gguf.tensor(out_name)),
+        output_rounding=vec_dot_rounding(tensors[out_name].ggml_type),
         output_bias=opt("output.bias"),
         layers=tuple(layers),
         rope_factors=None if factors is None else tuple(float(f) for f in factors),
@@ -345,10 +404,21 @@ def _blocked(w: Array) -> Array:
 # --- kernels: pure functions over arrays -------------------------------------------------------
 
 
-def linear(x: Array, w: Array) -> Array:
-    """(T, K) @ (K, N) -> (T, N), one BLAS gemv per row (see the module docstring)."""
-    x = np.ascontiguousarray(x)
-    return np.matmul(x[:, None, :], w)[:, 0, :]
+def linear(x: Array, w: Linear, numerics: Numerics) -> Array:
+    """(T, K) @ (K, N) -> (T, N), one BLAS gemv per row and part (see the module docstring)."""
+    outs = []
+    for part in w.parts:
+        if not numerics.quantize_activations:
+            xr = np.ascontiguousarray(x, dtype=F32)
+            outs.append(np.matmul(xr[:, None, :], part.weight)[:, 0, :])
+            continue
+        xr = np.ascontiguousarray(round_activations(x, part.rounding), dtype=F32)
+        y = np.matmul(xr[:, None, :], part.weight)[:, 0, :]
+        if part.mins is not None:
+            err = np.ascontiguousarray(q8_1_sum_error(x))  # (T, K/32)
+            y = y + np.matmul(err[:, None, :], part.mins)[:, 0, :]
+        outs.append(y)
+    return outs[0] if len(outs) == 1 else np.concatenate(outs, axis=1)
 
 
 def rms_norm(x: Array, w: Array, eps: float) -> Array:
@@ -362,13 +432,15 @@ def silu(x: Array) -> Array:
         return x / (F32(1.0) + np.exp(-x))
 
 
-def gelu_tanh(x: Array) -> Array:
-    c = F32(math.sqrt(2.0 / math.pi))
-    return F32(0.5) * x * (F32(1.0) + np.tanh(c * (x + F32(0.044715) * x * x * x)))
-
-
 def _attend_blocks(
-    q: Array, k_cache: Array, v_cache: Array, pos0: int, first: int, last: int, window: int
+    q: Array,
+    k_cache: Array,
+    v_cache: Array,
+    pos0: int,
+    blocks: tuple[int, int],
+    window: int,
+    scale: float,
+    f16_probs: bool,
 ) -> Array:
     """Attention of queries at positions pos0.. over key blocks first..last (inclusive).
 
@@ -377,10 +449,11 @@ def _attend_blocks(
     """
     T, Hkv, G, Dh = q.shape
     Dv = v_cache.shape[2]
+    first, last = blocks
     nb, lo, hi = last - first + 1, first * KEY_BLOCK, (last + 1) * KEY_BLOCK
     kb = k_cache[:, lo:hi].reshape(Hkv, nb, KEY_BLOCK, Dh).transpose(0, 1, 3, 2)  # (Hkv,nb,Dh,B)
     vb = v_cache[:, lo:hi].reshape(Hkv, nb, KEY_BLOCK, Dv)  # (Hkv, nb, B, Dv)
-    scores = np.matmul(q[:, :, None], kb)  # (T, Hkv, nb, G, B)
+    scores = np.matmul(q[:, :, None], kb) * F32(scale)  # (T, Hkv, nb, G, B)
     q_pos = np.arange(pos0, pos0 + T)[:, None]  # (T, 1)
     k_pos = np.arange(lo, hi)[None, :]  # (1, nb*B)
     visible = k_pos <= q_pos
@@ -390,22 +463,37 @@ def _attend_blocks(
     m = scores.max(axis=(2, 4), keepdims=True)  # (T, Hkv, 1, G, 1)
     e = np.exp(scores - m)  # (T, Hkv, nb, G, B); masked keys are exactly 0
     den_blocks = e.sum(axis=-1)  # (T, Hkv, nb, G)
-    out_blocks = np.matmul(e, vb)  # (T, Hkv, nb, G, Dv)
-    den, out = den_blocks[:, :, 0], out_blocks[:, :, 0]
+    den = den_blocks[:, :, 0]
     for b in range(1, nb):  # in block order: fully masked blocks add exact zeros
         den = den + den_blocks[:, :, b]
+    p = e / den[:, :, None, :, None]  # (T, Hkv, nb, G, B)
+    if f16_probs:
+        p = round_f16(p)
+    out_blocks = np.matmul(p, vb)  # (T, Hkv, nb, G, Dv)
+    out = out_blocks[:, :, 0]
+    for b in range(1, nb):
         out = out + out_blocks[:, :, b]
-    return out / den[..., None]
+    return out
 
 
-def attention(q: Array, k_cache: Array, v_cache: Array, pos0: int, window: int) -> Array:
+def attention(
+    q: Array,
+    k_cache: Array,
+    v_cache: Array,
+    pos0: int,
+    window: int,
+    scale: float = 1.0,
+    f16_probs: bool = False,
+) -> Array:
     """Causal (optionally sliding-window) attention of T new queries over positions 0..pos0+T-1.
 
-    q: (T, H, Dh), already scaled; k_cache: (Hkv, S_cap, Dh) after RoPE; v_cache: (Hkv, S_cap,
-    Dv), both holding the new positions already. Returns (T, H, Dv). Keys are taken in whole
-    KEY_BLOCKs (see the module docstring). Queries are grouped by the key block their own
-    position falls in, and each group skips the blocks that are fully masked for all of it
-    (later blocks, and for a sliding window earlier ones): a row's sum is the same either way.
+    q: (T, H, Dh); k_cache: (Hkv, S_cap, Dh) after RoPE; v_cache: (Hkv, S_cap, Dv), both holding
+    the new positions already. Returns (T, H, Dv). softmax(scale * q.k) as llama.cpp's
+    soft_max_ext; `f16_probs` rounds the probabilities to F16 before p.v, as llama.cpp does.
+    Keys are taken in whole KEY_BLOCKs (see the module docstring). Queries are grouped by the
+    key block their own position falls in, and each group skips the blocks that are fully masked
+    for all of it (later blocks, and for a sliding window earlier ones): a row's sums are the
+    same either way.
     """
     T, H, Dh = q.shape
     Hkv, Dv = v_cache.shape[0], v_cache.shape[2]
@@ -416,20 +504,29 @@ def attention(q: Array, k_cache: Array, v_cache: Array, pos0: int, window: int) 
         last = (pos0 + t) // KEY_BLOCK
         end = min(T, (last + 1) * KEY_BLOCK - pos0)
         first = max(0, pos0 + t - window + 1) // KEY_BLOCK if window else 0
-        out[t:end] = _attend_blocks(qg[t:end], k_cache, v_cache, pos0 + t, first, last, window)
+        out[t:end] = _attend_blocks(
+            qg[t:end], k_cache, v_cache, pos0 + t, (first, last), window, scale, f16_probs
+        )
         t = end
     return out.reshape(T, H, Dv)
 
 
 def _layer(
-    x: Array, w: LayerWeights, cfg: ModelConfig, rope: Rope, cache: KVCache, il: int, pos0: int
+    x: Array,
+    w: LayerWeights,
+    cfg: ModelConfig,
+    rope: Rope,
+    cache: KVCache,
+    il: int,
+    numerics: Numerics,
 ) -> Array:
     """One transformer block: (T, D) -> (T, D); writes this layer's new k, v into the cache."""
     T = x.shape[0]
+    pos0 = cache.n_past
     H, Hkv, Dh, Dv = cfg.n_head, cfg.n_head_kv, cfg.head_dim, cfg.head_dim_v
     eps = cfg.norm_eps
     h = rms_norm(x, w.attn_norm, eps)
-    qkv = linear(h, w.wqkv)  # (T, H*Dh + Hkv*Dh + Hkv*Dv)
+    qkv = linear(h, w.wqkv, numerics)  # (T, H*Dh + Hkv*Dh + Hkv*Dv)
     if w.bqkv is not None:
         qkv = qkv + w.bqkv
     q = qkv[:, : H * Dh].reshape(T, H, Dh)
@@ -439,23 +536,33 @@ def _layer(
         q = rms_norm(q, w.q_norm, eps)
         k = rms_norm(k, w.k_norm, eps)
     cos, sin = rope.cos_sin(np.arange(pos0, pos0 + T))  # (T, n_rot/2)
-    q = rope.apply(q, cos[:, None], sin[:, None]) * F32(cfg.attention_scale)
+    q = rope.apply(q, cos[:, None], sin[:, None])
     k = rope.apply(k, cos[:, None], sin[:, None])
+    # gemma3 scales q before q.k (llama.cpp: ggml_scale, then kq_scale 1); the others scale
+    # inside the softmax.
+    scale = cfg.attention_scale
+    if cfg.traits.prescale_q:
+        q, scale = q * F32(scale), 1.0
+    if numerics.kv_f16:
+        q, k, v = round_f16(q), round_f16(k), round_f16(v)
     cache.k[il, :, pos0 : pos0 + T] = k.transpose(1, 0, 2)
     cache.v[il, :, pos0 : pos0 + T] = v.transpose(1, 0, 2)
     window = cfg.sliding_window if cfg.swa_layers[il] else 0
-    a = attention(q, cache.k[il], cache.v[il], pos0, window).reshape(T, H * Dv)
-    a = linear(a, w.wo)  # (T, D)
+    a = attention(q, cache.k[il], cache.v[il], pos0, window, scale, numerics.kv_f16)
+    a = linear(a.reshape(T, H * Dv), w.wo, numerics)  # (T, D)
     if w.bo is not None:
         a = a + w.bo
     if w.post_attn_norm is not None:
         a = rms_norm(a, w.post_attn_norm, eps)
     x = x + a
     h = rms_norm(x, w.ffn_norm, eps)
-    gu = linear(h, w.w_gate_up)  # (T, 2F)
+    gu = linear(h, w.w_gate_up, numerics)  # (T, 2F)
     gate, up = gu[:, : cfg.n_ff], gu[:, cfg.n_ff :]
-    act = gelu_tanh(gate) if cfg.traits.gelu else silu(gate)
-    f = linear(act * up, w.w_down)  # (T, D)
+    if cfg.traits.gelu:
+        act = gelu_f16_table(gate) if numerics.kv_f16 else gelu_tanh(gate)
+    else:
+        act = silu(gate)
+    f = linear(act * up, w.w_down, numerics)  # (T, D)
     if w.post_ffn_norm is not None:
         f = rms_norm(f, w.post_ffn_norm, eps)
     return x + f
@@ -467,12 +574,12 @@ def forward(
     ropes: tuple[Rope, ...],
     tokens: npt.NDArray[np.int64],
     cache: KVCache,
+    numerics: Numerics,
 ) -> Array:
     """Run new `tokens` (T,) at positions n_past.. and append them to `cache`.
 
     Returns the final-normed hidden states (T, D). The caller checks that they fit.
     """
-    pos0 = cache.n_past
     if weights.token_embd is not None:
         x = weights.token_embd[tokens]  # (T, D)
     else:
@@ -481,14 +588,16 @@ def forward(
     if cfg.traits.embed_scale:
         x = x * F32(math.sqrt(cfg.n_embd))
     for il, (w, rope) in enumerate(zip(weights.layers, ropes, strict=True)):
-        x = _layer(x, w, cfg, rope, cache, il, pos0)
+        x = _layer(x, w, cfg, rope, cache, il, numerics)
     cache.tokens.extend(int(t) for t in tokens)
     return rms_norm(x, weights.output_norm, cfg.norm_eps)
 
 
-def output_logits(weights: Weights, cfg: ModelConfig, hidden: Array) -> Array:
+def output_logits(weights: Weights, cfg: ModelConfig, hidden: Array, numerics: Numerics) -> Array:
     """(T, D) final-normed hidden states -> (T, V) logits, one output block at a time."""
-    hidden = np.ascontiguousarray(hidden)[:, None, :]  # (T, 1, D)
+    if numerics.quantize_activations:
+        hidden = round_activations(hidden, weights.output_rounding)
+    hidden = np.ascontiguousarray(hidden, dtype=F32)[:, None, :]  # (T, 1, D)
     blocks = [np.matmul(hidden, block)[:, 0, :] for block in weights.output]  # nC x (T, C)
     logits = np.concatenate(blocks, axis=1)[:, : cfg.n_vocab]
     if weights.output_bias is not None:
@@ -503,11 +612,17 @@ class Model:
     """A loaded model: config, tokenizer, float32 weights, and the cache-based forward API."""
 
     def __init__(
-        self, path: Path, config: ModelConfig, tokenizer: Tokenizer, weights: Weights | None
+        self,
+        path: Path,
+        config: ModelConfig,
+        tokenizer: Tokenizer,
+        weights: Weights | None,
+        numerics: Numerics = LLAMA_CPP,
     ) -> None:
         self.path = path
         self.config = config
         self.tokenizer = tokenizer
+        self.numerics = numerics
         self._weights = weights
         self.ropes = config.ropes(None if weights is None else weights.rope_factors)
 
@@ -535,6 +650,7 @@ class Model:
             head_dim_k=cfg.head_dim,
             head_dim_v=cfg.head_dim_v,
             ropes=self.ropes,
+            f16=self.numerics.kv_f16,
         )
 
     def _weights_or_raise(self) -> Weights:
@@ -555,7 +671,8 @@ class Model:
             raise ValueError(f"token id {bad} is outside the vocabulary [0, {self.n_vocab})")
         cache.reserve(len(ids))
         for start in range(0, len(ids), num_batch):
-            yield forward(weights, self.config, self.ropes, ids[start : start + num_batch], cache)
+            chunk = ids[start : start + num_batch]
+            yield forward(weights, self.config, self.ropes, chunk, cache, self.numerics)
 
     def eval(
         self,
@@ -573,8 +690,10 @@ class Model:
         weights = self._weights_or_raise()
         chunks = list(self._hidden(tokens, cache, num_batch))
         if last_only:
-            return output_logits(weights, self.config, chunks[-1][-1:])
-        return np.concatenate([output_logits(weights, self.config, h) for h in chunks])
+            return output_logits(weights, self.config, chunks[-1][-1:], self.numerics)
+        return np.concatenate(
+            [output_logits(weights, self.config, h, self.numerics) for h in chunks]
+        )
 
     def logits(self, tokens: list[int] | npt.NDArray[np.int64]) -> Array:
         """Logits (T, V) for a fresh sequence."""
@@ -594,12 +713,14 @@ def load(
     num_ctx_hint: int = 2048,
     vocab_only: bool = False,
     memory_budget: int | None = None,
+    numerics: Numerics = LLAMA_CPP,
 ) -> Model:
     """Load a GGUF model: config and tokenizer, plus float32 weights unless `vocab_only`.
 
     The bytes needed (weights, a KV cache of `num_ctx_hint` positions, load scratch) are
     computed first; ModelTooLarge is raised when they exceed `memory_budget` (default:
-    DEFAULT_MEMORY_FRACTION of the memory available now).
+    DEFAULT_MEMORY_FRACTION of the memory available now). `numerics` picks llama.cpp's
+    roundings (the default, engine/numerics.py) or plain float32.
     """
     path = Path(path)
     t0 = time.perf_counter()
@@ -616,4 +737,4 @@ def load(
             raise ModelTooLarge(needed, budget)
         weights = load_weights(gguf, config)
     log.info("loaded %s (%s) in %.2fs", path.name, config.arch, time.perf_counter() - t0)
-    return Model(path, config, tokenizer, weights)
+    return Model(path, config, tokenizer, weights, numerics)

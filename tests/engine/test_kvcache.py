@@ -74,10 +74,11 @@ def test_shift_moves_and_rerotates_keys(tiny: Model) -> None:
         cache.v[:, :, n_keep:n], v_before[:, :, n_keep + n_discard : len(PROMPT)]
     )
     # Layer 0's keys depend only on the token and its position, so after the shift they must
-    # match a fresh run of the kept tokens (up to the rounding of rotating twice).
+    # match a fresh run of the kept tokens (up to the rounding of rotating twice, and of the F16
+    # cache: one F16 step is 2**-11 relative).
     fresh = tiny.new_cache(64)
     tiny.eval(kept, fresh)
-    np.testing.assert_allclose(cache.k[0, :, :n], fresh.k[0, :, :n], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(cache.k[0, :, :n], fresh.k[0, :, :n], rtol=2e-3, atol=2e-3)
     np.testing.assert_array_equal(cache.v[0, :, :n], fresh.v[0, :, :n])
     assert not np.allclose(cache.k[0, :, n_keep:n], cache.k[0, :, n_keep + 1 : n + 1])
 
@@ -131,9 +132,8 @@ def test_shift_matches_llama_cpp_k_shift(tiny_path: Path, tiny: Model) -> None:
     import llama_cpp
 
     n_keep, n_discard, nxt = 4, 6, 77
-    llm = llama_cpp.Llama(
-        str(tiny_path), n_ctx=64, n_threads=2, type_k=0, type_v=0, logits_all=True, verbose=False
-    )
+    # llama.cpp's default F16 KV cache against this engine's default (F16-rounded) numerics.
+    llm = llama_cpp.Llama(str(tiny_path), n_ctx=64, n_threads=2, logits_all=True, verbose=False)
     llm.eval(PROMPT)
     llm._ctx.kv_cache_seq_rm(0, n_keep, n_keep + n_discard)
     llm._ctx.kv_cache_seq_shift(0, n_keep + n_discard, len(PROMPT), -n_discard)
@@ -145,7 +145,7 @@ def test_shift_matches_llama_cpp_k_shift(tiny_path: Path, tiny: Model) -> None:
     tiny.eval(PROMPT, cache)
     cache.shift(n_keep, n_discard)
     ours = tiny.eval([nxt], cache)[0]
-    np.testing.assert_allclose(ours, ref, atol=1e-2)  # measured: 9e-6 llama, 2e-3 gemma3
+    np.testing.assert_allclose(ours, ref, atol=1e-2)
     # Moving the keys without re-rotating them (zero angles) is far off: the test can fail.
     cache = tiny.new_cache(64)
     tiny.eval(PROMPT, cache)

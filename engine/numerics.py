@@ -1,0 +1,151 @@
+"""Optional emulation of llama.cpp's CPU rounding, so logits track llama.cpp's closely.
+
+llama.cpp never multiplies float32 activations by dequantized weights: `ggml_compute_forward_
+mul_mat` first converts each activation row to the weight type's `vec_dot_type` (Q8_0 / Q8_1 for
+the 32-element quants, Q8_K for K-quants and IQ4_XS, F16 for F16, BF16 for BF16) and does integer
+or low-precision dot products. It also stores the KV cache as F16, converts q to F16 for q.k and
+the softmax output to F16 for p.v (non-flash path), and evaluates GELU from an F16 table (spec:
+gguf-and-models.md section 4.9). Rounding an activation row the same way and then multiplying by
+the float32 weights gives the same products; only the float summation order still differs.
+
+Each function here is row-wise (a row's result never depends on other rows), so the forward
+pass keeps its batch-shape independence. References: ggml-cpu `quantize_row_q8_0/q8_1` (x86
+AVX path: id = 127 / amax, round to nearest even), `quantize_row_q8_K_ref`, `ggml_vec_geglu_f32`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from enum import Enum
+
+import numpy as np
+import numpy.typing as npt
+from gguf import GGMLQuantizationType as GGMLType
+
+Array = npt.NDArray[np.float32]
+F32 = np.float32
+
+
+@dataclass(frozen=True)
+class Numerics:
+    """Which of llama.cpp's roundings the forward pass reproduces."""
+
+    quantize_activations: bool  # activations -> weight's vec_dot type before every matmul
+    kv_f16: bool  # F16 KV cache, q and softmax output rounded to F16, F16-table GELU
+
+
+LLAMA_CPP = Numerics(quantize_activations=True, kv_f16=True)  # llama.cpp / Ollama defaults
+FLOAT32 = Numerics(quantize_activations=False, kv_f16=False)  # plain float32 arithmetic
+
+
+class Rounding(Enum):
+    NONE = "none"  # F32 weights: activations stay float32
+    Q8_BLOCK32 = "q8_0"  # Q8_0 / Q8_1: blocks of 32, scale amax/127 stored as F16
+    Q8_K = "q8_K"  # blocks of 256, scale 1/(-127/max) stored as float32
+    F16 = "f16"
+    BF16 = "bf16"
+
+
+_Q8_BLOCK32_TYPES = {
+    GGMLType.Q4_0,
+    GGMLType.Q4_1,
+    GGMLType.Q5_0,
+    GGMLType.Q5_1,
+    GGMLType.Q8_0,
+    GGMLType.IQ4_NL,
+}
+_F32_TYPES = {GGMLType.F32, GGMLType.F64}
+
+
+def vec_dot_rounding(ggml_type: GGMLType) -> Rounding:
+    """How llama.cpp rounds activations multiplied by a weight of `ggml_type`."""
+    if ggml_type in _Q8_BLOCK32_TYPES:
+        return Rounding.Q8_BLOCK32
+    if ggml_type == GGMLType.F16:
+        return Rounding.F16
+    if ggml_type == GGMLType.BF16:
+        return Rounding.BF16
+    if ggml_type in _F32_TYPES:
+        return Rounding.NONE
+    return Rounding.Q8_K  # K-quants, IQ2/IQ3/IQ1, IQ4_XS, TQ
+
+
+def round_f16(x: Array) -> Array:
+    return x.astype(np.float16).astype(F32)
+
+
+def _round_bf16(x: Array) -> Array:
+    # GGML_FP32_TO_BF16: round to nearest even on the upper 16 bits (NaN handling not needed).
+    bits = np.ascontiguousarray(x, dtype=F32).view(np.uint32)
+    bits = (bits + (((bits >> 16) & 1) + np.uint32(0x7FFF))) & np.uint32(0xFFFF0000)
+    return bits.view(F32)
+
+
+def _q8_block32(x: Array) -> tuple[Array, Array]:
+    """Q8_0/Q8_1 of rows (T, K): the rounded values (T, K) and each block's Q8_1 sum error.
+
+    Per 32 values: d = amax/127, q = rint(x * 127/amax), value = f16(d) * q. Q8_1 also stores
+    s = f16(d * sum(q)), which Q4_1/Q5_1 dots multiply by the weight block's min; the second
+    result is s - f16(d) * sum(q) (T, K/32), the part that value-times-weight misses.
+    """
+    T, K = x.shape
+    b = x.reshape(T, K // 32, 32)
+    amax = np.abs(b).max(axis=-1, keepdims=True)  # (T, K/32, 1)
+    with np.errstate(divide="ignore"):
+        inv = np.where(amax > 0, F32(127.0) / amax, F32(0.0))
+    q = np.rint(b * inv)
+    d = amax / F32(127.0)
+    dh = round_f16(d)
+    qsum = q.sum(axis=-1, keepdims=True)  # exact: integers below 2**13
+    s_error = round_f16(d * qsum) - dh * qsum  # (T, K/32, 1)
+    return (q * dh).reshape(T, K), s_error[..., 0]
+
+
+def q8_1_sum_error(x: Array) -> Array:
+    """(T, K) -> (T, K/32): see _q8_block32; multiply by the weight mins (K/32, N) and add."""
+    return _q8_block32(x)[1]
+
+
+def _round_q8_k(x: Array) -> Array:
+    """(T, K) -> (T, K): per 256 values, iscale = -127/max (max = signed value of largest |x|)."""
+    T, K = x.shape
+    b = x.reshape(T, K // 256, 256)
+    idx = np.abs(b).argmax(axis=-1)[..., None]  # first largest |x|, as ggml's strict '>' scan
+    vmax = np.take_along_axis(b, idx, axis=-1)  # (T, K/256, 1)
+    with np.errstate(divide="ignore"):
+        iscale = np.where(vmax != 0, F32(-127.0) / vmax, F32(0.0))
+        d = np.where(vmax != 0, F32(1.0) / iscale, F32(0.0))
+    q = np.minimum(np.rint(b * iscale), F32(127.0))
+    return (q * d).reshape(T, K)
+
+
+def round_activations(x: Array, rounding: Rounding) -> Array:
+    """Round activation rows (T, K) as llama.cpp does for a dot with weights of that rounding."""
+    if rounding is Rounding.Q8_BLOCK32:
+        return _q8_block32(x)[0]
+    if rounding is Rounding.Q8_K:
+        return _round_q8_k(x)
+    if rounding is Rounding.F16:
+        return round_f16(x)
+    if rounding is Rounding.BF16:
+        return _round_bf16(x)
+    return x
+
+
+_SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
+GELU_LINEAR_ABOVE = 10.0  # ggml: gelu(x) = x for x >= 10 and 0 for x <= -10
+
+
+def gelu_tanh(x: Array) -> Array:
+    c = F32(_SQRT_2_OVER_PI)
+    # ggml_gelu_f32's form: tanh(c * x * (1 + a * x^2))
+    return F32(0.5) * x * (F32(1.0) + np.tanh(c * x * (F32(1.0) + F32(0.044715) * x * x)))
+
+
+def gelu_f16_table(x: Array) -> Array:
+    """ggml's GELU: the tanh formula at f16(x), stored as F16 (ggml_table_gelu_f16)."""
+    xh = round_f16(x)
+    y = round_f16(gelu_tanh(xh))
+    y = np.where(x <= -GELU_LINEAR_ABOVE, F32(0.0), y)
+    return np.where(x >= GELU_LINEAR_ABOVE, x, y).astype(F32)
