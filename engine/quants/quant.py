@@ -342,7 +342,7 @@ def quantize_f16(x: Floats) -> U8:
 def quantize_bf16(x: Floats) -> U8:
     bits = x.view(np.uint32)
     nan = (bits & 0x7FFFFFFF) > 0x7F800000
-    rounded = (bits.astype(np.uint64) + (0x7FFF + ((bits >> 16) & 1))) >> 16
+    rounded = (bits + (0x7FFF + ((bits >> 16) & 1))) >> 16  # uint32 wraps only for NaNs
     quiet = (bits >> 16) | 64
     return np.where(nan, quiet, rounded).astype("<u2").view(np.uint8)
 

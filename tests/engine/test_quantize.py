@@ -103,6 +103,14 @@ def test_bf16_equals_gguf_py(x: np.ndarray) -> None:
     )
 
 
+def test_bf16_equals_gguf_py_on_every_kind_of_bit_pattern() -> None:
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 2**32, size=(16, 4096), dtype=np.uint64).astype(np.uint32)
+    x = x.view(np.float32)  # NaNs of both signs, infinities, subnormals, rounding carries
+    expected = gguf.quants.quantize(x, GGMLType.BF16).view(np.uint8)
+    np.testing.assert_array_equal(quants.quantize(x, GGMLType.BF16), expected)
+
+
 def test_bf16_rounds_to_nearest_even_and_quiets_nan() -> None:
     x = np.array([[1.0, np.nan, np.inf, -0.0]], np.float32)
     x.view(np.uint32)[0, 0] = 0x3F808000  # exactly halfway: rounds to the even 0x3F80
