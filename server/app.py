@@ -18,10 +18,10 @@ from typing import Any
 import anyio
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import PlainTextResponse, Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
-from starlette.types import Send
+from starlette.types import Receive, Scope, Send
 
 from engine import load
 from engine.errors import ContextOverflow, EngineError, GrammarError, InvalidOption, TokenizerError
@@ -29,7 +29,7 @@ from server import embeddings, inference
 from server.errors import InvalidRequest, ModelNotFound, ServerError, go_quote
 from server.events import chat_event, dumps, generate_event, local_timestamp, ndjson_line
 from server.guard import OriginAndHostGuard
-from server.job import Job
+from server.job import Cancelled, Job
 from server.names import parse_name
 from server.routes_models import model_routes
 from server.scheduler import Scheduler
@@ -108,8 +108,9 @@ def _http_exception(request: Request, exc: Exception) -> Response:
 class NDJSONStream(StreamingResponse):
     """An NDJSON response over a job's events, each step computed in a worker thread.
 
-    When the client goes away (a send fails) or the response is cancelled, the job is closed,
-    which ends generation and releases the model.
+    A client disconnect cancels the job even while no line is being sent (text held back);
+    when the stream ends for any reason the job is closed, which ends generation and releases
+    the model.
     """
 
     media_type = "application/x-ndjson"
@@ -120,18 +121,34 @@ class NDJSONStream(StreamingResponse):
 
     async def _lines(self, first: bytes) -> AsyncIterator[bytes]:
         yield first
-        while (event := await anyio.to_thread.run_sync(next, self._job.events, None)) is not None:
-            yield ndjson_line(event)
-
-    async def stream_response(self, send: Send) -> None:
         try:
-            await super().stream_response(send)
-        finally:
-            with anyio.CancelScope(shield=True):
-                await anyio.to_thread.run_sync(self._job.close)
+            while (
+                event := await anyio.to_thread.run_sync(next, self._job.events, None)
+            ) is not None:
+                yield ndjson_line(event)
+        except Cancelled:
+            return
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        async with anyio.create_task_group() as tg:
+
+            async def watch() -> None:
+                while (await receive())["type"] != "http.disconnect":
+                    continue
+                self._job.cancelled.set()
+
+            tg.start_soon(watch)
+            try:
+                await super().__call__(scope, receive, send)
+            except ClientDisconnect:
+                pass  # the client went away mid-stream: nothing left to answer
+            finally:
+                tg.cancel_scope.cancel()
+                with anyio.CancelScope(shield=True):
+                    await anyio.to_thread.run_sync(self._job.close)
 
 
-async def _respond(job: Job) -> Response:
+async def _respond(job: Job, request: Request) -> Response:
     """Stream the job's events as NDJSON, or combine them into one object (spec §1.6).
 
     The first event is computed before the response starts, so an error while the prompt is
@@ -140,7 +157,9 @@ async def _respond(job: Job) -> Response:
     """
     if not job.stream or job.single:
         try:
-            return JSONBody(await anyio.to_thread.run_sync(job.combine))
+            return JSONBody(await _combine_while_connected(job, request))
+        except Cancelled:
+            return Response(status_code=499)  # nobody is listening any more
         finally:
             await anyio.to_thread.run_sync(job.close)
     try:
@@ -153,6 +172,28 @@ async def _respond(job: Job) -> Response:
         raise
     assert first is not None  # a job always yields at least its final event
     return NDJSONStream(ndjson_line(first), job)
+
+
+async def _combine_while_connected(job: Job, request: Request) -> dict[str, Any]:
+    """`job.combine()` in a worker thread; a client disconnect cancels the job meanwhile."""
+    final: dict[str, Any] = {}
+    failure: Exception | None = None
+    async with anyio.create_task_group() as tg:
+
+        async def watch() -> None:
+            while (await request.receive())["type"] != "http.disconnect":
+                continue
+            job.cancelled.set()
+
+        tg.start_soon(watch)
+        try:
+            final = await anyio.to_thread.run_sync(job.combine)
+        except Exception as exc:  # raised below, so it reaches the error map unwrapped
+            failure = exc
+        tg.cancel_scope.cancel()
+    if failure is not None:
+        raise failure
+    return final
 
 
 # --------------------------------------------------------------------------------------------
@@ -182,7 +223,7 @@ class Endpoints:
         job = await inference.prepare_generate(record, req, self.scheduler, arrived)
         if job is None:
             return JSONBody(generate_event(req.model, "", done=True, done_reason="load"))
-        return await _respond(job)
+        return await _respond(job, request)
 
     async def chat(self, request: Request) -> Response:
         arrived = time.monotonic_ns()
@@ -196,7 +237,7 @@ class Endpoints:
         job = await inference.prepare_chat(record, req, self.scheduler, arrived)
         if job is None:
             return JSONBody(chat_event(req.model, "", done=True, done_reason="load"))
-        return await _respond(job)
+        return await _respond(job, request)
 
     async def embed(self, request: Request) -> Response:
         arrived = time.monotonic_ns()

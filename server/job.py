@@ -11,6 +11,7 @@ interleave token by token while every sequence keeps its own slot and RNG.
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,6 +26,10 @@ from server.events import Metrics, chat_event, generate_event, logprob_entry
 from server.scheduler import Runner, Scheduler
 
 log = logging.getLogger(__name__)
+
+
+class Cancelled(Exception):
+    """The client disconnected; generation stopped before its next step."""
 
 
 @dataclass
@@ -56,6 +61,7 @@ class Job:
     # so far, returning (prompt text, token ids); `answer_output` parses the second run.
     rethink: Callable[[str], tuple[str, list[int]]] | None = None
     answer_output: ChatOutputParser = field(default_factory=ChatOutputParser)
+    cancelled: threading.Event = field(default_factory=threading.Event)  # the client went away
     _released: bool = False
 
     def __post_init__(self) -> None:
@@ -104,6 +110,8 @@ class Job:
         )
         try:
             while True:
+                if self.cancelled.is_set():
+                    raise Cancelled()
                 with self.runner.lock:
                     step = next(steps, None)
                 if step is None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import os
 import socket
 import subprocess
@@ -138,7 +139,9 @@ def test_readme_path_serve_create_run(tmp_path, smollm2_path):
     )
     try:
         _wait_up(f"http://127.0.0.1:{port}", server)
-        (tmp_path / "Modelfile").write_text(f"FROM {smollm2_path}\n")
+        # Greedy and bounded, so the answer is the same on every run.
+        modelfile = f"FROM {smollm2_path}\nPARAMETER temperature 0\nPARAMETER num_predict 40\n"
+        (tmp_path / "Modelfile").write_text(modelfile)
         created = subprocess.run(
             [REFLLAMA, "create", "smollm2", "-f", str(tmp_path / "Modelfile")],
             env=env, capture_output=True, text=True, timeout=300,
@@ -149,7 +152,11 @@ def test_readme_path_serve_create_run(tmp_path, smollm2_path):
             env=env, capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL,
         )  # fmt: skip
         assert ran.returncode == 0, ran.stderr
-        assert "Paris" in ran.stdout
+        question = [{"role": "user", "content": "What is the capital of France?"}]
+        body = json.dumps({"model": "smollm2", "messages": question, "stream": False}).encode()
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/chat", data=body) as r:
+            answer = json.loads(r.read())["message"]["content"]
+        assert answer and ran.stdout == answer + "\n"  # the CLI prints the streamed answer
     finally:
         server.terminate()
         server.wait(timeout=30)

@@ -359,3 +359,18 @@ def test_option_layers_and_stop_replacement(http):  # O3, O4, O6, O8
     assert top_k_kept({}) == 5  # model parameter over the default 40
     assert top_k_kept({"top_k": None}) == 5  # null keeps the lower layer
     assert top_k_kept({"top_k": 3.9}) == 3  # numbers are truncated toward zero
+
+
+def test_client_disconnect_stops_a_non_streamed_generation(url, http):
+    body = {"model": "smollm2", "prompt": "Tell a long story.", "keep_alive": 0,
+            "stream": False, "options": {"num_predict": 400, "temperature": 0}}  # fmt: skip
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(url + "/api/generate", json=body, timeout=2.0)
+
+    def loaded() -> bool:
+        return "smollm2:latest" in [m["name"] for m in http.get("/api/ps").json()["models"]]
+
+    deadline = time.monotonic() + 10
+    while loaded() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not loaded()
