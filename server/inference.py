@@ -133,7 +133,6 @@ async def prepare_generate(
         grammar=grammar,
         output=_output_parser(template, prompt, think, ()),
         return_context=not req.raw,
-        single=req.debug_render_only,
         debug_info=_debug_info(prompt, req.images) if req.debug_render_only else None,
     )
 
@@ -290,7 +289,6 @@ async def prepare_chat(
         grammar=grammar,
         output=output,
         has_tools=bool(req.tools),
-        single=req.debug_render_only,
         debug_info=_debug_info(rendered.prompt, rendered.images) if req.debug_render_only else None,
         rethink=rethink,
         answer_output=ChatOutputParser(

@@ -55,8 +55,7 @@ class Job:
     output: ChatOutputParser = field(default_factory=ChatOutputParser)
     return_context: bool = False  # generate without raw
     has_tools: bool = False
-    single: bool = False  # _debug_render_only: one object, never streamed
-    debug_info: dict[str, Any] | None = None
+    debug_info: dict[str, Any] | None = None  # _debug_render_only: answer this, generate nothing
     # Chat with thinking and `format` (spec §8.4): re-renders the prompt with the thinking done
     # so far, returning (prompt text, token ids); `answer_output` parses the second run.
     rethink: Callable[[str], tuple[str, list[int]]] | None = None
@@ -66,6 +65,11 @@ class Job:
 
     def __post_init__(self) -> None:
         self.events: Generator[dict[str, Any], None, None] = self._events()
+
+    @property
+    def single(self) -> bool:
+        """One JSON object, never streamed: the _debug_render_only answer."""
+        return self.debug_info is not None
 
     def close(self) -> None:
         """End generation (if running) and release the model; safe to call more than once."""
