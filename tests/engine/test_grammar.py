@@ -10,10 +10,15 @@ from __future__ import annotations
 
 import ctypes
 import json
+import random
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from engine.errors import GrammarError
@@ -23,6 +28,7 @@ from engine.grammar.gbnf import Elem, Grammar
 from engine.json_schema import JSON_OBJECT_GBNF, schema_to_grammar
 from engine.tokenizer import Tokenizer
 from tests.conftest import needs_oracle
+from tests.engine.test_json_schema import random_sentence
 
 ARITHMETIC = r"""
 root  ::= (expr "=" ws term "\n")+
@@ -439,11 +445,18 @@ ORACLE_CASES = [
 ]
 
 
-@needs_oracle
-@pytest.mark.oracle
-@pytest.mark.slow
-@pytest.mark.parametrize(("grammar", "text"), ORACLE_CASES)
-def test_masks_match_llama_cpp(smollm2_path, grammar: str, text: str) -> None:
+@dataclass
+class _LlamaVocab:
+    """SmolLM2's vocabulary loaded into llama.cpp (no weights), and our tokenizer beside it."""
+
+    lib: Any
+    vocab: Any
+    n_vocab: int
+    tokenizer: Tokenizer
+
+
+@pytest.fixture(scope="module")
+def llama_vocab(smollm2_path: Path) -> Iterator[_LlamaVocab]:
     import llama_cpp as L
 
     params = L.llama_model_default_params()
@@ -452,30 +465,109 @@ def test_masks_match_llama_cpp(smollm2_path, grammar: str, text: str) -> None:
     model = L.llama_model_load_from_file(str(smollm2_path).encode(), params)
     vocab = L.llama_model_get_vocab(model)
     n_vocab = L.llama_vocab_n_tokens(vocab)
-    eog = [t for t in range(n_vocab) if L.llama_vocab_is_eog(vocab, t)]
-    ids = (L.llama_token * 1024)()
-    n_ids = L.llama_tokenize(vocab, text.encode(), len(text.encode()), ids, 1024, False, True)
     tokenizer = Tokenizer.from_gguf(GGUFFile(smollm2_path))
-    assert sorted(tokenizer.eog_ids) == eog
-    constraint = GrammarConstraint(compile_grammar(grammar), trie_for(tokenizer))
-    sampler = L.llama_sampler_init_grammar(vocab, grammar.encode(), b"root")
-    data = (L.llama_token_data * n_vocab)()
+    assert sorted(tokenizer.eog_ids) == [
+        t for t in range(n_vocab) if L.llama_vocab_is_eog(vocab, t)
+    ]
+    yield _LlamaVocab(L, vocab, n_vocab, tokenizer)
+    L.llama_model_free(model)
+
+
+def _compare_with_llama_cpp(llama: _LlamaVocab, grammar: str, ids: list[int]) -> bool:
+    """Feed `ids` to our constraint and to llama.cpp's grammar sampler, comparing the full mask
+    before every token and after the last; returns whether the grammar may end there."""
+    L = llama.lib
+    sampler = L.llama_sampler_init_grammar(llama.vocab, grammar.encode(), b"root")
+    try:
+        ours = GrammarConstraint(compile_grammar(grammar), trie_for(llama.tokenizer))
+    except GrammarError:
+        assert not sampler, "llama.cpp accepted a grammar we rejected"
+        return False
+    assert sampler, "llama.cpp rejected a grammar we accepted"
+    data = (L.llama_token_data * llama.n_vocab)()
     view = np.ctypeslib.as_array(data)
     try:
-        for step, token in enumerate([*ids[:n_ids], eog[0]]):
-            view["id"] = np.arange(n_vocab)
+        for step, token in enumerate([*ids, None]):
+            view["id"] = np.arange(llama.n_vocab)
             view["logit"] = 0.0
-            arr = L.llama_token_data_array(data=data, size=n_vocab, selected=-1, sorted=False)
+            arr = L.llama_token_data_array(data=data, size=llama.n_vocab, selected=-1, sorted=False)
             L.llama_sampler_apply(sampler, ctypes.byref(arr))
             expected = np.isfinite(view["logit"])
-            np.testing.assert_array_equal(constraint.mask(), expected, err_msg=f"step {step}")
-            if step < n_ids:
-                constraint.accept(token)
+            np.testing.assert_array_equal(ours.mask(), expected, err_msg=f"step {step}")
+            if token is not None:
+                ours.accept(token)
                 L.llama_sampler_accept(sampler, token)
-        assert constraint.is_complete()
+        return ours.is_complete()
     finally:
         L.llama_sampler_free(sampler)
-        L.llama_model_free(model)
+
+
+@needs_oracle
+@pytest.mark.oracle
+@pytest.mark.slow
+@pytest.mark.parametrize(("grammar", "text"), ORACLE_CASES)
+def test_masks_match_llama_cpp(llama_vocab: _LlamaVocab, grammar: str, text: str) -> None:
+    ids = llama_vocab.tokenizer.encode(text, add_special=False, parse_special=False)
+    assert _compare_with_llama_cpp(llama_vocab, grammar, ids)
+
+
+_GBNF_CHARS = 'abcxz -é日\n"\\[]^'
+
+
+def _gbnf_char(c: str) -> str:
+    return {"\n": "\\n", '"': '\\"', "\\": "\\\\", "[": "\\[", "]": "\\]"}.get(c, c)
+
+
+@st.composite
+def _gbnf_grammars(draw: st.DrawFn) -> str:
+    """A random GBNF grammar: rules reference only later rules (no left recursion)."""
+    n_rules = draw(st.integers(1, 3))
+    names = ["root"] + [f"r{i}" for i in range(1, n_rules)]
+
+    def term(rule: int, depth: int) -> str:
+        kinds = ["literal", "class", "any"] + (["ref"] if rule + 1 < n_rules else [])
+        kinds += ["group"] if depth < 2 else []
+        kind = draw(st.sampled_from(kinds))
+        if kind == "literal":
+            text = draw(st.text(alphabet=_GBNF_CHARS, min_size=1, max_size=3))
+            out = '"' + "".join(_gbnf_char(c) for c in text) + '"'
+        elif kind == "class":
+            pairs = draw(st.lists(st.tuples(*[st.sampled_from(_GBNF_CHARS)] * 2), min_size=1,
+                                  max_size=3))  # fmt: skip
+            items = "".join(
+                _gbnf_char(min(a, b)) + ("-" + _gbnf_char(max(a, b)) if a != b else "")
+                for a, b in pairs
+            )
+            out = f"[{'^' if draw(st.booleans()) else ''}{items}]"
+        elif kind == "any":
+            out = "."
+        elif kind == "ref":
+            out = names[draw(st.integers(rule + 1, n_rules - 1))]
+        else:
+            out = f"({alternatives(rule, depth + 1)})"
+        return out + draw(st.sampled_from(["", "", "*", "+", "?", "{2}", "{0,2}", "{1,}"]))
+
+    def alternatives(rule: int, depth: int) -> str:
+        seqs = draw(st.lists(st.integers(1, 3), min_size=1, max_size=3))
+        return " | ".join(" ".join(term(rule, depth) for _ in range(n)) for n in seqs)
+
+    return "\n".join(f"{names[i]} ::= {alternatives(i, 0)}" for i in range(n_rules)) + "\n"
+
+
+@needs_oracle
+@pytest.mark.oracle
+@pytest.mark.slow
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(grammar=_gbnf_grammars(), seed=st.integers(0, 2**32 - 1))
+def test_random_grammars_mask_like_llama_cpp(
+    llama_vocab: _LlamaVocab, grammar: str, seed: int
+) -> None:
+    try:
+        sentence = random_sentence(parse_gbnf(grammar), random.Random(seed), max_depth=8)
+    except GrammarError:
+        sentence = ""
+    ids = llama_vocab.tokenizer.encode(sentence, add_special=False, parse_special=False)
+    _compare_with_llama_cpp(llama_vocab, grammar, ids[:24])
 
 
 def test_compiled_grammars_are_cached_until_their_dfa_grows_too_large(
