@@ -23,6 +23,7 @@ from engine.templates import (
     Message,
     RenderedPrompt,
     chat_messages,
+    drop_old_thinking,
     render_chat,
     render_generate,
 )
@@ -166,6 +167,7 @@ def _render_generate(
         num_ctx=opts.num_ctx,
         count_tokens=_count_tokens(runner),
         truncate=req.truncate,
+        image_tokens=_image_tokens(record),
     )
     return rendered.prompt
 
@@ -192,6 +194,17 @@ def _message(m: Any) -> Message:
         tool_name=m.tool_name,
         tool_call_id=m.tool_call_id,
     )
+
+
+def _image_tokens(record: ModelRecord) -> int:
+    """What one image counts for in history truncation: 768 with a projector (spec §6.4)."""
+    return 768 if record.projectors else 0
+
+
+def _drops_old_thinking(record: ModelRecord) -> bool:
+    """Spec §6.2 step 3: only family qwen3, or a model named deepseek-r1, drop the thinking
+    of assistant messages before the last user message."""
+    return record.details.family == "qwen3" or record.parsed.model.lower() == "deepseek-r1"
 
 
 def _debug_info(prompt: str, images: tuple[bytes, ...]) -> dict[str, Any]:
@@ -240,6 +253,9 @@ async def prepare_chat(
             model_system=record.system or "",
             model_messages=[_message(m) for m in record.messages],
         )
+        opening, closing = template.thinking_tags
+        if _drops_old_thinking(record) and opening and closing:
+            messages = drop_old_thinking(messages, opening, closing)
 
         def render(msgs: list[Message]) -> RenderedPrompt:
             return render_chat(
@@ -250,6 +266,7 @@ async def prepare_chat(
                 num_ctx=opts.num_ctx,
                 count_tokens=_count_tokens(runner),
                 truncate=req.truncate,
+                image_tokens=_image_tokens(record),
             )
 
         rendered = await anyio.to_thread.run_sync(render, messages)

@@ -14,7 +14,8 @@ import ollama
 import pytest
 
 from server.app import create_app
-from tests.server.live import SYSTEM, api_store, live_server, tiny_store
+from tests.server.live import SYSTEM, THINKING, api_store, live_server, tiny_store
+from tests.tiny_model import write_tiny_model
 
 pytestmark = pytest.mark.slow
 
@@ -278,3 +279,19 @@ def test_thinking_then_format(http):  # §8.4
         events = [json.loads(line) for line in r.iter_lines()]
     assert "".join(e["message"].get("thinking", "") for e in events) == out["message"]["thinking"]
     assert "".join(e["message"]["content"] for e in events) == out["message"]["content"]
+
+
+def test_old_thinking_dropped_for_qwen3_only(tmp_path):  # §6.2 step 3
+    store = tiny_store(tmp_path)
+    store.create_from_gguf("q3", write_tiny_model(tmp_path / "q3.gguf", "qwen3"), template=THINKING)
+    store.create_from_gguf("llama", tmp_path / "tiny.gguf", template=THINKING)
+    messages = [
+        {"role": "user", "content": "Q1"},
+        {"role": "assistant", "content": "<think>secret</think>A1"},
+        {"role": "user", "content": "Q2"},
+    ]
+    with live_server(create_app(store)) as base, httpx.Client(base_url=base) as http:
+        qwen = render(http, model="q3", messages=messages)
+        other = render(http, model="llama", messages=messages)
+    assert "secret" not in qwen and "A1" in qwen
+    assert "<think>secret</think>A1" in other
