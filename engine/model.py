@@ -34,12 +34,13 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
-from engine.errors import GGUFError, ModelTooLarge, UnsupportedArchitecture
+from engine.attention import attention
+from engine.config import ModelConfig
+from engine.errors import GGUFError, ModelTooLarge
 from engine.gguf import GGMLType, GGUFFile
 from engine.kvcache import KEY_BLOCK, KVCache
 from engine.numerics import (
@@ -48,7 +49,7 @@ from engine.numerics import (
     Rounding,
     gelu_f16_table,
     gelu_tanh,
-    q8_1_sum_error,
+    q8_block32,
     round_activations,
     round_f16,
     vec_dot_rounding,
@@ -66,168 +67,6 @@ DEFAULT_NUM_BATCH = 512
 # Columns per block of the output matrix: a (D, 4096) block stays in cache while every row of a
 # chunk goes through it, instead of streaming the whole (D, V) matrix from memory once per row.
 OUTPUT_BLOCK = 4096
-
-
-@dataclass(frozen=True)
-class ArchTraits:
-    """What distinguishes the supported architectures (llama.cpp `src/models/*.cpp`)."""
-
-    rope_neox: bool  # half-split pairs (neox) rather than adjacent pairs (normal)
-    qk_norm: bool  # per-head RMSNorm of q and k before RoPE
-    post_norms: bool  # RMSNorm of the attention and FFN outputs before the residual add
-    embed_scale: bool  # token embeddings times sqrt(n_embd)
-    gelu: bool  # GELU (tanh) gate activation instead of SiLU
-    sliding: bool  # sliding-window layers with their own RoPE base
-    prescale_q: bool  # q is scaled before q.k (softmax scale 1) rather than inside the softmax
-
-
-_GEMMA3 = ArchTraits(True, True, True, True, True, True, True)
-ARCHS: dict[str, ArchTraits] = {
-    "llama": ArchTraits(False, False, False, False, False, False, False),
-    "qwen2": ArchTraits(True, False, False, False, False, False, False),
-    "qwen3": ArchTraits(True, True, False, False, False, False, False),
-    "gemma3": _GEMMA3,
-}
-GEMMA3_SWA_PERIOD = 6  # every 6th layer is global unless sliding_window_pattern says otherwise
-GEMMA3_SWA_BASE = 10000.0
-GEMMA3_27B_LAYERS = 62  # llama.cpp scales queries by 1/sqrt(n_embd/n_head) for this size only
-
-
-def _get(meta: dict[str, Any], key: str, default: Any = None) -> Any:
-    if key in meta:
-        return meta[key]
-    if default is None:
-        raise GGUFError(f"required metadata key {key!r} is missing")
-    return default
-
-
-def _uniform_int(meta: dict[str, Any], key: str, default: int | None = None) -> int:
-    """A u32 key that may also be a per-layer array; per-layer values must all be equal."""
-    value = _get(meta, key, default)
-    if isinstance(value, np.ndarray):
-        if value.size == 0 or (value != value.flat[0]).any():
-            raise GGUFError(f"metadata key {key!r} varies per layer ({value}); not supported")
-        return int(value.flat[0])
-    return int(value)
-
-
-@dataclass(frozen=True)
-class ModelConfig:
-    """Hyperparameters from GGUF metadata (keys `{arch}.*`, spec section 4.1)."""
-
-    arch: str
-    n_vocab: int
-    n_ctx_train: int
-    n_embd: int  # D
-    n_layer: int  # L
-    n_ff: int  # F
-    n_head: int  # H
-    n_head_kv: int  # Hkv
-    head_dim: int  # Dh, for q and k
-    head_dim_v: int  # Dv
-    n_rot: int
-    norm_eps: float
-    rope_base: float
-    rope_freq_scale: float
-    rope_yarn: bool
-    rope_attn_factor: float
-    rope_n_ctx_orig: int
-    rope_base_swa: float
-    sliding_window: int  # 0: no sliding-window layers
-    swa_layers: tuple[bool, ...]  # per layer: True for sliding-window attention
-    final_softcap: float  # 0: none
-
-    @property
-    def traits(self) -> ArchTraits:
-        return ARCHS[self.arch]
-
-    @property
-    def attention_scale(self) -> float:
-        if self.arch == "gemma3" and self.n_layer == GEMMA3_27B_LAYERS:
-            return 1.0 / math.sqrt(self.n_embd / self.n_head)
-        return 1.0 / math.sqrt(self.head_dim)
-
-    @classmethod
-    def from_gguf(cls, meta: dict[str, Any]) -> ModelConfig:
-        arch = str(_get(meta, "general.architecture"))
-        if arch not in ARCHS:
-            raise UnsupportedArchitecture(arch)
-        n_embd = int(_get(meta, f"{arch}.embedding_length"))
-        n_layer = int(_get(meta, f"{arch}.block_count"))
-        n_head = _uniform_int(meta, f"{arch}.attention.head_count")
-        n_head_kv = _uniform_int(meta, f"{arch}.attention.head_count_kv", n_head)
-        head_dim = int(_get(meta, f"{arch}.attention.key_length", n_embd // n_head))
-        if "tokenizer.ggml.tokens" in meta:
-            n_vocab = int(_get(meta, f"{arch}.vocab_size", len(meta["tokenizer.ggml.tokens"])))
-        else:
-            n_vocab = int(_get(meta, f"{arch}.vocab_size"))
-        if n_head % n_head_kv:
-            raise GGUFError(f"head_count {n_head} is not a multiple of head_count_kv {n_head_kv}")
-        scaling = str(meta.get(f"{arch}.rope.scaling.type", "linear"))
-        if scaling not in ("none", "linear", "yarn"):
-            raise GGUFError(f"{arch}.rope.scaling.type {scaling!r} is not supported")
-        factor = float(
-            meta.get(f"{arch}.rope.scaling.factor", meta.get(f"{arch}.rope.scale_linear", 0.0))
-        )
-        n_ctx_train = int(_get(meta, f"{arch}.context_length"))
-        sliding_window = 0
-        swa_layers = (False,) * n_layer
-        if ARCHS[arch].sliding:
-            sliding_window = int(meta.get(f"{arch}.attention.sliding_window", 0))
-            pattern = meta.get(f"{arch}.attention.sliding_window_pattern", GEMMA3_SWA_PERIOD)
-            if sliding_window <= 0:
-                swa_layers = (False,) * n_layer
-            elif isinstance(pattern, np.ndarray):
-                if len(pattern) != n_layer:
-                    raise GGUFError(
-                        f"{arch}.attention.sliding_window_pattern has {len(pattern)} entries, "
-                        f"expected one per layer ({n_layer})"
-                    )
-                swa_layers = tuple(bool(b) for b in pattern)
-            else:
-                period = int(pattern)
-                swa_layers = tuple(period == 0 or il % period < period - 1 for il in range(n_layer))
-        return cls(
-            arch=arch,
-            n_vocab=n_vocab,
-            n_ctx_train=n_ctx_train,
-            n_embd=n_embd,
-            n_layer=n_layer,
-            n_ff=_uniform_int(meta, f"{arch}.feed_forward_length"),
-            n_head=n_head,
-            n_head_kv=n_head_kv,
-            head_dim=head_dim,
-            head_dim_v=int(_get(meta, f"{arch}.attention.value_length", n_embd // n_head)),
-            n_rot=int(_get(meta, f"{arch}.rope.dimension_count", head_dim)),
-            norm_eps=float(_get(meta, f"{arch}.attention.layer_norm_rms_epsilon")),
-            rope_base=float(meta.get(f"{arch}.rope.freq_base", 10000.0)),
-            rope_freq_scale=1.0 if scaling == "none" or factor == 0.0 else 1.0 / factor,
-            rope_yarn=scaling == "yarn",
-            rope_attn_factor=float(meta.get(f"{arch}.rope.scaling.attn_factor", 1.0)),
-            rope_n_ctx_orig=int(
-                meta.get(f"{arch}.rope.scaling.original_context_length", n_ctx_train)
-            ),
-            rope_base_swa=float(meta.get(f"{arch}.rope.freq_base_swa", GEMMA3_SWA_BASE)),
-            sliding_window=sliding_window,
-            swa_layers=swa_layers,
-            final_softcap=float(meta.get(f"{arch}.final_logit_softcapping", 0.0)),
-        )
-
-    def ropes(self, factors: tuple[float, ...] | None = None) -> tuple[Rope, ...]:
-        """Each layer's RoPE; sliding-window layers use rope_base_swa and no scaling."""
-        neox = self.traits.rope_neox
-        full = Rope(
-            n_rot=self.n_rot,
-            base=self.rope_base,
-            neox=neox,
-            freq_scale=self.rope_freq_scale,
-            factors=factors,
-            yarn=self.rope_yarn,
-            n_ctx_orig=self.rope_n_ctx_orig,
-            attn_factor=self.rope_attn_factor,
-        )
-        swa = Rope(n_rot=self.n_rot, base=self.rope_base_swa, neox=neox)
-        return tuple(swa if s else full for s in self.swa_layers)
 
 
 @dataclass(frozen=True)
@@ -412,11 +251,13 @@ def linear(x: Array, w: Linear, numerics: Numerics) -> Array:
             xr = np.ascontiguousarray(x, dtype=F32)
             outs.append(np.matmul(xr[:, None, :], part.weight)[:, 0, :])
             continue
-        xr = np.ascontiguousarray(round_activations(x, part.rounding), dtype=F32)
-        y = np.matmul(xr[:, None, :], part.weight)[:, 0, :]
-        if part.mins is not None:
-            err = np.ascontiguousarray(q8_1_sum_error(x))  # (T, K/32)
-            y = y + np.matmul(err[:, None, :], part.mins)[:, 0, :]
+        if part.mins is None:
+            xr = np.ascontiguousarray(round_activations(x, part.rounding), dtype=F32)
+            y = np.matmul(xr[:, None, :], part.weight)[:, 0, :]
+        else:  # Q4_1/Q5_1: add llama.cpp's min term m * f16(d * sum(q)) that xr @ W misses
+            xr, err = q8_block32(x)  # (T, K), (T, K/32)
+            y = np.matmul(xr[:, None, :], part.weight)[:, 0, :]
+            y = y + np.matmul(np.ascontiguousarray(err)[:, None, :], part.mins)[:, 0, :]
         outs.append(y)
     return outs[0] if len(outs) == 1 else np.concatenate(outs, axis=1)
 
@@ -430,85 +271,6 @@ def rms_norm(x: Array, w: Array, eps: float) -> Array:
 def silu(x: Array) -> Array:
     with np.errstate(over="ignore"):  # exp(-x) overflows to inf for x < -88: silu is then -0
         return x / (F32(1.0) + np.exp(-x))
-
-
-def _attend_blocks(
-    q: Array,
-    k_cache: Array,
-    v_cache: Array,
-    pos0: int,
-    blocks: tuple[int, int],
-    window: int,
-    scale: float,
-    f16_probs: bool,
-) -> Array:
-    """Attention of queries at positions pos0.. over key blocks first..last (inclusive).
-
-    q: (T, Hkv, G, Dh); caches (Hkv, S_cap, D*); returns (T, Hkv, G, Dv). Blocks outside this
-    range must be fully masked for every query here: they would only add exact zeros.
-    """
-    T, Hkv, G, Dh = q.shape
-    Dv = v_cache.shape[2]
-    first, last = blocks
-    nb, lo, hi = last - first + 1, first * KEY_BLOCK, (last + 1) * KEY_BLOCK
-    kb = k_cache[:, lo:hi].reshape(Hkv, nb, KEY_BLOCK, Dh).transpose(0, 1, 3, 2)  # (Hkv,nb,Dh,B)
-    vb = v_cache[:, lo:hi].reshape(Hkv, nb, KEY_BLOCK, Dv)  # (Hkv, nb, B, Dv)
-    scores = np.matmul(q[:, :, None], kb) * F32(scale)  # (T, Hkv, nb, G, B)
-    q_pos = np.arange(pos0, pos0 + T)[:, None]  # (T, 1)
-    k_pos = np.arange(lo, hi)[None, :]  # (1, nb*B)
-    visible = k_pos <= q_pos
-    if window:
-        visible &= q_pos - k_pos < window
-    scores = np.where(visible.reshape(T, 1, nb, 1, KEY_BLOCK), scores, F32(-np.inf))
-    m = scores.max(axis=(2, 4), keepdims=True)  # (T, Hkv, 1, G, 1)
-    e = np.exp(scores - m)  # (T, Hkv, nb, G, B); masked keys are exactly 0
-    den_blocks = e.sum(axis=-1)  # (T, Hkv, nb, G)
-    den = den_blocks[:, :, 0]
-    for b in range(1, nb):  # in block order: fully masked blocks add exact zeros
-        den = den + den_blocks[:, :, b]
-    p = e / den[:, :, None, :, None]  # (T, Hkv, nb, G, B)
-    if f16_probs:
-        p = round_f16(p)
-    out_blocks = np.matmul(p, vb)  # (T, Hkv, nb, G, Dv)
-    out = out_blocks[:, :, 0]
-    for b in range(1, nb):
-        out = out + out_blocks[:, :, b]
-    return out
-
-
-def attention(
-    q: Array,
-    k_cache: Array,
-    v_cache: Array,
-    pos0: int,
-    window: int,
-    scale: float = 1.0,
-    f16_probs: bool = False,
-) -> Array:
-    """Causal (optionally sliding-window) attention of T new queries over positions 0..pos0+T-1.
-
-    q: (T, H, Dh); k_cache: (Hkv, S_cap, Dh) after RoPE; v_cache: (Hkv, S_cap, Dv), both holding
-    the new positions already. Returns (T, H, Dv). softmax(scale * q.k) as llama.cpp's
-    soft_max_ext; `f16_probs` rounds the probabilities to F16 before p.v, as llama.cpp does.
-    Keys are taken in whole KEY_BLOCKs (see the module docstring). Queries are grouped by the
-    key block their own position falls in, and each group skips the blocks that are fully masked
-    for all of it (later blocks, and for a sliding window earlier ones): a row's sums are the
-    same either way.
-    """
-    T, H, Dh = q.shape
-    Hkv, Dv = v_cache.shape[0], v_cache.shape[2]
-    qg = np.ascontiguousarray(q).reshape(T, Hkv, H // Hkv, Dh)  # query head h uses KV head h//G
-    out = np.empty((T, Hkv, H // Hkv, Dv), F32)
-    t = 0
-    while t < T:
-        last = (pos0 + t) // KEY_BLOCK
-        end = min(T, (last + 1) * KEY_BLOCK - pos0)
-        first = max(0, pos0 + t - window + 1) // KEY_BLOCK if window else 0
-        out[t:end] = _attend_blocks(
-            qg[t:end], k_cache, v_cache, pos0 + t, (first, last), window, scale, f16_probs
-        )
-        t = end
-    return out.reshape(T, H, Dv)
 
 
 def _layer(

@@ -82,7 +82,7 @@ def _round_bf16(x: Array) -> Array:
     return bits.view(F32)
 
 
-def _q8_block32(x: Array) -> tuple[Array, Array]:
+def q8_block32(x: Array) -> tuple[Array, Array]:
     """Q8_0/Q8_1 of rows (T, K): the rounded values (T, K) and each block's Q8_1 sum error.
 
     Per 32 values: d = amax/127, q = rint(x * 127/amax), value = f16(d) * q. Q8_1 also stores
@@ -92,8 +92,7 @@ def _q8_block32(x: Array) -> tuple[Array, Array]:
     T, K = x.shape
     b = x.reshape(T, K // 32, 32)
     amax = np.abs(b).max(axis=-1, keepdims=True)  # (T, K/32, 1)
-    with np.errstate(divide="ignore"):
-        inv = np.where(amax > 0, F32(127.0) / amax, F32(0.0))
+    inv = np.divide(F32(127.0), amax, out=np.zeros_like(amax), where=amax > 0)
     q = np.rint(b * inv)
     d = amax / F32(127.0)
     dh = round_f16(d)
@@ -102,20 +101,14 @@ def _q8_block32(x: Array) -> tuple[Array, Array]:
     return (q * dh).reshape(T, K), s_error[..., 0]
 
 
-def q8_1_sum_error(x: Array) -> Array:
-    """(T, K) -> (T, K/32): see _q8_block32; multiply by the weight mins (K/32, N) and add."""
-    return _q8_block32(x)[1]
-
-
 def _round_q8_k(x: Array) -> Array:
     """(T, K) -> (T, K): per 256 values, iscale = -127/max (max = signed value of largest |x|)."""
     T, K = x.shape
     b = x.reshape(T, K // 256, 256)
     idx = np.abs(b).argmax(axis=-1)[..., None]  # first largest |x|, as ggml's strict '>' scan
     vmax = np.take_along_axis(b, idx, axis=-1)  # (T, K/256, 1)
-    with np.errstate(divide="ignore"):
-        iscale = np.where(vmax != 0, F32(-127.0) / vmax, F32(0.0))
-        d = np.where(vmax != 0, F32(1.0) / iscale, F32(0.0))
+    iscale = np.divide(F32(-127.0), vmax, out=np.zeros_like(vmax), where=vmax != 0)
+    d = np.divide(F32(1.0), iscale, out=np.zeros_like(vmax), where=vmax != 0)
     q = np.minimum(np.rint(b * iscale), F32(127.0))
     return (q * d).reshape(T, K)
 
@@ -123,7 +116,7 @@ def _round_q8_k(x: Array) -> Array:
 def round_activations(x: Array, rounding: Rounding) -> Array:
     """Round activation rows (T, K) as llama.cpp does for a dot with weights of that rounding."""
     if rounding is Rounding.Q8_BLOCK32:
-        return _q8_block32(x)[0]
+        return q8_block32(x)[0]
     if rounding is Rounding.Q8_K:
         return _round_q8_k(x)
     if rounding is Rounding.F16:

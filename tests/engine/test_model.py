@@ -25,10 +25,12 @@ import numpy as np
 import pytest
 
 import engine
+from engine.attention import attention
+from engine.config import ModelConfig
 from engine.errors import ContextOverflow, GGUFError, ModelTooLarge, UnsupportedArchitecture
 from engine.gguf import GGUFFile
 from engine.kvcache import KEY_BLOCK
-from engine.model import Model, ModelConfig, attention
+from engine.model import Model
 from engine.numerics import Numerics
 from tests.conftest import needs_oracle
 from tests.tiny_model import VARIANTS, write_tiny_model
@@ -301,9 +303,10 @@ def _agreement(model: Model, name: str) -> tuple[float, float, int, int]:
 # Bounds from what llama.cpp achieves against its own golden: run each golden sequence as one
 # batch instead of prefill + one-token steps, llama.cpp keeps the argmax at 99.1% (SmolLM2) /
 # 99.4% (gemma3) of positions and the whole 32-token greedy continuation on 7/10 / 8/10 prompts
-# (near-ties flip with the summation order). Measured for this engine: SmolLM2 top-1 97.4%,
-# KL 2.7e-3, greedy 14/30; gemma3 see the report in the commit; the bounds leave some room.
-TOP1_MIN, KL_MAX, GREEDY_MIN_FRACTION = 0.97, 1e-2, 0.4
+# (near-ties flip with the summation order). Measured for this engine (default numerics):
+# SmolLM2 top-1 97.5%, mean KL 2.6e-3, greedy 13/30; gemma3 98.1%, 3.6e-3, 19/30. A wrong
+# RoPE pairing or a missing norm drops top-1 far below these bounds.
+TOP1_MIN, KL_MAX, GREEDY_MIN_FRACTION = 0.965, 1e-2, 0.35
 
 
 @pytest.mark.slow
