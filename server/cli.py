@@ -121,7 +121,11 @@ class Client:
         except urllib.error.HTTPError as e:
             raise APIError(e.code, _error_text(e.read())) from None
         except urllib.error.URLError as e:
-            raise APIError(0, f"could not connect to a running server at {self.base}") from e
+            raise APIError(
+                0,
+                f"could not connect to a running server at {self.base} "
+                "(start one with `refllama serve`)",
+            ) from e
 
     def get(self, path: str) -> Any:
         with self._open("GET", path) as resp:
