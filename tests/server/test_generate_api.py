@@ -147,7 +147,7 @@ def test_raw_conflicts(http):  # GE10
         )
 
 
-def test_debug_render_system_and_template_overrides(http):  # GE11, GE18, T1
+def test_debug_render_system_and_template_overrides(http):  # GE11, GE18
     default = render(http, model="fim", prompt="Hello")
     assert default == (
         f"<|im_start|>system\n{SYSTEM}<|im_end|>\n<|im_start|>user\nHello<|im_end|>\n"
