@@ -374,3 +374,21 @@ def test_client_disconnect_stops_a_non_streamed_generation(url, http):
     while loaded() and time.monotonic() < deadline:
         time.sleep(0.2)
     assert not loaded()
+
+
+def test_concurrent_smollm2_streams_equal_their_solo_runs(http, url):  # acceptance, real model
+    def body(i: int) -> dict[str, Any]:
+        return {"model": "smollm2", "prompt": f"The number {i} is", "raw": True,
+                "options": {"seed": i, "num_predict": 6}}  # fmt: skip
+
+    solo = [http.post("/api/generate", json={**body(i), "stream": False}).json() for i in range(4)]
+
+    async def one(client: httpx.AsyncClient, i: int) -> str:
+        async with client.stream("POST", "/api/generate", json=body(i)) as r:
+            return "".join([json.loads(line)["response"] async for line in r.aiter_lines()])
+
+    async def together() -> list[str]:
+        async with httpx.AsyncClient(base_url=url, timeout=300) as client:
+            return await asyncio.gather(*(one(client, i) for i in range(4)))
+
+    assert asyncio.run(together()) == [s["response"] for s in solo]
