@@ -4,11 +4,15 @@
     python benchmarks/bench_forward.py --model gemma3 --repeat 3
     python benchmarks/bench_forward.py --smoke         # tiny model, a few tokens (CI)
 
-Each engine runs in its own subprocess (so peak RSS is its own) with OPENBLAS_NUM_THREADS and
-llama.cpp's n_threads both set to --threads. Measured: load time; prefill tokens/s over a
---prompt-tokens random prompt (logits of the last position only, as llama.cpp computes them);
-decode tokens/s over --decode-tokens greedy one-token steps; peak RSS. Each timing is repeated
---repeat times after one warm-up; the table shows the median and the best.
+Each engine runs in its own subprocess (so peak RSS is its own); llama.cpp gets n_threads =
+--threads and refllama OPENBLAS_NUM_THREADS = --blas-threads (default: --threads). refllama makes
+many small BLAS calls (one gemv per row), so on a machine whose other cores are busy, OpenBLAS's
+thread hand-off per call dominates: compare --blas-threads 1.
+
+Measured: load time; prefill tokens/s over a --prompt-tokens random prompt (logits of the last
+position only, as llama.cpp computes them); decode tokens/s over --decode-tokens greedy one-token
+steps; peak RSS. Each timing is repeated --repeat times after one warm-up; the table shows the
+median and the best.
 """
 
 from __future__ import annotations
@@ -50,7 +54,7 @@ def _measure(engine: str, model: str, prompt_tokens: int, decode_tokens: int, re
     else:
         import llama_cpp
 
-        threads = int(os.environ["OPENBLAS_NUM_THREADS"])
+        threads = int(os.environ["REFLLAMA_BENCH_THREADS"])
         llm = llama_cpp.Llama(
             model,
             n_ctx=prompt_tokens + decode_tokens + 16,
@@ -89,7 +93,11 @@ def _measure(engine: str, model: str, prompt_tokens: int, decode_tokens: int, re
 
 
 def _run_engine(engine: str, args: argparse.Namespace, model: str) -> dict:
-    env = {**os.environ, "OPENBLAS_NUM_THREADS": str(args.threads)}
+    env = {
+        **os.environ,
+        "OPENBLAS_NUM_THREADS": str(args.blas_threads or args.threads),
+        "REFLLAMA_BENCH_THREADS": str(args.threads),
+    }
     cmd = [
         sys.executable,
         __file__,
@@ -137,7 +145,8 @@ def main() -> None:
     p.add_argument("--prompt-tokens", type=int, default=512)
     p.add_argument("--decode-tokens", type=int, default=128)
     p.add_argument("--repeat", type=int, default=2)
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--threads", type=int, default=2, help="llama.cpp threads")
+    p.add_argument("--blas-threads", type=int, help="refllama's OPENBLAS_NUM_THREADS")
     p.add_argument("--smoke", action="store_true", help="tiny model, 16 + 4 tokens, 1 repeat")
     p.add_argument("--child", help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -161,7 +170,11 @@ def main() -> None:
         model = _model_path(args.model, Path(tmp))
         results = {e: _run_engine(e, args, model) for e in engines}
 
-    print(f"model {Path(model).name}, {args.threads} threads, NumPy {np.__version__}, {_cpu()}")
+    blas = args.blas_threads or args.threads
+    print(
+        f"model {Path(model).name}, llama.cpp {args.threads} threads, refllama OpenBLAS "
+        f"{blas} threads, NumPy {np.__version__}, {_cpu()}"
+    )
     print(
         f"prompt {args.prompt_tokens} tokens, decode {args.decode_tokens} tokens, "
         f"{args.repeat} repeats (median / best)"
