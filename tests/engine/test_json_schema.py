@@ -107,8 +107,8 @@ def random_sentence(grammar: Grammar, rng: random.Random, max_depth: int = 40) -
 
     def walk(rule: int, depth: int) -> None:
         options = alts[rule]
-        if depth > max_depth:
-            seq = min(options, key=seq_len)
+        if depth > max_depth:  # shortest, then fewest references (ε ends a nullable loop)
+            seq = min(options, key=lambda s: (seq_len(s), sum(k == "ref" for k, _ in s)))
         else:
             seq = rng.choice([s for s in options if seq_len(s) < inf])
         for kind, value in seq:
