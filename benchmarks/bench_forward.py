@@ -65,14 +65,18 @@ def _measure(engine: str, model: str, prompt_tokens: int, decode_tokens: int, re
         )
         n_vocab = llm.n_vocab()
 
+        def last_logits() -> object:
+            ptr = llama_cpp.llama_get_logits_ith(llm._ctx.ctx, -1)
+            return np.ctypeslib.as_array(ptr, shape=(n_vocab,))
+
         def prefill(ids: list[int]) -> tuple[object, int]:
             llm.reset()
             llm.eval(ids)
-            return None, int(np.argmax(llm.scores[llm.n_tokens - 1]))
+            return None, int(np.argmax(last_logits()))
 
         def step(state: object, tok: int) -> int:
             llm.eval([tok])
-            return int(np.argmax(llm.scores[llm.n_tokens - 1]))
+            return int(np.argmax(last_logits()))
 
     load = time.perf_counter() - t0
     rng = np.random.default_rng(0)
