@@ -114,19 +114,26 @@ def _loads_object(text: str) -> dict[str, Any] | None:
     return v if isinstance(v, dict) else None
 
 
-def _json_objects(buf: str) -> Iterator[tuple[str, int]]:
-    """Balanced top-level `{…}` spans of buf (string-aware), as (text, index of the `}`)."""
-    start, depth, in_string, escaped = -1, 0, False, False
-    for i, c in enumerate(buf):
+def _unquoted(text: str) -> Iterator[tuple[int, str]]:
+    """(index, char) of text's characters outside JSON strings, skipping quotes, backslashes
+    and the character each backslash escapes (inside or outside a string)."""
+    in_string, escaped = False, False
+    for i, c in enumerate(text):
         if escaped:
             escaped = False
         elif c == "\\":
             escaped = True
         elif c == '"':
             in_string = not in_string
-        elif in_string:
-            continue
-        elif c == "{":
+        elif not in_string:
+            yield i, c
+
+
+def _json_objects(buf: str) -> Iterator[tuple[str, int]]:
+    """Balanced top-level `{…}` spans of buf (string-aware), as (text, index of the `}`)."""
+    start, depth = -1, 0
+    for i, c in _unquoted(buf):
+        if c == "{":
             if depth == 0:
                 start = i
             depth += 1
@@ -272,17 +279,9 @@ class ToolCallParser:
         if not self.json_tag:
             return False
         open_, close = self.tag, "}" if self.tag == "{" else "]"
-        depth, in_string, escaped = 0, False, False
-        for c in self.buffer:
-            if escaped:
-                escaped = False
-            elif c == "\\":
-                escaped = True
-            elif c == '"':
-                in_string = not in_string
-            elif in_string:
-                continue
-            elif c == open_:
+        depth = 0
+        for _, c in _unquoted(self.buffer):
+            if c == open_:
                 depth += 1
             elif c == close:
                 depth -= 1
