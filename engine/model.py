@@ -4,25 +4,33 @@ Follows llama.cpp's `src/models/{llama,qwen2,qwen3,gemma3}.cpp` (spec: gguf-and-
 section 4). Weights are dequantized once at load into float32, QKV and gate/up fused.
 
 Weight orientation: every matrix is stored (in, out), C-contiguous, so a layer is `y = x @ W`
-(the transpose of GGUF's NumPy shape (out, in), done once at load). The output matrix is (D, V);
-when it is tied to `token_embd`, token lookup reads its columns.
+(the transpose of GGUF's NumPy shape (out, in), done once at load). The output matrix (D, V) is
+stored as column blocks; when it is tied to `token_embd`, token lookup reads its columns.
 
 Determinism policy: a row's numbers never depend on the batch shape (prompt chunking, number of
 rows, BLAS threads). OpenBLAS picks a different kernel by shape (gemv for one row, a "small
 matrix" kernel, or blocked gemm whose K-blocking differs), so the same row gets different
 rounding in different batches. Hence every product that feeds a row has a shape fixed per model:
 * weight products are one gemv per row: `np.matmul(x[:, None, :], W)` loops gemv over rows;
-* attention works on fixed blocks of `KEY_BLOCK` keys: per (position, KV head, block) one
-  (G, Dh) @ (Dh, KEY_BLOCK) product for scores and one (G, KEY_BLOCK) @ (KEY_BLOCK, Dv) for
-  values (G = query heads per KV head); block partial sums are added in block order, so blocks
-  that are fully masked (past the query) add exact zeros;
+* attention works on fixed blocks of `KEY_BLOCK` keys (engine/attention.py): per (position,
+  KV head, block) one (G, Dh) @ (Dh, KEY_BLOCK) product for scores and one (G, KEY_BLOCK) @
+  (KEY_BLOCK, Dv) for values (G = query heads per KV head); block partial sums are added in
+  block order, so blocks that are fully masked (past the query) add exact zeros;
+* the output matrix is applied in fixed blocks of OUTPUT_BLOCK columns;
+* llama.cpp's roundings (engine/numerics.py) are row-wise;
 * reductions (norms, softmax sums) run along a fixed-length last axis.
-Cost, measured on SmolLM2 with 2 threads: gemv-per-row prefill is ~3x slower than one gemm over
-the chunk, while decode (one row) runs at full gemv speed (benchmarks/bench_forward.py).
+Cost, measured with SmolLM2-shaped weights on this project's 2-core machine: the layer products
+of a 512-token prefill take ~0.57 s as one gemm per chunk but ~1.8 s as gemv per row (2 BLAS
+threads), while decode (one row) runs at full gemv speed; the alternative, padding every batch to
+a fixed gemm shape, would make decode ~2x slower. OpenBLAS threads hand off per call, so on a busy
+machine OPENBLAS_NUM_THREADS=1 is much faster (benchmarks/bench_forward.py --blas-threads).
 
 Precision: float32 throughout, except the RMSNorm sum of squares (float64, as ggml) and RoPE
-angles (float64, see engine/rope.py). llama.cpp quantizes activations for its dot products and
-stores the KV cache as F16, so logits agree with it only approximately (spec section 4.9).
+angles (float64, see engine/rope.py). By default (numerics=LLAMA_CPP) activations are rounded to
+the weight type's llama.cpp dot-product type and k, v, q and attention probabilities to F16, as
+llama.cpp does; numerics=FLOAT32 keeps plain float32 (spec section 4.9).
+Batching several sequences later keeps the policy: weight products are per row already, and
+attention is per sequence.
 """
 
 from __future__ import annotations
