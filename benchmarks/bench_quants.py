@@ -34,22 +34,6 @@ from engine.gguf import GGUFFile
 
 ROW = 2048  # elements per tensor row; gguf-py works on groups of rows, as GGUFReader gives them
 
-# Byte offsets of the f16 scale fields of each block (random bytes there could be NaN/inf).
-F16_FIELDS: dict[GGMLType, tuple[int, ...]] = {
-    GGMLType.Q4_0: (0,),
-    GGMLType.Q4_1: (0, 2),
-    GGMLType.Q5_0: (0,),
-    GGMLType.Q5_1: (0, 2),
-    GGMLType.Q8_0: (0,),
-    GGMLType.Q2_K: (80, 82),
-    GGMLType.Q3_K: (108,),
-    GGMLType.Q4_K: (0, 2),
-    GGMLType.Q5_K: (0, 2),
-    GGMLType.Q6_K: (208,),
-    GGMLType.IQ4_NL: (0,),
-    GGMLType.IQ4_XS: (0,),
-}
-
 
 def random_blocks(t: GGMLType, n_elements: int, rng: np.random.Generator) -> np.ndarray:
     """Random uint8 bytes for `n_elements` of type `t`, with finite scale fields."""
@@ -63,7 +47,7 @@ def random_blocks(t: GGMLType, n_elements: int, rng: np.random.Generator) -> np.
             return values.astype(np.float16).view(np.uint8)
         return (values.view(np.uint32) >> 16).astype(np.uint16).view(np.uint8)
     blocks = rng.integers(0, 256, size=(n_blocks, size), dtype=np.uint8)
-    for at in F16_FIELDS.get(t, ()):
+    for at in quants.F16_SCALE_OFFSETS.get(t, ()):
         scale = (rng.random(n_blocks) * 0.01).astype(np.float16)
         blocks[:, at : at + 2] = scale.view(np.uint8).reshape(n_blocks, 2)
     if t == GGMLType.Q8_K:

@@ -6,10 +6,17 @@ The public entry points are `dequantize(raw, ggml_type, shape)` and `quantize(va
 
 from engine.quants.dequant import CHUNK_ELEMENTS, QUANTS, dequantize
 from engine.quants.quant import QUANTIZERS, quantize
-from engine.quants.types import TYPE_SIZES, block_elements, ggml_type, tensor_nbytes
+from engine.quants.types import (
+    F16_SCALE_OFFSETS,
+    TYPE_SIZES,
+    block_elements,
+    ggml_type,
+    tensor_nbytes,
+)
 
 __all__ = [
     "CHUNK_ELEMENTS",
+    "F16_SCALE_OFFSETS",
     "QUANTIZERS",
     "QUANTS",
     "TYPE_SIZES",

@@ -46,6 +46,23 @@ TYPE_SIZES: dict[GGMLType, tuple[int, int]] = {
     GGMLType.Q1_0: (128, 18),
 }
 
+# Byte offsets of each block's f16 scale fields (ggml-common.h's block structs). Random bytes
+# there can be NaN or inf, so code drawing random blocks (tests, benchmarks) overwrites them.
+F16_SCALE_OFFSETS: dict[GGMLType, tuple[int, ...]] = {
+    GGMLType.Q4_0: (0,),
+    GGMLType.Q4_1: (0, 2),
+    GGMLType.Q5_0: (0,),
+    GGMLType.Q5_1: (0, 2),
+    GGMLType.Q8_0: (0,),
+    GGMLType.Q2_K: (80, 82),
+    GGMLType.Q3_K: (108,),
+    GGMLType.Q4_K: (0, 2),
+    GGMLType.Q5_K: (0, 2),
+    GGMLType.Q6_K: (208,),
+    GGMLType.IQ4_NL: (0,),
+    GGMLType.IQ4_XS: (0,),
+}
+
 
 def ggml_type(type_id: int) -> GGMLType | None:
     """The named type for a type id, or None when the id is unknown or removed."""

@@ -18,21 +18,6 @@ from engine.gguf import GGUFFile
 from tests.conftest import needs_oracle
 from tests.engine.test_gguf import gguf_reader
 
-# Byte offsets of each block's f16 scale fields (f32 for Q8_K), from ggml-common.h.
-F16_FIELDS: dict[GGMLType, tuple[int, ...]] = {
-    GGMLType.Q4_0: (0,),
-    GGMLType.Q4_1: (0, 2),
-    GGMLType.Q5_0: (0,),
-    GGMLType.Q5_1: (0, 2),
-    GGMLType.Q8_0: (0,),
-    GGMLType.Q2_K: (80, 82),
-    GGMLType.Q3_K: (108,),
-    GGMLType.Q4_K: (0, 2),
-    GGMLType.Q5_K: (0, 2),
-    GGMLType.Q6_K: (208,),
-    GGMLType.IQ4_NL: (0,),
-    GGMLType.IQ4_XS: (0,),
-}
 QUANTIZED = [t for t in quants.QUANTS if quants.TYPE_SIZES[t][0] > 1]
 IN_GGUF_PY = [t for t in quants.QUANTS if t != GGMLType.Q8_K]  # gguf-py has no Q8_K
 
@@ -76,7 +61,7 @@ def finite_blocks(draw: st.DrawFn, t: GGMLType) -> tuple[np.ndarray, int]:
     if t in (GGMLType.F32, GGMLType.BF16):  # clear the lowest exponent bit where all are set
         bits = blocks.view("<u4" if t == GGMLType.F32 else "<u2")
         make_finite(bits, 0x7F800000 if t == GGMLType.F32 else 0x7F80)
-    fields = (0,) if t == GGMLType.F16 else F16_FIELDS.get(t, ())
+    fields = (0,) if t == GGMLType.F16 else quants.F16_SCALE_OFFSETS.get(t, ())
     for at in fields:
         make_finite(blocks[:, at : at + 2].view("<u2"), 0x7C00)
     return blocks.reshape(-1), n_rows
@@ -139,7 +124,7 @@ def test_random_blocks_match_libggml(t: GGMLType) -> None:
     block, size = quants.TYPE_SIZES[t]
     rng = np.random.default_rng(int(t))
     raw = rng.integers(0, 256, size=(64, size), dtype=np.uint8)
-    for at in F16_FIELDS.get(t, ()):
+    for at in quants.F16_SCALE_OFFSETS.get(t, ()):
         raw[:, at : at + 2] = (
             rng.standard_normal(64).astype(np.float16).view(np.uint8).reshape(64, 2)
         )
