@@ -18,7 +18,6 @@ import argparse
 import ctypes
 import importlib.metadata
 import importlib.util
-import platform
 import statistics
 import time
 from collections.abc import Callable
@@ -26,6 +25,7 @@ from pathlib import Path
 
 import gguf
 import numpy as np
+from _machine import machine_line
 from gguf import GGMLQuantizationType as GGMLType
 
 from engine import quants
@@ -72,16 +72,6 @@ def time_interleaved(repeat: int, calls: list[Call | None]) -> list[list[float]]
             c[0](*c[1])
             times[id(c)].append(time.perf_counter() - start)
     return [times[id(c)] if c is not None else [] for c in calls]
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def _libggml() -> ctypes.CDLL | None:
@@ -185,10 +175,8 @@ def main(argv: list[str] | None = None) -> None:
     n_elements -= n_elements % ROW
     gguf_version = importlib.metadata.version("gguf")
     lib = _libggml()
-    oracle = f", libggml from llama-cpp-python {importlib.metadata.version('llama_cpp_python')}"
-    print(
-        f"numpy {np.__version__}, gguf-py {gguf_version}{oracle if lib else ''}, CPU: {cpu_name()}"
-    )
+    oracle = f"libggml from llama-cpp-python {importlib.metadata.version('llama_cpp_python')}"
+    print(machine_line(f"gguf-py {gguf_version}", *([oracle] if lib else [])))
     bench_dequant(n_elements, repeat, lib)
     bench_quantize(n_elements // args.quantize_fraction, repeat, lib)
     if not (args.smoke or args.no_load):

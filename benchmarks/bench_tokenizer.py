@@ -18,14 +18,13 @@ import argparse
 import ctypes
 import importlib.util
 import json
-import platform
 import statistics
 import time
 from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
 import tokenizers
+from _machine import machine_line
 
 from engine.fetch import model_path
 from engine.gguf import GGUFFile
@@ -49,16 +48,6 @@ def time_runs(repeat: int, fn: Callable[[], object]) -> list[tuple[float, float]
         fn()
         times.append((time.perf_counter() - wall, time.process_time() - cpu))
     return times
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def row(name: str, times: list[tuple[float, float]], unit: str = "s", mb: float = 1.0) -> None:
@@ -126,8 +115,9 @@ def main(argv: list[str] | None = None) -> None:
     if args.smoke:
         models, repeat, texts = ["smollm2"], 1, texts[:50]
     print(
-        f"numpy {np.__version__}, tokenizers {tokenizers.__version__}, "
-        f"llama_cpp {'yes' if HAVE_LLAMA_CPP else 'no'}, CPU: {cpu_name()}"
+        machine_line(
+            f"tokenizers {tokenizers.__version__}", f"llama_cpp {'yes' if HAVE_LLAMA_CPP else 'no'}"
+        )
     )
     for name in models:
         bench_model(name, texts, repeat)
