@@ -28,7 +28,7 @@ from engine.grammar.gbnf import Elem, Grammar
 from engine.json_schema import JSON_OBJECT_GBNF, schema_to_grammar
 from engine.tokenizer import Tokenizer
 from tests.conftest import needs_oracle
-from tests.engine.test_json_schema import random_sentence
+from tests.engine.test_json_schema import char_class, random_sentence, rule_alternatives
 
 ARITHMETIC = r"""
 root  ::= (expr "=" ws term "\n")+
@@ -246,15 +246,7 @@ class _Reference:
     """Stacks of (rule, alternative, index) over the parsed grammar, no DFA, no trie."""
 
     def __init__(self, grammar: Grammar) -> None:
-        self.alts: list[list[list[tuple[Elem, int]]]] = []
-        for rule in grammar.rules:
-            alts: list[list[tuple[Elem, int]]] = [[]]
-            for elem in rule:
-                if elem[0] == Elem.ALT:
-                    alts.append([])
-                elif elem[0] != Elem.END:
-                    alts[-1].append(elem)
-            self.alts.append(alts)
+        self.alts = rule_alternatives(grammar)
         self.stacks = self.expand(
             {((grammar.root, a, 0),) for a in range(len(self.alts[grammar.root]))}
         )
@@ -280,22 +272,7 @@ class _Reference:
 
     def char_class(self, stack: tuple) -> tuple[list[tuple[int, int]], bool, int]:
         rule, alt, i = stack[-1]
-        seq = self.alts[rule][alt]
-        positive = seq[i][0] != Elem.CHAR_NOT
-        ranges = []
-        while True:
-            kind, value = seq[i]
-            if kind == Elem.CHAR_ANY:
-                ranges.append((0, 2**32))
-                i += 1
-            elif i + 1 < len(seq) and seq[i + 1][0] == Elem.CHAR_RNG_UPPER:
-                ranges.append((value, seq[i + 1][1]))
-                i += 2
-            else:
-                ranges.append((value, value))
-                i += 1
-            if i >= len(seq) or seq[i][0] != Elem.CHAR_ALT:
-                return ranges, positive, i
+        return char_class(self.alts[rule][alt], i, (0, 2**32))
 
     def advance(self, stacks: set, cp: int) -> set:
         new = set()

@@ -30,7 +30,8 @@ from engine.json_schema import (
 _NEGATED_POOL = [*string.printable, "é", "ß", "日", "本", "😀", "\u2028", "\x7f", "\x01"]
 
 
-def _alternatives(grammar: Grammar) -> list[list[list[tuple[Elem, int]]]]:
+def rule_alternatives(grammar: Grammar) -> list[list[list[tuple[Elem, int]]]]:
+    """Each rule of a parsed grammar as its list of alternatives (sequences without ALT/END)."""
     out = []
     for rule in grammar.rules:
         alts: list[list[tuple[Elem, int]]] = [[]]
@@ -53,28 +54,36 @@ def _terms(seq: list[tuple[Elem, int]]) -> list[tuple[str, object]]:
             terms.append(("ref", value))
             i += 1
             continue
-        positive = kind != Elem.CHAR_NOT
-        ranges = []
-        while True:
-            kind, value = seq[i]
-            if kind == Elem.CHAR_ANY:
-                ranges.append((0x20, 0x7E))
-                i += 1
-            elif i + 1 < len(seq) and seq[i + 1][0] == Elem.CHAR_RNG_UPPER:
-                ranges.append((value, seq[i + 1][1]))
-                i += 2
-            else:
-                ranges.append((value, value))
-                i += 1
-            if i >= len(seq) or seq[i][0] != Elem.CHAR_ALT:
-                break
+        ranges, positive, i = char_class(seq, i, (0x20, 0x7E))  # `.` as printable ASCII
         terms.append(("chars", (ranges, positive)))
     return terms
 
 
+def char_class(
+    seq: list[tuple[Elem, int]], i: int, any_range: tuple[int, int]
+) -> tuple[list[tuple[int, int]], bool, int]:
+    """The character class starting at seq[i] as (ranges, positive, index after it); `.`
+    (CHAR_ANY) stands for any_range."""
+    positive = seq[i][0] != Elem.CHAR_NOT
+    ranges = []
+    while True:
+        kind, value = seq[i]
+        if kind == Elem.CHAR_ANY:
+            ranges.append(any_range)
+            i += 1
+        elif i + 1 < len(seq) and seq[i + 1][0] == Elem.CHAR_RNG_UPPER:
+            ranges.append((value, seq[i + 1][1]))
+            i += 2
+        else:
+            ranges.append((value, value))
+            i += 1
+        if i >= len(seq) or seq[i][0] != Elem.CHAR_ALT:
+            return ranges, positive, i
+
+
 def random_sentence(grammar: Grammar, rng: random.Random, max_depth: int = 40) -> str:
     """A random string of the grammar's language; past max_depth, shortest alternatives."""
-    alts = [[_terms(seq) for seq in rule] for rule in _alternatives(grammar)]
+    alts = [[_terms(seq) for seq in rule] for rule in rule_alternatives(grammar)]
     inf = float("inf")
     min_len = [inf] * len(alts)
     changed = True
