@@ -328,20 +328,8 @@ def _golden() -> list[dict]:  # type: ignore[type-arg]
 
 def _case_for(rec: dict) -> Case:  # type: ignore[type-arg]
     case = make_case(rec["case_seed"], large=rec["n_vocab"] > 80 or rec["case_seed"] >= 10**6)
-    o = case.opts
     assert rec["n_vocab"] == case.n_vocab and rec["seed"] == case.seed  # generator unchanged
-    assert rec["params"] == [
-        o.top_k,
-        o.top_p,
-        o.min_p,
-        o.typical_p,
-        o.temperature,
-        o.repeat_last_n,
-        o.repeat_penalty,
-        o.frequency_penalty,
-        o.presence_penalty,
-        case.min_keep,
-    ]
+    assert rec["params"] == case.params()
     return case
 
 

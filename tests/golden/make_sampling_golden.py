@@ -57,6 +57,22 @@ class Case:
     logits: tuple[npt.NDArray[np.float32], ...] = field(repr=False)
     allowed: npt.NDArray[np.bool_] | None = field(repr=False)  # (V,) stand-in grammar
 
+    def params(self) -> list[float]:
+        """The options as the golden JSON's `params` lists them, in this order."""
+        o = self.opts
+        return [
+            o.top_k,
+            o.top_p,
+            o.min_p,
+            o.typical_p,
+            o.temperature,
+            o.repeat_last_n,
+            o.repeat_penalty,
+            o.frequency_penalty,
+            o.presence_penalty,
+            self.min_keep,
+        ]
+
 
 def make_case(case_seed: int, large: bool = False) -> Case:
     """Regenerate a case deterministically; `large` uses V in 129..5000 (bucket/adaptive paths)."""
@@ -213,22 +229,10 @@ def oracle_run(case: Case) -> tuple[list[int], list[npt.NDArray[np.void]]]:
 
 
 def case_record(case: Case, tokens: list[int]) -> dict[str, object]:
-    o = case.opts
     return {
         "case_seed": case.case_seed,
         "n_vocab": case.n_vocab,
-        "params": [
-            o.top_k,
-            o.top_p,
-            o.min_p,
-            o.typical_p,
-            o.temperature,
-            o.repeat_last_n,
-            o.repeat_penalty,
-            o.frequency_penalty,
-            o.presence_penalty,
-            case.min_keep,
-        ],
+        "params": case.params(),
         "seed": case.seed,
         "grammar": case.allowed is not None,
         "tokens": tokens,
