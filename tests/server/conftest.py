@@ -1,6 +1,8 @@
 """Fixtures for the model-store tests: a tiny GGUF, a store, a live server over the model routes,
 a subprocess server that tests may kill, and Debian's docker-registry on a loopback port.
 
+For the API tests: `url` serves the module's own `app` fixture live, and `http` is a client on it.
+
 The registry fixture starts `/usr/bin/docker-registry` (Debian package `docker-registry`) with a
 temporary config and storage directory; tests that need it skip only when the binary is absent.
 """
@@ -21,6 +23,7 @@ from collections.abc import Iterator
 from hashlib import sha256
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pytest
 from gguf import GGUFWriter
@@ -111,6 +114,18 @@ def server_url(store: Store) -> Iterator[str]:
     """A live uvicorn server whose app is exactly the model routes over `store`."""
     with live_server(Starlette(routes=model_routes(store))) as url:
         yield url
+
+
+@pytest.fixture(scope="module")
+def url(app: Starlette) -> Iterator[str]:
+    with live_server(app) as base:
+        yield base
+
+
+@pytest.fixture(scope="module")
+def http(url: str) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=url, timeout=300) as client:
+        yield client
 
 
 def free_port() -> int:

@@ -6,12 +6,12 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import ollama
 import pytest
+from starlette.applications import Starlette
 
 from server.app import create_app
 from tests.server.live import SYSTEM, THINKING, api_store, live_server, tiny_store
@@ -51,16 +51,8 @@ CALL_SCHEMA = {
 
 
 @pytest.fixture(scope="module")
-def url(tmp_path_factory: pytest.TempPathFactory, smollm2_path) -> Iterator[str]:
-    store = api_store(tmp_path_factory.mktemp("chat"), smollm2_path)
-    with live_server(create_app(store)) as base:
-        yield base
-
-
-@pytest.fixture(scope="module")
-def http(url: str) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=url, timeout=300) as client:
-        yield client
+def app(tmp_path_factory: pytest.TempPathFactory, smollm2_path) -> Starlette:
+    return create_app(api_store(tmp_path_factory.mktemp("chat"), smollm2_path))
 
 
 def chat(http: httpx.Client, **body: Any) -> dict[str, Any]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 
 import httpx
 import numpy as np
@@ -13,7 +12,7 @@ from starlette.applications import Starlette
 
 from server.app import create_app
 from server.embeddings import normalize, pool
-from tests.server.live import api_store, live_server
+from tests.server.live import api_store
 
 pytestmark = pytest.mark.slow
 
@@ -21,18 +20,6 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def app(tmp_path_factory: pytest.TempPathFactory, smollm2_path) -> Starlette:
     return create_app(api_store(tmp_path_factory.mktemp("embed"), smollm2_path))
-
-
-@pytest.fixture(scope="module")
-def url(app: Starlette) -> Iterator[str]:
-    with live_server(app) as base:
-        yield base
-
-
-@pytest.fixture(scope="module")
-def http(url: str) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=url, timeout=300) as client:
-        yield client
 
 
 def embed(http: httpx.Client, **body) -> dict:

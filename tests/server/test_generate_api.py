@@ -6,7 +6,6 @@ import asyncio
 import json
 import re
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -17,7 +16,7 @@ from starlette.applications import Starlette
 from engine.generate import generate
 from engine.options import resolve
 from server.app import create_app
-from tests.server.live import SYSTEM, api_store, live_server
+from tests.server.live import SYSTEM, api_store
 
 pytestmark = pytest.mark.slow
 
@@ -29,18 +28,6 @@ CHATML_FULL = "registry.ollama.ai/library/smollm2:latest"
 @pytest.fixture(scope="module")
 def app(tmp_path_factory: pytest.TempPathFactory, smollm2_path) -> Starlette:
     return create_app(api_store(tmp_path_factory.mktemp("gen"), smollm2_path))
-
-
-@pytest.fixture(scope="module")
-def url(app: Starlette) -> Iterator[str]:
-    with live_server(app) as base:
-        yield base
-
-
-@pytest.fixture(scope="module")
-def http(url: str) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=url, timeout=300) as client:
-        yield client
 
 
 def stream(http: httpx.Client, body: dict[str, Any]) -> tuple[httpx.Response, list[dict]]:
