@@ -17,11 +17,16 @@ from typing import Any, ClassVar
 from engine.errors import TemplateError
 
 
+def json_tag(tag: str) -> Any:
+    """A Struct field's Go `json:"…"` tag, spelled as in Go: `json_tag("items,omitempty")`."""
+    return dataclasses.field(metadata={"json": tag})
+
+
 class Struct:
     """Base for Go struct values. Fields are dataclass fields named as in Go (`Role`, `Content`).
 
     `go_type` is the type name used in error messages. Subclasses may define `go_string()` (Go's
-    fmt.Stringer) and `go_json_fields()` (fields in struct order as (json key, value, omitempty)).
+    fmt.Stringer). A field marshals under its Go name unless it carries a `json_tag`.
     """
 
     go_type: ClassVar[str] = "struct"
@@ -30,7 +35,12 @@ class Struct:
         return None
 
     def go_json_fields(self) -> list[tuple[str, Any, bool]]:
-        return [(f.name, getattr(self, f.name), False) for f in dataclasses.fields(self)]  # type: ignore[arg-type]
+        """Fields in struct order as (json key, value, omitempty)."""
+        out = []
+        for f in dataclasses.fields(self):  # type: ignore[arg-type]
+            key, _, option = f.metadata.get("json", f.name).partition(",")
+            out.append((key, getattr(self, f.name), option == "omitempty"))
+        return out
 
 
 class JSONMap(dict[str, Any]):

@@ -77,24 +77,14 @@ def _go_any(v: Any) -> Any:
 @dataclass
 class _ToolProperty(gv.Struct):
     go_type: ClassVar[str] = "api.ToolProperty"
-    AnyOf: list[_ToolProperty]
-    Type: gv.PropertyType
-    Items: Any
-    Description: str
-    Enum: list[Any]
-    Properties: gv.JSONMap | None  # nested: insertion order, as Ollama's ordered map
-    Required: list[str]
-
-    def go_json_fields(self) -> list[tuple[str, Any, bool]]:
-        return [
-            ("anyOf", self.AnyOf, True),
-            ("type", self.Type, True),
-            ("items", self.Items, True),
-            ("description", self.Description, True),
-            ("enum", self.Enum, True),
-            ("properties", self.Properties, True),
-            ("required", self.Required, True),
-        ]
+    AnyOf: list[_ToolProperty] = gv.json_tag("anyOf,omitempty")
+    Type: gv.PropertyType = gv.json_tag("type,omitempty")
+    Items: Any = gv.json_tag("items,omitempty")
+    Description: str = gv.json_tag("description,omitempty")
+    Enum: list[Any] = gv.json_tag("enum,omitempty")
+    # nested: insertion order, as Ollama's ordered map
+    Properties: gv.JSONMap | None = gv.json_tag("properties,omitempty")
+    Required: list[str] = gv.json_tag("required,omitempty")
 
     def to_typescript(self) -> str:
         """Ollama's ToolProperty.ToTypeScriptType (the `toTypeScriptType` template function)."""
@@ -127,50 +117,28 @@ def _property(d: Mapping[str, Any]) -> _ToolProperty:
 @dataclass
 class _Parameters(gv.Struct):
     go_type: ClassVar[str] = "template.templateToolFunctionParameters"
-    Type: str
-    Defs: Any
-    Items: Any
-    Required: list[str]
-    Properties: gv.JSONMap  # sorted keys when printed or marshalled
-
-    def go_json_fields(self) -> list[tuple[str, Any, bool]]:
-        return [
-            ("type", self.Type, False),
-            ("$defs", self.Defs, True),
-            ("items", self.Items, True),
-            ("required", self.Required, True),
-            ("properties", self.Properties, False),
-        ]
+    Type: str = gv.json_tag("type")
+    Defs: Any = gv.json_tag("$defs,omitempty")
+    Items: Any = gv.json_tag("items,omitempty")
+    Required: list[str] = gv.json_tag("required,omitempty")
+    # sorted keys when printed or marshalled
+    Properties: gv.JSONMap = gv.json_tag("properties")
 
 
 @dataclass
 class _Function(gv.Struct):
     go_type: ClassVar[str] = "template.templateToolFunction"
-    Name: str
-    Description: str
-    Parameters: _Parameters
-
-    def go_json_fields(self) -> list[tuple[str, Any, bool]]:
-        return [
-            ("name", self.Name, False),
-            ("description", self.Description, False),
-            ("parameters", self.Parameters, False),
-        ]
+    Name: str = gv.json_tag("name")
+    Description: str = gv.json_tag("description")
+    Parameters: _Parameters = gv.json_tag("parameters")
 
 
 @dataclass
 class _Tool(gv.Struct):
     go_type: ClassVar[str] = "template.templateTool"
-    Type: str
-    Items: Any
-    Function: _Function
-
-    def go_json_fields(self) -> list[tuple[str, Any, bool]]:
-        return [
-            ("type", self.Type, False),
-            ("items", self.Items, True),
-            ("function", self.Function, False),
-        ]
+    Type: str = gv.json_tag("type")
+    Items: Any = gv.json_tag("items,omitempty")
+    Function: _Function = gv.json_tag("function")
 
     def go_string(self) -> str:
         return gv.go_json(self)
