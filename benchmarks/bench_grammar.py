@@ -23,6 +23,7 @@ import statistics
 import time
 
 import numpy as np
+from _machine import machine_line
 
 from engine.fetch import model_path
 from engine.gguf import GGUFFile
@@ -106,7 +107,7 @@ def main() -> None:
     if not args.smoke:
         grammars["schema"] = schema_to_grammar(SCHEMA)
 
-    print(f"numpy {np.__version__}, python {platform.python_version()}, {platform.processor()}")
+    print(machine_line(f"python {platform.python_version()}"))
     print(f"vocabulary {trie.n_vocab} tokens, trie {trie.n_nodes} nodes built in {trie_s:.2f} s")
     print(f"document: {len(ids)} tokens, {repeat} pass(es)\n")
     print(

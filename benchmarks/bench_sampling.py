@@ -13,11 +13,11 @@ import argparse
 import ctypes
 import dataclasses
 import os
-import platform
 import statistics
 import time
 
 import numpy as np
+from _machine import machine_line
 
 from engine.options import Options
 from engine.sampling import Sampler, token_logprobs
@@ -104,10 +104,8 @@ def main() -> None:
         have_llama = True
     except ImportError:
         have_llama = False
-    print(
-        f"numpy {np.__version__}, {platform.processor() or platform.machine()}, "
-        f"OPENBLAS_NUM_THREADS={os.environ.get('OPENBLAS_NUM_THREADS', 'unset')}, V={V}"
-    )
+    blas = os.environ.get("OPENBLAS_NUM_THREADS", "unset")
+    print(machine_line(f"OPENBLAS_NUM_THREADS={blas}", f"V={V}"))
     print(f"{'config':<28} {'logits':<8} {'numpy ms (med/min)':>20} {'llama.cpp ms':>14}")
     r = np.random.default_rng(0)
     history = r.integers(0, V, 64)

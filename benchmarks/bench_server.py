@@ -18,7 +18,6 @@ import argparse
 import asyncio
 import json
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -30,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import httpx  # noqa: E402
-import numpy as np  # noqa: E402
+from _machine import machine_line  # noqa: E402
 
 from engine import load  # noqa: E402
 from engine.fetch import model_path  # noqa: E402
@@ -133,9 +132,13 @@ def main() -> None:
     store = Store(tmp / "models")
     store.create_from_gguf("m", path)
 
-    print(f"numpy {np.__version__}, {platform.processor() or platform.machine()}, "
-          f"OPENBLAS_NUM_THREADS={os.environ.get('OPENBLAS_NUM_THREADS', 'unset')}, "
-          f"model {path.name}, {args.tokens} tokens, repeat {args.repeat}")  # fmt: skip
+    blas = os.environ.get("OPENBLAS_NUM_THREADS", "unset")
+    print(
+        machine_line(
+            f"OPENBLAS_NUM_THREADS={blas}",
+            f"model {path.name}, {args.tokens} tokens, repeat {args.repeat}",
+        )
+    )
     rows = [("engine generate (no HTTP)", _engine(path, args.tokens))]
     reference = _llama_cpp(path, args.tokens)
     with live_server(create_app(store)) as url:
