@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -133,16 +132,6 @@ def _model_path(name: str, tmp: Path) -> str:
     return str(model_path(name))
 
 
-def _cpu() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--model", default="smollm2", help="smollm2, gemma3, tiny, or a GGUF path")
@@ -165,7 +154,7 @@ def main() -> None:
 
     import importlib.util
 
-    import numpy as np
+    from _machine import machine_line
 
     engines = ["refllama"]
     if importlib.util.find_spec("llama_cpp") is not None:
@@ -175,10 +164,8 @@ def main() -> None:
         results = {e: _run_engine(e, args, model) for e in engines}
 
     blas = args.blas_threads or args.threads
-    print(
-        f"model {Path(model).name}, llama.cpp {args.threads} threads, refllama OpenBLAS "
-        f"{blas} threads, NumPy {np.__version__}, {_cpu()}"
-    )
+    print(f"model {Path(model).name}, llama.cpp {args.threads} threads, refllama OpenBLAS {blas}")
+    print(machine_line())
     print(
         f"prompt {args.prompt_tokens} tokens, decode {args.decode_tokens} tokens, "
         f"{args.repeat} repeats (median / best)"
