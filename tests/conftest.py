@@ -3,7 +3,14 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 from pathlib import Path
+
+# One OpenBLAS thread unless the caller says otherwise: the suite runs live servers, subprocesses
+# and llama.cpp on two cores, and OpenBLAS's spinning threads slow everything several-fold when
+# the cores are oversubscribed. Results do not depend on it (tests check 1 vs 2 threads
+# explicitly in subprocesses). Set before anything imports NumPy.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import pytest
 
