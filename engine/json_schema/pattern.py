@@ -125,14 +125,14 @@ class _Parser:
         if c == ".":
             return _RAW_CHAR
         if c == "\\":
-            return self.escape(in_class=False)
+            return self.escape()
         if c in "^$":
             raise self.error("anchors are only supported at the start and end")
         if c in "*+?" or (c == "{" and self.peek().isdigit()):
             raise self.error("quantifier without an item")
         return _json_literal(c)
 
-    def escape(self, in_class: bool) -> str:
+    def escape(self) -> str:
         c = self.peek()
         self.pos += 1
         if not c:
