@@ -170,7 +170,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         loopback = ipaddress.ip_address(url.host).is_loopback
     except ValueError:
         loopback = url.host == "localhost"
-    app = create_app(Store.from_env(), check_host=loopback)
+    store = Store.from_env()
+    store.prune_startup()  # Ollama's startup clean-up: stale temporary and unreferenced blobs
+    app = create_app(store, check_host=loopback)
     uvicorn.run(app, host=url.host, port=url.port, log_level=args.log_level)
     return 0
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -124,9 +125,9 @@ def _wait_up(base: str, proc: subprocess.Popen, timeout: float = 60) -> None:
     raise RuntimeError("refllama serve did not start")
 
 
-@pytest.mark.slow
-def test_readme_path_serve_create_run(tmp_path, smollm2_path):
-    """The README's main command: serve, create from a Modelfile FROM the GGUF, run a prompt."""
+@contextlib.contextmanager
+def _serving(tmp_path: Path) -> Iterator[dict[str, str]]:
+    """`refllama serve` in a subprocess on a free port over tmp_path/m; yields its environment."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -139,6 +140,32 @@ def test_readme_path_serve_create_run(tmp_path, smollm2_path):
     )
     try:
         _wait_up(f"http://127.0.0.1:{port}", server)
+        yield env
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+        assert server.stderr is not None
+        server.stderr.close()
+
+
+def test_serve_sweeps_stale_temporary_blobs(tmp_path):
+    """A crash mid-upload leaves a tmp- file; `serve` removes it once it is over an hour old."""
+    blobs = Store(tmp_path / "m").blobs_dir
+    stale, fresh = blobs / "tmp-stale", blobs / "tmp-fresh"
+    stale.write_bytes(b"x")
+    fresh.write_bytes(b"x")
+    two_hours_ago = time.time() - 7200
+    os.utime(stale, (two_hours_ago, two_hours_ago))
+    with _serving(tmp_path):
+        assert not stale.exists()
+        assert fresh.exists()
+
+
+@pytest.mark.slow
+def test_readme_path_serve_create_run(tmp_path, smollm2_path):
+    """The README's main command: serve, create from a Modelfile FROM the GGUF, run a prompt."""
+    with _serving(tmp_path) as env:
+        port = env["OLLAMA_HOST"].rsplit(":", 1)[1]
         # Greedy and bounded, so the answer is the same on every run.
         modelfile = f"FROM {smollm2_path}\nPARAMETER temperature 0\nPARAMETER num_predict 40\n"
         (tmp_path / "Modelfile").write_text(modelfile)
@@ -157,8 +184,3 @@ def test_readme_path_serve_create_run(tmp_path, smollm2_path):
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/chat", data=body) as r:
             answer = json.loads(r.read())["message"]["content"]
         assert answer and ran.stdout == answer + "\n"  # the CLI prints the streamed answer
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
-        assert server.stderr is not None
-        server.stderr.close()
