@@ -23,7 +23,6 @@ import threading
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -101,10 +100,6 @@ class ModelRecord:
     size: int  # layers plus config, bytes
     modified_ns: int  # manifest file mtime, ns since the epoch
     details: ModelDetails
-
-    @property
-    def modified_at(self) -> datetime:
-        return datetime.fromtimestamp(self.modified_ns / 1e9).astimezone()
 
 
 def sha256_file(path: Path) -> str:
