@@ -45,7 +45,7 @@ import numpy.typing as npt
 from gguf import GGMLQuantizationType as GGMLType
 
 from engine.config import ModelConfig
-from engine.errors import UnsupportedArchitecture, UnsupportedQuantType
+from engine.errors import ContextOverflow, UnsupportedArchitecture, UnsupportedQuantType
 from engine.gguf import GGUFFile
 
 F32 = np.float32
@@ -320,8 +320,14 @@ def soft_max(kq: Array, scale: float, n_valid: int) -> Array:
     return val * inv[..., None]
 
 
+def pad_kv(n: int) -> int:
+    """n rounded up to a multiple of KV_PAD (llama.cpp pads n_ctx and n_kv alike)."""
+    return -(-n // KV_PAD) * KV_PAD
+
+
 def n_kv_cells(n_used: int, n_ctx: int) -> int:
-    return min(n_ctx, max(KV_PAD, -(-n_used // KV_PAD) * KV_PAD))
+    """How many cache cells llama.cpp attends over when n_used cells are filled."""
+    return min(n_ctx, max(KV_PAD, pad_kv(n_used)))
 
 
 # --- the model ----------------------------------------------------------------------------
@@ -349,14 +355,18 @@ class ExactModel:
             raise UnsupportedArchitecture("llama with RoPE scaling or partial rotary dims")
         if "rope_freqs.weight" in f.tensors:
             raise UnsupportedArchitecture("llama with rope_freqs (llama3 RoPE factors)")
-        self.cfg, self.n_ctx = cfg, n_ctx
+        self.cfg, self.n_ctx = cfg, pad_kv(n_ctx)  # llama_context pads n_ctx to 256 cells
         self._f = f
         self.tok_embd = self._matrix("token_embd.weight", {GGMLType.Q8_0})
         out = "output.weight" if "output.weight" in f.tensors else "token_embd.weight"
         self.output = self._matrix(out, {GGMLType.Q8_0})
         self.output_norm = self._norm("output_norm.weight")
         self.layers = [self._layer(i) for i in range(cfg.n_layer)]
-        kv = (n_ctx, cfg.n_head_kv, cfg.head_dim)
+        if cfg.head_dim % 64:  # ggml_vec_dot_f16's scalar tail is not emulated
+            raise UnsupportedArchitecture(
+                f"llama with head_dim {cfg.head_dim}, not a multiple of 64"
+            )
+        kv = (self.n_ctx, cfg.n_head_kv, cfg.head_dim)
         self.k_cache = np.zeros((cfg.n_layer, *kv), dtype=F32)  # F16 values
         self.v_cache = np.zeros((cfg.n_layer, *kv), dtype=F32)
         self.n_past = 0
@@ -399,7 +409,7 @@ class ExactModel:
         cfg = self.cfg
         pos = self.n_past
         if pos >= self.n_ctx:
-            raise ValueError(f"context of {self.n_ctx} tokens is full")
+            raise ContextOverflow(f"the context of {self.n_ctx} tokens is full")
         te = self.tok_embd
         x = (te.q[:, token].astype(F32) * te.d[:, token, None, None]).reshape(-1)  # (D,)
         cos, sin = rope_cache(pos, cfg.n_rot, cfg.rope_base)

@@ -148,7 +148,7 @@ def test_soft_max_masks_and_normalizes() -> None:
 
 def test_n_kv_cells_pads_to_256() -> None:
     assert [exact.n_kv_cells(n, 512) for n in (1, 256, 257, 512)] == [256, 256, 512, 512]
-    assert exact.n_kv_cells(1, 128) == 128
+    assert [exact.pad_kv(n) for n in (1, 256, 300)] == [256, 256, 512]
 
 
 def test_rope_cache_position_zero_and_recurrence() -> None:
