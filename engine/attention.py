@@ -50,11 +50,12 @@ def _attend_blocks(
     scores = np.where(visible.reshape(T, 1, nb, 1, KEY_BLOCK), scores, F32(-np.inf))
     m = scores.max(axis=(2, 4), keepdims=True)  # (T, Hkv, 1, G, 1)
     e = np.exp(scores - m)  # (T, Hkv, nb, G, B); masked keys are exactly 0
-    den_blocks = e.sum(axis=-1)  # (T, Hkv, nb, G)
+    den_blocks = e.sum(axis=-1, dtype=np.float64)  # (T, Hkv, nb, G)
     den = den_blocks[:, :, 0]
     for b in range(1, nb):  # in block order: fully masked blocks add exact zeros
         den = den + den_blocks[:, :, b]
-    p = e / den[:, :, None, :, None]  # (T, Hkv, nb, G, B)
+    # as ggml's soft_max: the sum in double, then e times float(1 / sum)
+    p = e * (1.0 / den).astype(F32)[:, :, None, :, None]  # (T, Hkv, nb, G, B)
     if f16_probs:
         p = round_f16(p)
     out_blocks = np.matmul(p, vb)  # (T, Hkv, nb, G, Dv)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from engine.errors import ContextOverflow
+from engine.numerics import round_f16
 from engine.rope import Rope
 
 KEY_BLOCK = 128  # keys per attention block; fixed so every row's arithmetic is batch-independent
@@ -83,7 +84,7 @@ class KVCache:
             moved = self.k[layer, :, dst : dst + n_moved]  # (Hkv, n_moved, Dh)
             rotated = rope.apply(moved, cos, sin)
             if self.f16:
-                rotated = rotated.astype(np.float16).astype(np.float32)
+                rotated = round_f16(rotated)
             self.k[layer, :, dst : dst + n_moved] = rotated
         del self.tokens[n_keep : n_keep + n_discard]
 

@@ -78,8 +78,39 @@ def vec_dot_rounding(ggml_type: GGMLType) -> Rounding:
     return Rounding.Q8_K  # K-quants, IQ2/IQ3/IQ1, IQ4_XS, TQ
 
 
+_U32 = np.uint32
+_F16_MAX_BITS = _U32(0x477FE000)  # 65504.0, the largest finite F16
+_F16_MIN_NORMAL = F32(2.0**-14)
+_CAST_BELOW = 2048  # small arrays: the cast's per-call cost is lower than the bit path's
+
+
 def round_f16(x: Array) -> Array:
-    return x.astype(np.float16).astype(F32)
+    """float32 -> nearest F16 (ties to even) -> float32, as `x.astype(float16).astype(float32)`.
+
+    Done on the float32 bits because NumPy's cast takes a slow path on subnormal inputs (softmax
+    probabilities are full of them): ~6 ns instead of ~60 ns a value; small arrays still take the
+    cast, whose fixed cost per call is lower. Normal range: round the mantissa to 10 bits; F16
+    subnormals (below 2**-14) are multiples of 2**-24, which float32 addition to 0.5 rounds to;
+    beyond 65504 is inf. Equal to the cast on all 2**32 float32 inputs
+    (checked once exhaustively, 6 min; tests/engine/test_numerics.py samples them).
+    """
+    x = np.ascontiguousarray(x, dtype=F32)
+    if x.size <= _CAST_BELOW:
+        with np.errstate(over="ignore"):  # beyond the F16 range is inf, as in ggml
+            return x.astype(np.float16).astype(F32)
+    bits = x.view(_U32)
+    mag = bits & _U32(0x7FFFFFFF)
+    r = (mag + (_U32(0xFFF) + ((mag >> 13) & _U32(1)))) & _U32(0xFFFFE000)
+    a = mag.view(F32)
+    small = a < _F16_MIN_NORMAL
+    if small.any():
+        with np.errstate(invalid="ignore"):  # signalling NaN inputs; kept as NaN below
+            r = np.where(small, ((a + F32(0.5)) - F32(0.5)).view(_U32), r)
+    r = np.where(r > _F16_MAX_BITS, _U32(0x7F800000), r)
+    r |= bits & _U32(0x80000000)
+    out = r.view(F32)
+    nan = np.isnan(x)
+    return np.where(nan, x, out) if nan.any() else out
 
 
 def _round_bf16(x: Array) -> Array:

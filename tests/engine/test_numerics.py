@@ -1,0 +1,45 @@
+"""engine/numerics.py: round_f16 (bits for large arrays, the cast for small) equals the cast."""
+
+from __future__ import annotations
+
+import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from engine.numerics import round_f16
+
+F32 = np.float32
+U32 = np.uint32
+
+
+def _cast(x: np.ndarray) -> np.ndarray:
+    with np.errstate(over="ignore", invalid="ignore"):
+        return x.astype(np.float16).astype(F32)
+
+
+def _same_bits(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return (a.view(U32) == b.view(U32)) | (np.isnan(a) & np.isnan(b))
+
+
+def test_round_f16_equals_the_cast_on_random_bit_patterns() -> None:
+    bits = np.random.default_rng(0).integers(0, 2**32, 2_000_000, dtype=np.uint64).astype(U32)
+    x = bits.view(F32)
+    assert _same_bits(round_f16(x), _cast(x)).all()
+
+
+def test_round_f16_edges() -> None:
+    # ties at every scale, both sides of 65504/65520 (inf), of 2**-14 (F16 subnormals), 2**-25
+    edges = [0.0, -0.0, np.inf, -np.inf, np.nan, 65504, 65519.996, 65520, 65536, 1e30]
+    edges += [2.0**-14, 2.0**-14 * (1 - 2**-12), 2.0**-24, 2.0**-25, 2.0**-25 * 1.0001]
+    edges += [3 * 2.0**-25, 1e-45, 1 + 2**-11, 1 + 3 * 2**-11, 1 + 2**-11 + 2**-23]
+    x = np.array(edges + [-e for e in edges], F32)
+    assert _same_bits(round_f16(x), _cast(x)).all()  # a small array: the cast itself
+    big = np.tile(x, 1000)  # the bit path
+    assert _same_bits(round_f16(big), _cast(big)).all()
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.floats(width=32, allow_nan=True), min_size=1, max_size=64))
+def test_round_f16_hypothesis(values: list[float]) -> None:
+    x = np.array(values, F32).reshape(-1, 1)  # any shape, rows like activations
+    assert _same_bits(round_f16(x), _cast(x)).all()
