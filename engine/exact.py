@@ -391,9 +391,10 @@ class ExactModel:
 
     def _layer(self, i: int) -> Layer:
         p = f"blk.{i}."
-        extra = [n for n in self._f.tensors if n.startswith(p) and n.endswith(".bias")]
-        if extra:
-            raise UnsupportedArchitecture(f"llama with bias tensors ({extra[0]})")
+        known = {f"{p}{n}.weight" for n in (*_MATRICES, "attn_norm", "ffn_norm")}
+        extra = sorted(n for n in self._f.tensors if n.startswith(p) and n not in known)
+        if extra:  # biases, experts, fused qkv, per-layer RoPE factors, ...
+            raise UnsupportedArchitecture(f"llama with tensor {extra[0]}")
         q41 = {GGMLType.Q4_1}
         mats = {n: self._matrix(p + n + ".weight", q41) for n in _MATRICES}
         return Layer(
