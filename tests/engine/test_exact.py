@@ -5,8 +5,9 @@ Golden data: tests/golden/forward_smollm2_tokenwise.json (tests/golden/make_exac
 llama.cpp evaluating every token alone. The emulation is bit-exact there, so the check is
 strict: at every position of prompt + continuation[:-1], our top-20 ids and our logits rounded
 to 4 decimals equal the golden ones (hence top-1 100% and identical greedy continuations). CI
-checks a subset of GOLDEN_CASES (the emulation runs at ~0.4 s per token); the @needs_oracle
-test compares whole logit vectors with a live llama.cpp bit for bit.
+checks 2 of the 30 cases (GOLDEN_CASES; the emulation takes ~0.4 s per token, so all 30 would
+take ~10 min); the @needs_oracle test compares whole logit vectors with a live llama.cpp bit for
+bit.
 """
 
 from __future__ import annotations
@@ -25,8 +26,8 @@ from tests.conftest import needs_oracle
 from tests.tiny_model import write_tiny_model
 
 GOLDEN = Path(__file__).resolve().parents[1] / "golden" / "forward_smollm2_tokenwise.json"
-# "What is 2+2?" (chat-wrapped), "Paris is the capital of", "The mitochondria is the ..."
-GOLDEN_CASES = (0, 21, 24)
+# "What is 2+2?" (chat-wrapped, 47 positions), "Paris is the capital of" (36 positions)
+GOLDEN_CASES = (0, 21)
 F32 = np.float32
 
 
@@ -219,7 +220,7 @@ def test_bit_identical_to_live_llama_cpp(smollm2_path: Path, smollm2_exact: Exac
     seq = llm.tokenize(b"Water is made of hydrogen and", add_bos=True, special=True)
     n_prompt = len(seq)
     smollm2_exact.reset()
-    for i in range(n_prompt + 6):  # the prompt, then 6 greedy steps
+    for i in range(n_prompt + 3):  # the prompt, then 3 greedy steps
         llm.eval([seq[i]])
         ref = np.array(llm.scores[i], dtype=np.float32)
         ours = smollm2_exact.step(seq[i])
