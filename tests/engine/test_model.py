@@ -1,14 +1,8 @@
 """Tests for engine/model.py: config, API shapes, determinism, and agreement with llama.cpp.
 
-Agreement with llama.cpp uses tests/golden/forward_*.json (tests/golden/make_forward_golden.py).
-For each golden case we run prompt + continuation[:-1] through one prefill and compare at every
-position with llama.cpp's top-20 logits:
-* top-1: our argmax equals llama.cpp's;
-* KL(llama.cpp || ours) over llama.cpp's top-20 ids: both sides' logits at those 20 ids are
-  softmaxed over just those ids (llama.cpp's logits are stored for them only), then
-  sum p_ref * (log p_ref - log p_ours); the mean is over all positions of all cases;
-* greedy: our argmax at the last prompt position and at every continuation position equals
-  llama.cpp's next greedy token, i.e. our greedy continuation would be identical.
+Agreement with llama.cpp uses tests/golden/forward_*.json (tests/golden/make_forward_golden.py):
+each golden case's prompt + continuation[:-1] goes through one prefill, and tests/agreement.py
+scores the logits (top-1, KL over llama.cpp's top-20, identical greedy continuation).
 """
 
 from __future__ import annotations
@@ -32,6 +26,7 @@ from engine.gguf import GGUFFile
 from engine.kvcache import KEY_BLOCK
 from engine.model import Model
 from engine.numerics import Numerics
+from tests.agreement import compare, summarize
 from tests.conftest import needs_oracle
 from tests.tiny_model import VARIANTS, write_tiny_model
 
@@ -274,30 +269,12 @@ def test_real_model_determinism(smollm2: Model, smollm2_path: Path) -> None:
 
 
 def _compare(model: Model, case: dict) -> tuple[np.ndarray, np.ndarray, bool]:
-    """Per position: (top-1 agreement, KL over llama.cpp's top-20); greedy identical."""
-    tokens = case["prompt"] + case["continuation"][:-1]
-    logits = model.logits(tokens).astype(np.float64)
-    top_ids = np.array(case["top_ids"])
-    ref = np.array(case["top_logits"], dtype=np.float64)
-    ours = np.take_along_axis(logits, top_ids, axis=1)
-    log_p = ref - ref.max(1, keepdims=True)
-    log_p -= np.log(np.exp(log_p).sum(1, keepdims=True))
-    log_q = ours - ours.max(1, keepdims=True)
-    log_q -= np.log(np.exp(log_q).sum(1, keepdims=True))
-    kl = (np.exp(log_p) * (log_p - log_q)).sum(1)
-    argmax = logits.argmax(1)
-    top1 = argmax == np.array(case["argmax"])
-    n = len(case["prompt"])
-    greedy = bool((argmax[n - 1 :] == np.array(case["continuation"])).all())
-    return top1, kl, greedy
+    return compare(model.logits(case["prompt"] + case["continuation"][:-1]), case)
 
 
 def _agreement(model: Model, name: str) -> tuple[float, float, int, int]:
-    cases = _golden(name)["cases"]
-    results = [_compare(model, c) for c in cases]
-    top1 = np.concatenate([r[0] for r in results]).mean()
-    kl = np.concatenate([r[1] for r in results]).mean()
-    return float(top1), float(kl), sum(r[2] for r in results), len(cases)
+    a = summarize([_compare(model, c) for c in _golden(name)["cases"]])
+    return a.top1, a.kl, a.greedy, a.cases
 
 
 # Bounds from what llama.cpp achieves against its own golden: run each golden sequence as one
