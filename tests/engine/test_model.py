@@ -277,12 +277,15 @@ def _agreement(model: Model, name: str) -> tuple[float, float, int, int]:
     return a.top1, a.kl, a.greedy, a.cases
 
 
-# Bounds from what llama.cpp achieves against its own golden: run each golden sequence as one
-# batch instead of prefill + one-token steps, llama.cpp keeps the argmax at 99.1% (SmolLM2) /
-# 99.4% (gemma3) of positions and the whole 32-token greedy continuation on 7/10 / 8/10 prompts
-# (near-ties flip with the summation order). Measured for this engine (default numerics):
-# SmolLM2 top-1 97.5%, mean KL 2.6e-3, greedy 13/30; gemma3 98.1%, 3.6e-3, 19/30. A wrong
-# RoPE pairing or a missing norm drops top-1 far below these bounds.
+# Bounds from what llama.cpp achieves against its own golden when it computes the rows in another
+# regime (tests/golden/llama_cpp_self_agreement.py: top-1 / greedy identical of 30):
+#   SmolLM2  one batch 98.89% / 19, token by token 98.67% / 21;
+#   gemma3   one batch 99.19% / 21, token by token 97.63% / 13.
+# Re-quantizing activations before every matmul makes last-bit differences grow into visible
+# logit differences, so no engine that computes each row one way is held to more here (bit-exact
+# agreement in one regime is engine/exact.py's job, tests/engine/test_exact.py). Measured for
+# this engine (default numerics): SmolLM2 top-1 97.4%, mean KL 2.6e-3, greedy 14/30; gemma3
+# 97.8%, 3.7e-3, 18/30. A wrong RoPE pairing or a missing norm drops top-1 far below these bounds.
 TOP1_MIN, KL_MAX, GREEDY_MIN_FRACTION = 0.965, 1e-2, 0.35
 
 
