@@ -19,16 +19,22 @@ rounding in different batches. Hence every product that feeds a row has a shape 
 * the output matrix is applied in fixed blocks of OUTPUT_BLOCK columns;
 * llama.cpp's roundings (engine/numerics.py) are row-wise;
 * reductions (norms, softmax sums) run along a fixed-length last axis.
-Cost, measured with SmolLM2-shaped weights on this project's 2-core machine: the layer products
-of a 512-token prefill take ~0.57 s as one gemm per chunk but ~1.8 s as gemv per row (2 BLAS
-threads), while decode (one row) runs at full gemv speed; the alternative, padding every batch to
-a fixed gemm shape, would make decode ~2x slower. OpenBLAS threads hand off per call, so on a busy
-machine OPENBLAS_NUM_THREADS=1 is much faster (benchmarks/bench_forward.py --blas-threads).
+Cost, measured with SmolLM2-shaped weights (30 layers) on this project's 2-core machine with 2
+OpenBLAS threads: the layer products of a 512-token prefill take 0.63 s as one gemm per chunk but
+1.76 s as gemv per row; one decode row takes 18.5 ms as gemv. The other batch-invariant policy,
+zero-padded gemm tiles of a fixed R rows (a row's bits then depend on R only: checked for any
+position in the tile and any other rows), makes OpenBLAS pack every weight matrix on every call,
+which decode pays in full: R=8 prefill 1.63 s / decode 38 ms, R=16 1.22 s / 49 ms, R=32 0.90 s /
+67 ms. gemv per row keeps decode at full speed, at the price of a slower prefill. OpenBLAS
+threads hand off per call, so on a busy machine OPENBLAS_NUM_THREADS=1 is much faster
+(benchmarks/bench_forward.py --blas-threads).
 
 Precision: float32 throughout, except the RMSNorm sum of squares (float64, as ggml) and RoPE
 angles (float64, see engine/rope.py). By default (numerics=LLAMA_CPP) activations are rounded to
 the weight type's llama.cpp dot-product type and k, v, q and attention probabilities to F16, as
-llama.cpp does; numerics=FLOAT32 keeps plain float32 (spec section 4.9).
+llama.cpp does; numerics=FLOAT32 keeps plain float32 (spec section 4.9). The summation order is
+BLAS's, not llama.cpp's, so logits agree with llama.cpp as closely as llama.cpp agrees with itself
+across batch regimes, not bit for bit (engine/exact.py is the bit-exact, slow emulation).
 Batching several sequences later keeps the policy: weight products are per row already, and
 attention is per sequence.
 """
