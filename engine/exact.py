@@ -27,6 +27,9 @@ Kernels emulated (ggml/src/ggml-cpu, file: function):
 - swiglu (`ggml_vec_swiglu_f32`): x / (1 + v_expf(0 - x)) * g.
 - the KV cache spans n_kv = max(256, pad256(n_used)) cells (llama-kv-cache.cpp `get_n_kv`).
 
+Cost: ~0.35 s per token and ~0.8 GB resident for SmolLM2 (quants unpacked to float32 so that
+each block's integer lane sums are one exact BLAS matmul).
+
 FMA: NumPy has none. a*b of two float32 is exact in float64; a*b + c in float64 then rounded to
 float32 is the correctly rounded fma except when the float64 sum lands exactly on a float32
 rounding midpoint while the exact sum does not. Such sums are redone with an error-free TwoSum
