@@ -37,6 +37,11 @@ The gemma3 graph (src/models/gemma3.cpp), op by op:
 
 The K-quant integer sums can exceed 2**24, so they are formed with float64 matmuls (exact for
 integers below 2**53); the float32 accumulation then goes through exact.fma_chain.
+
+Measured against llama-cpp-python 0.3.36 (n_ctx 512, 2 threads, one `eval([tok])` per token):
+logits bit-identical at all 1352 positions of the 30 golden prompts (32-token greedy
+continuations) and at all 280 positions of a text crossing n_kv 256 -> 512. Cost: ~0.6 s per
+token on one core, 0.34 s of it the 262144-row output matmul; load 1.6 s.
 """
 
 from __future__ import annotations
