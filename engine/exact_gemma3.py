@@ -215,7 +215,7 @@ def unpack_q5_0(raw: npt.NDArray[np.uint8], rows: int, cols: int) -> exact.Quant
     high = ((qh[..., None] >> np.arange(QK, dtype=np.uint32)) & 1).astype(np.int16)
     q = (low | (high << 4)) - 16
     return exact.QuantMatrix(
-        np.ascontiguousarray(q.transpose(1, 0, 2), dtype=F32), exact._f16_field(blocks, 0), None
+        np.ascontiguousarray(q.transpose(1, 0, 2), dtype=F32), _f16_at(blocks, 0), None
     )
 
 
@@ -353,7 +353,7 @@ class Gemma3ExactModel:
         blocks = f.raw("token_embd.weight").reshape(rows, cols // QK, 34)
         self.embd = Embedding(
             np.ascontiguousarray(blocks[..., 2:34].view(np.int8).transpose(1, 0, 2)),
-            exact._f16_field(blocks, 0),
+            _f16_at(blocks, 0),
         )
         self.output_norm = self._norm("output_norm.weight")
         self.layers = [self._layer(i) for i in range(cfg.n_layer)]
