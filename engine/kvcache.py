@@ -11,6 +11,8 @@ object in the forward pass.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import numpy as np
 
 from engine.errors import ContextOverflow
@@ -43,6 +45,9 @@ class KVCache:
         self.k = np.zeros((n_layer, n_head_kv, capacity, head_dim_k), np.float32)  # (L,Hkv,S,Dh)
         self.v = np.zeros((n_layer, n_head_kv, capacity, head_dim_v), np.float32)  # (L,Hkv,S,Dv)
         self.tokens: list[int] = []  # the token at each cached position
+        # Positions 0 .. n_prompt_rows-1 were computed as prompt rows and have not moved, so they
+        # hold exactly what a fresh prefill of those tokens computes (engine/model.py).
+        self.n_prompt_rows = 0
 
     @property
     def n_past(self) -> int:
@@ -57,6 +62,14 @@ class KVCache:
         if not 0 <= n <= self.n_past:
             raise ValueError(f"truncate({n}): expected 0 <= n <= n_past = {self.n_past}")
         del self.tokens[n:]
+        self.n_prompt_rows = min(self.n_prompt_rows, n)
+
+    def append(self, tokens: Iterable[int | np.integer], generated: bool) -> None:
+        """Record the tokens whose keys and values the model has just written."""
+        prompt_prefix = not generated and self.n_prompt_rows == self.n_past
+        self.tokens.extend(int(t) for t in tokens)
+        if prompt_prefix:
+            self.n_prompt_rows = self.n_past
 
     def shift(self, n_keep: int, n_discard: int) -> None:
         """llama-server's context shift: drop positions [n_keep, n_keep + n_discard).
@@ -87,6 +100,7 @@ class KVCache:
                 rotated = round_f16(rotated)
             self.k[layer, :, dst : dst + n_moved] = rotated
         del self.tokens[n_keep : n_keep + n_discard]
+        self.n_prompt_rows = min(self.n_prompt_rows, n_keep)  # moved keys were re-rotated
 
     def reserve(self, n_new: int) -> None:
         """Raise ContextOverflow unless `n_new` more positions fit."""

@@ -8,26 +8,31 @@ Weight orientation: every matrix is stored (in, out), C-contiguous, so a layer i
 stored as column blocks; when it is tied to `token_embd`, token lookup reads its columns.
 
 Determinism policy: a row's numbers never depend on the batch shape (prompt chunking, number of
-rows, BLAS threads). OpenBLAS picks a different kernel by shape (gemv for one row, a "small
-matrix" kernel, or blocked gemm whose K-blocking differs), so the same row gets different
-rounding in different batches. Hence every product that feeds a row has a shape fixed per model:
-* weight products are one gemv per row: `np.matmul(x[:, None, :], W)` loops gemv over rows;
+rows, BLAS threads). OpenBLAS picks its kernel by shape: gemv for one row, a "small matrix"
+kernel when rows*K*N <= 1e6, blocked gemm otherwise. Each kernel has its own summation order, but
+blocked gemm sums every output element in the same order whatever the number of rows and
+threads (it only partitions rows and columns). Hence:
+* prompt rows (`eval(..., generated=False)`, any chunking, also one token at a time) go through
+  blocked gemm: a chunk with fewer rows than the least count that keeps OpenBLAS on that path
+  (`matmul_rows`: >= 2 rows and rows*K*N > 2**20) is padded with zero rows;
+* sampled tokens fed back (`generated=True`, the decode loop) are one gemv per row: a padded gemm
+  would make OpenBLAS pack every weight matrix for one row, halving decode speed. Their rows may
+  differ in the last bits from the rows a prefill of the same tokens computes, so the KV cache
+  counts its leading prompt rows (`KVCache.n_prompt_rows`) and engine/generate.py reuses only
+  those across requests: a request's output never depends on what ran before it;
 * attention works on fixed blocks of `KEY_BLOCK` keys (engine/attention.py): per (position,
   KV head, block) one (G, Dh) @ (Dh, KEY_BLOCK) product for scores and one (G, KEY_BLOCK) @
   (KEY_BLOCK, Dv) for values (G = query heads per KV head); block partial sums are added in
   block order, so blocks that are fully masked (past the query) add exact zeros;
-* the output matrix is applied in fixed blocks of OUTPUT_BLOCK columns;
+* the output matrix is applied as one gemv per row, in fixed blocks of OUTPUT_BLOCK columns;
 * llama.cpp's roundings (engine/numerics.py) are row-wise;
 * reductions (norms, softmax sums) run along a fixed-length last axis.
-Cost, measured with SmolLM2-shaped weights (30 layers) on this project's 2-core machine with 2
-OpenBLAS threads: the layer products of a 512-token prefill take 0.63 s as one gemm per chunk but
-1.76 s as gemv per row; one decode row takes 18.5 ms as gemv. The other batch-invariant policy,
-zero-padded gemm tiles of a fixed R rows (a row's bits then depend on R only: checked for any
-position in the tile and any other rows), makes OpenBLAS pack every weight matrix on every call,
-which decode pays in full: R=8 prefill 1.63 s / decode 38 ms, R=16 1.22 s / 49 ms, R=32 0.90 s /
-67 ms. gemv per row keeps decode at full speed, at the price of a slower prefill. OpenBLAS
-threads hand off per call, so on a busy machine OPENBLAS_NUM_THREADS=1 is much faster
-(benchmarks/bench_forward.py --blas-threads).
+Tests check the prompt rows over num_batch 1..512, 1 vs 2 BLAS threads, and generation across
+runs and threads. Measured on SmolLM2 (2 cores, 2 OpenBLAS threads; benchmarks/bench_forward.py,
+512-token prompt, 128 decode steps): gemv for every row gives prefill 151 tok/s and decode
+29 tok/s; gemm for every row (decode padded to the least row count) 272 and 10-17 tok/s; this
+policy keeps both, prefill at gemm speed and decode at gemv speed. OpenBLAS threads hand off per
+call, so on a busy machine OPENBLAS_NUM_THREADS=1 is much faster (--blas-threads).
 
 Precision: float32 throughout, except the RMSNorm sum of squares (float64, as ggml) and RoPE
 angles (float64, see engine/rope.py). By default (numerics=LLAMA_CPP) activations are rounded to
@@ -257,21 +262,40 @@ def _blocked(w: Array) -> Array:
 # --- kernels: pure functions over arrays -------------------------------------------------------
 
 
-def linear(x: Array, w: Linear, numerics: Numerics) -> Array:
-    """(T, K) @ (K, N) -> (T, N), one BLAS gemv per row and part (see the module docstring)."""
+# OpenBLAS computes an (R, K) @ (K, N) product with gemv when R == 1 and with a "small matrix"
+# kernel when R*K*N <= 1e6; above that, its blocked gemm sums every output element in the same
+# order whatever R is. Prompt rows are padded up to the least R that stays on that path.
+GEMM_MIN_ROWS = 2
+SMALL_KERNEL_MAX = 1 << 20  # above OpenBLAS's SMALL_MATRIX threshold of 1e6
+
+
+def matmul_rows(x: Array, w: Array, generated: bool) -> Array:
+    """(T, K) @ (K, N): one gemv per row for generated tokens, blocked gemm for prompt rows."""
+    if generated:
+        return np.matmul(x[:, None, :], w)[:, 0, :]
+    T, K = x.shape
+    r_min = max(GEMM_MIN_ROWS, SMALL_KERNEL_MAX // (K * w.shape[1]) + 1)
+    if T >= r_min:
+        return np.matmul(x, w)
+    padded = np.zeros((r_min, K), F32)
+    padded[:T] = x
+    return np.matmul(padded, w)[:T]
+
+
+def linear(x: Array, w: Linear, numerics: Numerics, generated: bool) -> Array:
+    """(T, K) @ (K, N) -> (T, N) per part, rows as `matmul_rows` (see the module docstring)."""
     outs = []
     for part in w.parts:
         if not numerics.quantize_activations:
-            xr = np.ascontiguousarray(x, dtype=F32)
-            outs.append(np.matmul(xr[:, None, :], part.weight)[:, 0, :])
+            outs.append(matmul_rows(np.ascontiguousarray(x, dtype=F32), part.weight, generated))
             continue
         if part.mins is None:
             xr = np.ascontiguousarray(round_activations(x, part.rounding), dtype=F32)
-            y = np.matmul(xr[:, None, :], part.weight)[:, 0, :]
+            y = matmul_rows(xr, part.weight, generated)
         else:  # Q4_1/Q5_1: add llama.cpp's min term m * f16(d * sum(q)) that xr @ W misses
             xr, err = q8_block32(x)  # (T, K), (T, K/32)
-            y = np.matmul(xr[:, None, :], part.weight)[:, 0, :]
-            y = y + np.matmul(np.ascontiguousarray(err)[:, None, :], part.mins)[:, 0, :]
+            y = matmul_rows(xr, part.weight, generated)
+            y = y + matmul_rows(np.ascontiguousarray(err), part.mins, generated)
         outs.append(y)
     return outs[0] if len(outs) == 1 else np.concatenate(outs, axis=1)
 
@@ -295,6 +319,7 @@ def _layer(
     cache: KVCache,
     il: int,
     numerics: Numerics,
+    generated: bool,
 ) -> Array:
     """One transformer block: (T, D) -> (T, D); writes this layer's new k, v into the cache."""
     T = x.shape[0]
@@ -302,7 +327,7 @@ def _layer(
     H, Hkv, Dh, Dv = cfg.n_head, cfg.n_head_kv, cfg.head_dim, cfg.head_dim_v
     eps = cfg.norm_eps
     h = rms_norm(x, w.attn_norm, eps)
-    qkv = linear(h, w.wqkv, numerics)  # (T, H*Dh + Hkv*Dh + Hkv*Dv)
+    qkv = linear(h, w.wqkv, numerics, generated)  # (T, H*Dh + Hkv*Dh + Hkv*Dv)
     if w.bqkv is not None:
         qkv = qkv + w.bqkv
     q = qkv[:, : H * Dh].reshape(T, H, Dh)
@@ -325,20 +350,20 @@ def _layer(
     cache.v[il, :, pos0 : pos0 + T] = v.transpose(1, 0, 2)
     window = cfg.sliding_window if cfg.swa_layers[il] else 0
     a = attention(q, cache.k[il], cache.v[il], pos0, window, scale, numerics.kv_f16)
-    a = linear(a.reshape(T, H * Dv), w.wo, numerics)  # (T, D)
+    a = linear(a.reshape(T, H * Dv), w.wo, numerics, generated)  # (T, D)
     if w.bo is not None:
         a = a + w.bo
     if w.post_attn_norm is not None:
         a = rms_norm(a, w.post_attn_norm, eps)
     x = x + a
     h = rms_norm(x, w.ffn_norm, eps)
-    gu = linear(h, w.w_gate_up, numerics)  # (T, 2F)
+    gu = linear(h, w.w_gate_up, numerics, generated)  # (T, 2F)
     gate, up = gu[:, : cfg.n_ff], gu[:, cfg.n_ff :]
     if cfg.traits.gelu:
         act = gelu_f16_table(gate) if numerics.kv_f16 else gelu_tanh(gate)
     else:
         act = silu(gate)
-    f = linear(act * up, w.w_down, numerics)  # (T, D)
+    f = linear(act * up, w.w_down, numerics, generated)  # (T, D)
     if w.post_ffn_norm is not None:
         f = rms_norm(f, w.post_ffn_norm, eps)
     return x + f
@@ -351,9 +376,11 @@ def forward(
     tokens: npt.NDArray[np.int64],
     cache: KVCache,
     numerics: Numerics,
+    generated: bool = False,
 ) -> Array:
     """Run new `tokens` (T,) at positions n_past.. and append them to `cache`.
 
+    `generated`: the tokens were sampled (one gemv per row) rather than prompt (blocked gemm).
     Returns the final-normed hidden states (T, D). The caller checks that they fit.
     """
     if weights.token_embd is not None:
@@ -364,8 +391,8 @@ def forward(
     if cfg.traits.embed_scale:
         x = x * F32(math.sqrt(cfg.n_embd))
     for il, (w, rope) in enumerate(zip(weights.layers, ropes, strict=True)):
-        x = _layer(x, w, cfg, rope, cache, il, numerics)
-    cache.tokens.extend(int(t) for t in tokens)
+        x = _layer(x, w, cfg, rope, cache, il, numerics, generated)
+    cache.append(tokens, generated)
     return rms_norm(x, weights.output_norm, cfg.norm_eps)
 
 
@@ -435,7 +462,11 @@ class Model:
         return self._weights
 
     def _hidden(
-        self, tokens: list[int] | npt.NDArray[np.int64], cache: KVCache, num_batch: int
+        self,
+        tokens: list[int] | npt.NDArray[np.int64],
+        cache: KVCache,
+        num_batch: int,
+        generated: bool = False,
     ) -> Iterator[Array]:
         """Prefill `tokens` into `cache` in chunks of `num_batch`; yields (T_chunk, D) states."""
         weights = self._weights_or_raise()
@@ -448,7 +479,7 @@ class Model:
         cache.reserve(len(ids))
         for start in range(0, len(ids), num_batch):
             chunk = ids[start : start + num_batch]
-            yield forward(weights, self.config, self.ropes, chunk, cache, self.numerics)
+            yield forward(weights, self.config, self.ropes, chunk, cache, self.numerics, generated)
 
     def eval(
         self,
@@ -456,15 +487,18 @@ class Model:
         cache: KVCache,
         num_batch: int = DEFAULT_NUM_BATCH,
         last_only: bool = False,
+        generated: bool = False,
     ) -> Array:
         """Append `tokens` to `cache`; logits (T, V) for every new token, or (1, V) last_only.
 
-        Raises ContextOverflow (before computing anything) when they do not fit.
+        `generated=True` for sampled tokens fed back one at a time (decode speed; see the module
+        docstring), False for prompt tokens. Raises ContextOverflow (before computing anything)
+        when they do not fit.
         """
         if len(tokens) == 0:
             raise ValueError("eval needs at least one token")
         weights = self._weights_or_raise()
-        chunks = list(self._hidden(tokens, cache, num_batch))
+        chunks = list(self._hidden(tokens, cache, num_batch, generated))
         if last_only:
             return output_logits(weights, self.config, chunks[-1][-1:], self.numerics)
         return np.concatenate(

@@ -23,6 +23,7 @@ class ScriptedCache:
     def __init__(self, num_ctx: int) -> None:
         self.num_ctx = num_ctx
         self._n = 0
+        self.n_prompt_rows = 0
         self.shifts: list[tuple[int, int]] = []
 
     @property
@@ -32,11 +33,13 @@ class ScriptedCache:
     def truncate(self, n: int) -> None:
         assert 0 <= n <= self._n
         self._n = n
+        self.n_prompt_rows = min(self.n_prompt_rows, n)
 
     def shift(self, n_keep: int, n_discard: int) -> None:
         assert n_keep + n_discard <= self._n
         self.shifts.append((n_keep, n_discard))
         self._n -= n_discard
+        self.n_prompt_rows = min(self.n_prompt_rows, n_keep)
 
 
 class ScriptedModel:
@@ -53,9 +56,16 @@ class ScriptedModel:
         return ScriptedCache(num_ctx)
 
     def eval(
-        self, tokens: Sequence[int], cache: ScriptedCache, num_batch: int, last_only: bool = False
+        self,
+        tokens: Sequence[int],
+        cache: ScriptedCache,
+        num_batch: int,
+        last_only: bool = False,
+        generated: bool = False,
     ) -> npt.NDArray[np.float32]:
         assert cache.n_past + len(tokens) <= cache.num_ctx
+        if not generated and cache.n_prompt_rows == cache.n_past:
+            cache.n_prompt_rows += len(tokens)
         cache._n += len(tokens)
         logits = self.rng.standard_normal((len(tokens), self.tokenizer.n_vocab)).astype(np.float32)
         logits[-1, self.script[len(self.calls) % len(self.script)]] = self.peak
@@ -187,6 +197,18 @@ def test_slot_reuses_the_common_prefix(tok: Tokenizer) -> None:
     assert m.calls[-1] == [12]  # fully cached: the last token is evaluated again
 
 
+def test_slot_reuses_prompt_rows_only(tok: Tokenizer) -> None:
+    # Sampled tokens' rows come from another kernel than prompt rows (engine/model.py), so a
+    # follow-up prompt that repeats them evaluates them again as prompt rows.
+    m = ScriptedModel(tok, [20, 21, EOS])
+    slot = Slot.new(m, 32)
+    steps = run(m, [7, 8, 9], dataclass_replace(GREEDY, num_ctx=32), slot=slot)
+    assert [s.token for s in steps] == [20, 21, EOS]
+    assert slot.tokens == [7, 8, 9, 20, 21] and slot.cache.n_prompt_rows == 3
+    run(m, [7, 8, 9, 20, 21, 5], dataclass_replace(GREEDY, num_ctx=32), slot=slot)
+    assert m.calls[-3] == [20, 21, 5]
+
+
 def test_logprobs_and_trace(tok: Tokenizer) -> None:
     script = tok.encode("one two", add_special=False)
     opts = Options(num_predict=2, seed=3)
@@ -244,8 +266,8 @@ class Recorder:  # hashes every logits array the loop sees
     def new_cache(self, n):
         return model.new_cache(n)
 
-    def eval(self, tokens, cache, num_batch, last_only=False):
-        x = model.eval(tokens, cache, num_batch, last_only=last_only)
+    def eval(self, tokens, cache, num_batch, last_only=False, generated=False):
+        x = model.eval(tokens, cache, num_batch, last_only=last_only, generated=generated)
         self.sha.update(x.tobytes())
         return x
 
