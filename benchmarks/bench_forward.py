@@ -5,13 +5,13 @@
     python benchmarks/bench_forward.py --smoke         # tiny model, a few tokens (CI)
 
 Each engine runs in its own subprocess (so peak RSS is its own); llama.cpp gets n_threads =
---threads and refllama OPENBLAS_NUM_THREADS = --blas-threads (default: --threads). refllama makes
-many small BLAS calls (one gemv per row), so on a machine whose other cores are busy, OpenBLAS's
-thread hand-off per call dominates: compare --blas-threads 1.
+--threads and refllama OPENBLAS_NUM_THREADS = --blas-threads (default: --threads). refllama's decode
+makes many small BLAS calls (one gemv per matrix and token), so on a machine whose other cores are
+busy, OpenBLAS's thread hand-off per call dominates: compare --blas-threads 1.
 
 Measured: load time; prefill tokens/s over a --prompt-tokens random prompt (logits of the last
 position only, as llama.cpp computes them); decode tokens/s over --decode-tokens greedy one-token
-steps; peak RSS. Each timing is repeated --repeat times after one warm-up; the table shows the
+steps (refllama: `generated=True`, as the server's decode loop); peak RSS. Each timing is repeated --repeat times after one warm-up; the table shows the
 median and the best.
 """
 
