@@ -284,8 +284,8 @@ def _agreement(model: Model, name: str) -> tuple[float, float, int, int]:
 # Re-quantizing activations before every matmul makes last-bit differences grow into visible
 # logit differences, so no engine that computes each row one way is held to more here (bit-exact
 # agreement in one regime is engine/exact.py's job, tests/engine/test_exact.py). Measured for
-# this engine (default numerics): SmolLM2 top-1 97.4%, mean KL 2.6e-3, greedy 14/30; gemma3
-# 97.8%, 3.7e-3, 18/30. A wrong RoPE pairing or a missing norm drops top-1 far below these bounds.
+# this engine (default numerics): SmolLM2 top-1 97.1%, mean KL 2.7e-3, greedy 13/30; gemma3
+# 97.9%, 3.5e-3, 13/30. A wrong RoPE pairing or a missing norm drops top-1 far below these bounds.
 TOP1_MIN, KL_MAX, GREEDY_MIN_FRACTION = 0.965, 1e-2, 0.35
 
 
