@@ -6,7 +6,9 @@ which contracts scalar `a*b + c` into FMA) is done here in the same order with t
 rounding, so the logits agree bit for bit. Scope: the llama architecture with Q4_1 weight
 matrices, a Q8_0 token embedding (tied output or Q8_0 output), F32 norms, F16 KV cache, no
 flash attention, no RoPE scaling: SmolLM2-135M-Instruct Q4_1. Anything else raises
-UnsupportedArchitecture / UnsupportedQuantType naming what is missing.
+UnsupportedArchitecture / UnsupportedQuantType naming what is missing. gemma3 (Gemma 3 270M
+Q4_K_M: Q5_0, Q4_K, Q6_K kernels) is emulated in engine/exact_gemma3.py;
+`engine.exact_gemma3.load_exact(path)` returns the emulator for a GGUF's architecture.
 
 Kernels emulated (ggml/src/ggml-cpu, file: function):
 - get_rows Q8_0 (`dequantize_row_q8_0`): d * q, exact.
