@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from engine.errors import GrammarError
@@ -538,6 +538,7 @@ def _gbnf_grammars(draw: st.DrawFn) -> str:
 @pytest.mark.slow
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(grammar=_gbnf_grammars(), seed=st.integers(0, 2**32 - 1))
+@example(grammar='root ::= [\\n- ] "\\["\nr1 ::= "\\["\n', seed=687)  # "\x1d[" -> ids of "["
 def test_random_grammars_mask_like_llama_cpp(
     llama_vocab: _LlamaVocab, grammar: str, seed: int
 ) -> None:
@@ -546,6 +547,8 @@ def test_random_grammars_mask_like_llama_cpp(
     except GrammarError:
         sentence = ""
     ids = llama_vocab.tokenizer.encode(sentence, add_special=False, parse_special=False)
+    if llama_vocab.tokenizer.decode(ids) != sentence:  # BPE drops some control characters
+        ids = []
     _compare_with_llama_cpp(llama_vocab, grammar, ids[:24])
 
 
