@@ -1,7 +1,7 @@
 """Tests for engine/exact_gemma3.py: the gemma3 kernels on hand-derived cases, and
 bit-exactness against llama.cpp's token-by-token logits on Gemma 3 270M Q4_K_M.
 
-Golden data: tests/golden/forward_gemma3_tokenwise.json (tests/golden/make_exact_gemma3_golden.py),
+Golden data: tests/golden/forward_gemma3_tokenwise.json (tests/golden/make_exact_golden.py),
 llama.cpp evaluating every token alone. The emulation is bit-exact there, so the check is strict:
 at every position of prompt + continuation[:-1] our top-20 ids and our logits rounded to 4
 decimals equal the golden ones, hence top-1 100%, KL 0 and identical greedy continuations.

@@ -88,10 +88,12 @@ def _top(row: np.ndarray) -> tuple[list[int], list[float]]:
     return [int(i) for i in ids], [round(float(row[i]), 4) for i in ids]
 
 
-def run_case(llm: llama_cpp.Llama, text: str, continuation: int) -> dict:
+def run_case(llm: llama_cpp.Llama, text: str, continuation: int, tokenwise: bool = False) -> dict:
+    """One golden case; `tokenwise` evaluates the prompt one token at a time too."""
     llm.reset()
     prompt = llm.tokenize(text.encode("utf-8"), add_bos=True, special=True)
-    llm.eval(prompt)
+    for batch in [[t] for t in prompt] if tokenwise else [prompt]:
+        llm.eval(batch)
     rows = [np.array(llm.scores[i], dtype=np.float32) for i in range(len(prompt))]
     cont: list[int] = []
     for step in range(continuation):
