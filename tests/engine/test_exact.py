@@ -22,6 +22,7 @@ import pytest
 from engine import exact
 from engine.errors import UnsupportedArchitecture, UnsupportedQuantType
 from engine.exact import ExactModel
+from engine.exact_gemma3 import Gemma3ExactModel
 from tests.conftest import needs_oracle
 from tests.tiny_model import write_tiny_model
 
@@ -207,26 +208,28 @@ def test_matches_llama_cpp_tokenwise_golden(smollm2_exact: ExactModel, index: in
 @needs_oracle
 @pytest.mark.slow
 def test_bit_identical_to_live_llama_cpp(smollm2_path: Path, smollm2_exact: ExactModel) -> None:
+    assert_bit_identical_to_live(smollm2_path, smollm2_exact, b"Water is made of hydrogen and", 3)
+
+
+def assert_bit_identical_to_live(
+    path: Path, model: ExactModel | Gemma3ExactModel, text: bytes, greedy_steps: int
+) -> None:
+    """Whole logit vectors equal a live llama.cpp's over `text`, then `greedy_steps` steps."""
     import llama_cpp
 
     # One thread: every kernel here computes a row independently of the thread split (the
     # 2-thread golden agrees bit for bit too), and 2 spinning threads on a loaded 2-core machine
     # make llama.cpp ~100x slower.
     llm = llama_cpp.Llama(
-        str(smollm2_path),
-        n_ctx=512,
-        n_threads=1,
-        n_threads_batch=1,
-        logits_all=True,
-        verbose=False,
+        str(path), n_ctx=512, n_threads=1, n_threads_batch=1, logits_all=True, verbose=False
     )
-    seq = llm.tokenize(b"Water is made of hydrogen and", add_bos=True, special=True)
+    seq = llm.tokenize(text, add_bos=True, special=True)
     n_prompt = len(seq)
-    smollm2_exact.reset()
-    for i in range(n_prompt + 3):  # the prompt, then 3 greedy steps
+    model.reset()
+    for i in range(n_prompt + greedy_steps):
         llm.eval([seq[i]])
         ref = np.array(llm.scores[i], dtype=np.float32)
-        ours = smollm2_exact.step(seq[i])
+        ours = model.step(seq[i])
         assert np.array_equal(ours, ref), f"logits differ at position {i}"
         if i >= n_prompt - 1:
             seq.append(int(np.argmax(ours)))

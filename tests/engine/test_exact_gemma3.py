@@ -28,6 +28,7 @@ from engine.exact_gemma3 import Gemma3ExactModel, load_exact
 from engine.quants import dequantize
 from tests.agreement import compare, summarize
 from tests.conftest import needs_oracle
+from tests.engine.test_exact import assert_bit_identical_to_live
 from tests.tiny_model import write_tiny_model
 
 GOLDEN = Path(__file__).resolve().parents[1] / "golden" / "forward_gemma3_tokenwise.json"
@@ -193,23 +194,4 @@ def test_gelu_table_equals_the_librarys() -> None:
 @needs_oracle
 @pytest.mark.slow
 def test_bit_identical_to_live_llama_cpp(gemma3_path: Path, gemma3_exact: Gemma3ExactModel) -> None:
-    import llama_cpp
-
-    llm = llama_cpp.Llama(
-        str(gemma3_path),
-        n_ctx=512,
-        n_threads=1,  # same bits as the golden's 2 threads, without spinning on a busy machine
-        n_threads_batch=1,
-        logits_all=True,
-        verbose=False,
-    )
-    seq = llm.tokenize(b"Water is made of hydrogen and", add_bos=True, special=True)
-    n_prompt = len(seq)
-    gemma3_exact.reset()
-    for i in range(n_prompt + 4):  # the prompt, then 4 greedy steps
-        llm.eval([seq[i]])
-        ref = np.array(llm.scores[i], dtype=np.float32)
-        ours = gemma3_exact.step(seq[i])
-        assert np.array_equal(ours, ref), f"logits differ at position {i}"
-        if i >= n_prompt - 1:
-            seq.append(int(np.argmax(ours)))
+    assert_bit_identical_to_live(gemma3_path, gemma3_exact, b"Water is made of hydrogen and", 4)
