@@ -49,7 +49,7 @@ def _measure(engine: str, model: str, prompt_tokens: int, decode_tokens: int, re
             return cache, int(m.eval(ids, cache, last_only=True)[0].argmax())
 
         def step(state: object, tok: int) -> int:
-            return int(m.eval([tok], state, generated=True)[0].argmax())  # type: ignore[arg-type]
+            return int(m.eval([tok], state)[0].argmax())  # type: ignore[arg-type]
     else:
         import llama_cpp
 

@@ -26,7 +26,7 @@ from engine.tokenizer import Tokenizer
 
 class KVCache(Protocol):
     n_past: int
-    n_prompt_rows: int  # leading positions computed as prompt rows (reusable across requests)
+    n_fresh: int  # leading positions not moved by a context shift (reusable across requests)
 
     def truncate(self, n: int) -> None: ...
 
@@ -44,7 +44,6 @@ class Model(Protocol):
         cache: KVCache,
         num_batch: int,
         last_only: bool = False,
-        generated: bool = False,
     ) -> npt.NDArray[np.float32]: ...  # (T, V), or (1, V) with last_only
 
 
@@ -139,9 +138,9 @@ def _prefill(
             break
         common += 1
     common = min(common, len(prompt) - 1)  # the last prompt token is re-evaluated for logits
-    # Reuse only rows a fresh prefill would compute bit for bit: not sampled tokens' rows (gemv,
-    # engine/model.py) nor keys moved by a context shift, so the output never depends on history.
-    common = min(common, slot.cache.n_prompt_rows)
+    # Reuse only rows a fresh prefill would compute bit for bit: every row is computed the same
+    # way however it was batched (engine/model.py), but keys moved by a context shift are not.
+    common = min(common, slot.cache.n_fresh)
     slot.cache.truncate(common)
     slot.tokens = prompt[:common]
     logits = model.eval(prompt[common:], slot.cache, num_batch, last_only=True)
@@ -243,6 +242,6 @@ def generate(
             n_keep, n_discard = shift_amounts(slot.cache.n_past, len(prompt), opts, tok.add_bos)
             slot.cache.shift(n_keep, n_discard)
             del slot.tokens[n_keep : n_keep + n_discard]
-        logits = model.eval([token], slot.cache, opts.num_batch, last_only=True, generated=True)
+        logits = model.eval([token], slot.cache, opts.num_batch, last_only=True)
         logits = logits[-1]
         slot.tokens.append(token)

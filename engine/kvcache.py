@@ -4,9 +4,9 @@ Keys are stored after RoPE, values as computed, in float32 arrays; with `f16` (l
 default F16 cache, see engine/numerics.py) the model stores F16-rounded values, and shift()
 rounds re-rotated keys again, as llama.cpp writes them back into its F16 cache. Cache index ==
 position: position p of the sequence lives at index p of every layer. The capacity is `num_ctx`
-rounded up to whole `KEY_BLOCK`s because attention works on fixed-size key blocks (see
-engine/model.py); slots at or past `n_past` are never read unmasked. This is the only mutable
-object in the forward pass.
+rounded up to whole `KEY_BLOCK`s because attention sums its softmax denominator in fixed-size
+key blocks (engine/attention.py); slots at or past `n_past` are never read unmasked. This is the
+only mutable object in the forward pass.
 """
 
 from __future__ import annotations
@@ -45,9 +45,10 @@ class KVCache:
         self.k = np.zeros((n_layer, n_head_kv, capacity, head_dim_k), np.float32)  # (L,Hkv,S,Dh)
         self.v = np.zeros((n_layer, n_head_kv, capacity, head_dim_v), np.float32)  # (L,Hkv,S,Dv)
         self.tokens: list[int] = []  # the token at each cached position
-        # Positions 0 .. n_prompt_rows-1 were computed as prompt rows and have not moved, so they
-        # hold exactly what a fresh prefill of those tokens computes (engine/model.py).
-        self.n_prompt_rows = 0
+        # Positions 0 .. n_fresh-1 have not moved since they were computed, so they hold exactly
+        # what a fresh evaluation of those tokens computes (rows do not depend on how they were
+        # batched, engine/model.py); positions moved by shift() hold re-rotated keys.
+        self.n_fresh = 0
 
     @property
     def n_past(self) -> int:
@@ -62,14 +63,14 @@ class KVCache:
         if not 0 <= n <= self.n_past:
             raise ValueError(f"truncate({n}): expected 0 <= n <= n_past = {self.n_past}")
         del self.tokens[n:]
-        self.n_prompt_rows = min(self.n_prompt_rows, n)
+        self.n_fresh = min(self.n_fresh, n)
 
-    def append(self, tokens: Iterable[int | np.integer], generated: bool) -> None:
+    def append(self, tokens: Iterable[int | np.integer]) -> None:
         """Record the tokens whose keys and values the model has just written."""
-        prompt_prefix = not generated and self.n_prompt_rows == self.n_past
+        fresh_prefix = self.n_fresh == self.n_past
         self.tokens.extend(int(t) for t in tokens)
-        if prompt_prefix:
-            self.n_prompt_rows = self.n_past
+        if fresh_prefix:
+            self.n_fresh = self.n_past
 
     def shift(self, n_keep: int, n_discard: int) -> None:
         """llama-server's context shift: drop positions [n_keep, n_keep + n_discard).
@@ -100,7 +101,7 @@ class KVCache:
                 rotated = round_f16(rotated)
             self.k[layer, :, dst : dst + n_moved] = rotated
         del self.tokens[n_keep : n_keep + n_discard]
-        self.n_prompt_rows = min(self.n_prompt_rows, n_keep)  # moved keys were re-rotated
+        self.n_fresh = min(self.n_fresh, n_keep)  # moved keys were re-rotated
 
     def reserve(self, n_new: int) -> None:
         """Raise ContextOverflow unless `n_new` more positions fit."""

@@ -5,6 +5,10 @@ linear `freq_scale`, optional per-pair frequency factors (`rope_freqs.weight`, L
 YaRN ramp, and which dims form a pair: adjacent `(x[2k], x[2k+1])` ("normal", llama) or half split
 `(x[k], x[k + n_rot/2])` ("neox", qwen2/qwen3/gemma3). Angles and their cos/sin are computed in
 float64 and rounded once to float32 (ggml multiplies in float32, which differs in the last bits).
+They are the same bits on every machine: the frequencies base**(-2k/n) come from Python's decimal
+module (NumPy's float64 power differs between its AVX512 and AVX2 paths), the angles from IEEE
+products, and a cos/sin whose float64 value lies within 2**-40 (relative) of a float32 rounding
+midpoint, where libm's last bit could decide, is rounded from a 40-digit decimal evaluation.
 The model uses it on fresh q/k; the KV cache uses it to re-rotate cached keys on a context shift.
 """
 
@@ -12,6 +16,8 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from decimal import Decimal, localcontext
+from functools import cache
 
 import numpy as np
 import numpy.typing as npt
@@ -50,7 +56,8 @@ class Rope:
     ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
         """cos and sin of every pair's angle at `positions` (P,): two (P, n_rot/2) arrays."""
         k = np.arange(self.n_rot // 2, dtype=np.float64)  # pair index
-        theta_extrap = positions.astype(np.float64)[:, None] * self.base ** (-2.0 * k / self.n_rot)
+        freqs = np.array(_inverse_frequencies(self.base, self.n_rot))  # (n_rot/2,)
+        theta_extrap = positions.astype(np.float64)[:, None] * freqs
         if self.factors is not None:
             theta_extrap = theta_extrap / np.asarray(self.factors, dtype=np.float64)
         theta = self.freq_scale * theta_extrap
@@ -60,9 +67,7 @@ class Rope:
             ramp = 1.0 - np.clip((k - low) / max(0.001, high - low), 0.0, 1.0)  # (n_rot/2,)
             theta = theta * (1.0 - ramp) + theta_extrap * ramp
             mscale *= 1.0 + 0.1 * math.log(1.0 / self.freq_scale)
-        cos = (np.cos(theta) * mscale).astype(np.float32)
-        sin = (np.sin(theta) * mscale).astype(np.float32)
-        return cos, sin
+        return _round_trig(theta, mscale, cos=True), _round_trig(theta, mscale, cos=False)
 
     def apply(
         self,
@@ -82,3 +87,50 @@ class Rope:
             out[..., 0 : self.n_rot : 2] = x0 * cos - x1 * sin
             out[..., 1 : self.n_rot : 2] = x0 * sin + x1 * cos
         return out
+
+
+@cache
+def _inverse_frequencies(base: float, n_rot: int) -> tuple[float, ...]:
+    """base ** (-2k / n_rot) for each pair k, correctly rounded to float64 (decimal, 40 digits)."""
+    with localcontext() as ctx:
+        ctx.prec = 40
+        b = Decimal(base)
+        return tuple(float(b ** (Decimal(-2 * k) / Decimal(n_rot))) for k in range(n_rot // 2))
+
+
+_PI_40 = Decimal("3.141592653589793238462643383279502884197")
+_NEAR_MIDPOINT = 2.0**-40  # relative distance below which libm's last bit could matter
+
+
+def _round_trig(
+    theta: npt.NDArray[np.float64], mscale: float, cos: bool
+) -> npt.NDArray[np.float32]:
+    """float32 of cos/sin(theta) * mscale, with near-midpoint values decided in decimal."""
+    v = (np.cos(theta) if cos else np.sin(theta)) * mscale
+    f = v.astype(np.float32)
+    lo = np.where(f.astype(np.float64) <= v, f, np.nextafter(f, np.float32(-np.inf)))
+    mid = (lo.astype(np.float64) + np.nextafter(lo, np.float32(np.inf)).astype(np.float64)) / 2
+    near = np.abs(v - mid) <= np.abs(v) * _NEAR_MIDPOINT
+    for idx in zip(*np.nonzero(near), strict=True):
+        exact = _decimal_trig(float(theta[idx]), cos) * Decimal(mscale)
+        f[idx] = lo[idx] if exact < Decimal(float(mid[idx])) else np.nextafter(lo[idx], np.inf)
+    return f
+
+
+def _decimal_trig(x: float, cos: bool) -> Decimal:
+    """cos or sin of the float64 `x` to ~35 digits: reduce by 2*pi, then the Taylor series."""
+    with localcontext() as ctx:
+        ctx.prec = 45
+        t = Decimal(x)
+        t -= (t / (2 * _PI_40)).to_integral_value() * 2 * _PI_40
+        term = Decimal(1) if cos else t
+        total, k = term, 1 if cos else 2
+        while abs(term) > Decimal(10) ** -42:
+            term = (
+                -term * t * t / ((2 * k - 1) * (2 * k))
+                if cos
+                else -term * t * t / ((2 * k - 2) * (2 * k - 1))
+            )
+            total += term
+            k += 1
+        return +total

@@ -156,21 +156,20 @@ def test_shift_matches_llama_cpp_k_shift(tiny_path: Path, tiny: Model) -> None:
     assert np.abs(tiny.eval([nxt], cache)[0] - ref).max() > 0.1
 
 
-def test_prompt_rows_are_tracked_through_generation_truncate_and_shift(tiny: Model) -> None:
+def test_fresh_rows_are_tracked_through_truncate_and_shift(tiny: Model) -> None:
     cache = tiny.new_cache(64)
     tiny.eval(PROMPT, cache)
-    assert cache.n_prompt_rows == 20
-    step = tiny.eval([5], cache, generated=True)[0]
-    assert cache.n_past == 21 and cache.n_prompt_rows == 20
-    tiny.eval([6, 7], cache)  # prompt rows after a sampled one: not a fresh prefill's prefix
-    assert cache.n_prompt_rows == 20
+    assert cache.n_fresh == 20
+    step = tiny.eval([5], cache)[0]
+    assert cache.n_past == 21 and cache.n_fresh == 21
     cache.truncate(12)
-    assert cache.n_prompt_rows == 12
+    assert cache.n_fresh == 12
     tiny.eval(PROMPT[12:], cache)
-    assert cache.n_prompt_rows == 20
+    assert cache.n_fresh == 20
     cache.shift(4, 6)
-    assert cache.n_prompt_rows == 4
-    # both row kinds compute the same function, up to summation order
+    assert cache.n_fresh == 4
+    tiny.eval([6, 7], cache)  # rows after re-rotated keys: not a fresh evaluation's prefix
+    assert cache.n_fresh == 4
+    # a row computed one token at a time equals the same row computed inside a prefill
     fresh = tiny.new_cache(64)
-    as_prompt = tiny.eval([*PROMPT, 5], fresh)[-1]
-    assert np.abs(as_prompt - step).max() < 1e-2
+    np.testing.assert_array_equal(tiny.eval([*PROMPT, 5], fresh)[-1], step)

@@ -1,0 +1,339 @@
+"""Matrix products whose every bit is fixed by this code, whatever BLAS kernel, thread count or CPU.
+
+A float sum depends on its order, and BLAS picks the order at run time (by kernel, shape and
+thread count: the same row gave other bits with OPENBLAS_CORETYPE=Haswell vs Sandybridge, or 1 vs
+2 threads). So BLAS is only ever asked for sums that have one possible value:
+
+* Quantized weights (`QuantMatrix`), as llama.cpp computes them: the activation row is rounded to
+  the weight type's Q8 type (engine/numerics.py), so both sides are small integers times per-block
+  scales. BLAS computes each block's integer dot product, Σ q_act * q_w over B elements, in
+  float32. Every product and every partial sum is an integer below 2**24 (the bound is checked per
+  type in `_PLANES`), so each is exact and the block sums are the same in any order, on any
+  kernel. The scales are then applied and the blocks added by NumPy elementwise operations in an
+  order this module fixes (`tree_sum`), each correctly rounded IEEE float32: d_w * S, times d_act,
+  plus Q4_1/Q5_1's min term m_w * s_act, then the blocks pairwise, as llama.cpp's per-block
+  `sumf += d_w*d_a*sumi + m_w*s_a` does in its own (ISA-dependent) order.
+* Float weights and attention (`rounded_matmul`): the result is defined as the float32 rounding of
+  the exactly rounded float64 value of the dot product. Products of two float32 values are exact
+  in float64; BLAS's float64 sum is within n * 2**-53 * |a| * |b| (Cauchy-Schwarz) of the exact
+  sum in any order, so where the whole interval rounds to one float32 that value is the answer,
+  and the rare element whose interval straddles a float32 rounding boundary is recomputed
+  exactly (`math.fsum`). The answer never depends on how the sum was ordered.
+
+Elementwise NumPy arithmetic (+, -, *, /, sqrt, rint, comparisons, casts) is IEEE correctly rounded
+and so identical under every SIMD dispatch; NumPy's transcendental functions are not (its float64
+exp/log/pow differ between its AVX512 and AVX2 paths, float32 exp/tanh between AVX2 and
+baseline), so the forward pass computes exp with `exp_f32` below.
+
+Rows are independent: a row's result never depends on the other rows of the call, so prompt
+chunking, batching several sequences and prefill vs one-token decode give the same bits.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+from gguf import GGMLQuantizationType as GGMLType
+
+from engine.errors import UnsupportedQuantType
+from engine.numerics import Rounding, round_activations, round_f16, vec_dot_rounding
+from engine.quants import TYPE_SIZES, dequantize
+
+F32 = np.float32
+F64 = np.float64
+Array = npt.NDArray[np.float32]
+Array64 = npt.NDArray[np.float64]
+
+# Elements of the (blocks, rows, N) block-sum array per call: keeps it within the CPU caches.
+CHUNK_ELEMENTS = 1 << 20
+_U = 2.0**-53  # float64 unit roundoff
+
+
+@dataclass(frozen=True)
+class _Planes:
+    """How a quant type splits into integers and scales (byte offsets within one block)."""
+
+    d_at: int  # the block scale d (f16, or f32 for Q8_K)
+    sum_block: int  # elements per exact integer block sum (see the bound in _PLANES)
+    d_f32: bool = False
+    add_min_at: int | None = None  # Q4_1/Q5_1: f16 m, y = d*q + m (times Q8_1's s)
+    dmin_at: int | None = None  # K-quants: f16 dmin, y = d*sc*q - dmin*mn per sub-block
+    min_group: int = 0  # elements per K-quant min sub-block
+
+
+# sum_block bounds: |q_act| <= 127, so a block sum of B products stays below B * 127 * max|q_w|,
+# with q_w the integer weight after folding the sub-block scales in:
+#   32-element types: |q| <= 128 (Q8_0), 127 (IQ4_NL), 31 (Q5_1)  -> 32 * 127 * 128 = 520,192
+#   Q4_K: sc*q <= 63*15 = 945, B = 128 -> 15,361,920;  Q5_K: 63*31 = 1953, B = 64 -> 15,874,...
+#   Q6_K: |sc*q| <= 128*32 = 4096, B = 32 -> 16,646,144;  IQ4_XS: 32*127 = 4064, B = 32
+#   Q3_K: |sc*q| <= 32*4 = 128, Q2_K: 15*3, Q8_K: 128, B = 256 -> at most 4,161,536
+# all below 2**24 = 16,777,216.
+_PLANES: dict[GGMLType, _Planes] = {
+    GGMLType.Q4_0: _Planes(d_at=0, sum_block=32),
+    GGMLType.Q4_1: _Planes(d_at=0, sum_block=32, add_min_at=2),
+    GGMLType.Q5_0: _Planes(d_at=0, sum_block=32),
+    GGMLType.Q5_1: _Planes(d_at=0, sum_block=32, add_min_at=2),
+    GGMLType.Q8_0: _Planes(d_at=0, sum_block=32),
+    GGMLType.IQ4_NL: _Planes(d_at=0, sum_block=32),
+    GGMLType.IQ4_XS: _Planes(d_at=0, sum_block=32),
+    GGMLType.Q2_K: _Planes(d_at=80, sum_block=256, dmin_at=82, min_group=16),
+    GGMLType.Q3_K: _Planes(d_at=108, sum_block=256),
+    GGMLType.Q4_K: _Planes(d_at=0, sum_block=128, dmin_at=2, min_group=32),
+    GGMLType.Q5_K: _Planes(d_at=0, sum_block=64, dmin_at=2, min_group=32),
+    GGMLType.Q6_K: _Planes(d_at=208, sum_block=32),
+    GGMLType.Q8_K: _Planes(d_at=0, sum_block=256, d_f32=True),
+}
+_FLOAT_TYPES = {GGMLType.F32, GGMLType.F16, GGMLType.BF16, GGMLType.F64}
+_F16_ONE = np.array([1.0], "<f2").view(np.uint8)
+_F32_ONE = np.array([1.0], "<f4").view(np.uint8)
+
+
+@dataclass(frozen=True)
+class QuantMatrix:
+    """A (K, N) quantized weight: W[b*B + i, n] = d[b, n] * q[b, n, i] (+ the min terms).
+
+    Blocks are stored (nb, N, B), each output's B integers contiguous: one (N, B) @ (B, T)
+    product per block reads the weights in order, for one row (decode) as for many.
+    """
+
+    rounding: Rounding  # the activation rounding llama.cpp pairs with this type
+    q: Array  # (nb, N, B) integers, sub-block scales folded in
+    d: Array  # (nb, N) block scales
+    add_min: Array | None  # (K/32, N) Q4_1/Q5_1 block mins m
+    min_q: Array | None  # (K/256, N, 256/G) K-quant integer sub-block mins mn
+    dmin: Array | None  # (K/256, N)
+
+
+@dataclass(frozen=True)
+class FloatMatrix:
+    """A (K, N) float weight (F32/F16/BF16 values) held as float64 for `rounded_matmul`."""
+
+    rounding: Rounding
+    w: Array64  # (K, N)
+    col_norm: Array64  # (N,) Euclidean norm of each column
+
+
+Matrix = QuantMatrix | FloatMatrix
+
+
+def supported(ggml_type: GGMLType) -> bool:
+    return ggml_type in _PLANES or ggml_type in _FLOAT_TYPES
+
+
+def _f16_field(blocks: npt.NDArray[np.uint8], at: int) -> Array:
+    return blocks[:, at : at + 2].copy().view("<f2")[:, 0].astype(F32)
+
+
+def _with_fields(
+    blocks: npt.NDArray[np.uint8], fields: dict[int, npt.NDArray[np.uint8]]
+) -> npt.NDArray[np.uint8]:
+    out = blocks.copy()
+    for at, value in fields.items():
+        out[:, at : at + len(value)] = value
+    return out
+
+
+def matrix_from_gguf(raws: list[tuple[npt.NDArray[np.uint8], GGMLType, tuple[int, int]]]) -> Matrix:
+    """Stack GGUF (out, in) tensors of one type along `out` into a (in, sum of outs) Matrix.
+
+    Integers come from the library's own dequantizer run on a copy of the blocks whose scales
+    are set to 1 (and mins to 0): every value it then produces is an exact small integer.
+    """
+    types = {t for _, t, _ in raws}
+    if len(types) != 1:
+        raise ValueError(f"one weight type per matrix, got {sorted(t.name for t in types)}")
+    (ggml_type,) = types
+    if ggml_type in _FLOAT_TYPES:
+        w = np.concatenate([dequantize(r, t, s) for r, t, s in raws]).T.astype(F64)  # (K, N)
+        return FloatMatrix(vec_dot_rounding(ggml_type), np.ascontiguousarray(w), _col_norm(w))
+    planes = _PLANES.get(ggml_type)
+    if planes is None:
+        raise UnsupportedQuantType(ggml_type.name)
+    ints, scales, add_mins, min_ints, dmins = [], [], [], [], []
+    for raw, _, shape in raws:
+        n_out, k = shape
+        block, size = TYPE_SIZES[ggml_type]
+        blocks = raw.reshape(-1, size)
+        one = _F32_ONE if planes.d_f32 else _F16_ONE
+        unit = {planes.d_at: one}
+        if planes.add_min_at is not None:
+            unit[planes.add_min_at] = np.zeros(2, np.uint8)
+        if planes.dmin_at is not None:
+            unit[planes.dmin_at] = np.zeros(2, np.uint8)
+        ints.append(dequantize(_with_fields(blocks, unit).reshape(-1), ggml_type, shape))
+        if planes.d_f32:
+            d = blocks[:, planes.d_at : planes.d_at + 4].copy().view("<f4")[:, 0]
+        else:
+            d = _f16_field(blocks, planes.d_at)
+        per = block // planes.sum_block  # exact-sum blocks per quant block
+        scales.append(np.repeat(d.reshape(n_out, k // block), per, axis=1))  # (out, nb)
+        if planes.add_min_at is not None:
+            add_mins.append(_f16_field(blocks, planes.add_min_at).reshape(n_out, k // 32))
+        if planes.dmin_at is not None:
+            zero_d = {planes.d_at: np.zeros(2, np.uint8), planes.dmin_at: _F16_ONE}
+            neg = dequantize(_with_fields(blocks, zero_d).reshape(-1), ggml_type, shape)
+            min_ints.append(-neg[:, :: planes.min_group])  # (out, K/G): y = -1 * mn there
+            dmins.append(_f16_field(blocks, planes.dmin_at).reshape(n_out, k // 256))
+    q = np.concatenate(ints)  # (N, K)
+    N, K = q.shape
+    B = planes.sum_block
+    add_min = None if not add_mins else np.ascontiguousarray(np.concatenate(add_mins).T)
+    min_q = dmin = None
+    if min_ints:
+        per_super = 256 // planes.min_group
+        mins = np.concatenate(min_ints).reshape(N, K // 256, per_super)
+        min_q = np.ascontiguousarray(mins.transpose(1, 0, 2))
+        dmin = np.ascontiguousarray(np.concatenate(dmins).T)
+    return QuantMatrix(
+        rounding=vec_dot_rounding(ggml_type),
+        q=np.ascontiguousarray(q.reshape(N, K // B, B).transpose(1, 0, 2)),
+        d=np.ascontiguousarray(np.concatenate(scales).T),
+        add_min=add_min,
+        min_q=min_q,
+        dmin=dmin,
+    )
+
+
+def _col_norm(w: Array64) -> Array64:
+    return np.sqrt(np.square(w).sum(axis=0))
+
+
+def tree_sum(z: Array) -> Array:
+    """Sum over axis 0 in a fixed pairwise order: z[i] + z[i + half], the odd one onto the last."""
+    while len(z) > 1:
+        half = len(z) // 2
+        head = z[:half] + z[half : 2 * half]
+        if len(z) % 2:
+            head[-1] += z[-1]
+        z = head
+    return z[0]
+
+
+@dataclass(frozen=True)
+class _Q8:
+    """Activation rows rounded to a Q8 type: integers and their per-block scales."""
+
+    q: Array  # (T, K) integers in [-127, 127]
+    d: Array  # (T, K / act_block) scales
+    act_block: int
+    s: Array | None = None  # Q8_1: (T, K/32) f16(d * sum q), for Q4_1/Q5_1's min term
+    bsum: Array | None = None  # Q8_K: (T, K/G) integer sums of q per min sub-block
+
+
+def _quantize_q8_block32(x: Array, with_s: bool) -> _Q8:
+    # ggml quantize_row_q8_0/q8_1 (x86): d = amax/127, q = rint(x * 127/amax), d stored as f16.
+    T, K = x.shape
+    b = x.reshape(T, K // 32, 32)
+    amax = np.abs(b).max(axis=-1, keepdims=True)  # (T, K/32, 1)
+    inv = np.divide(F32(127.0), amax, out=np.zeros_like(amax), where=amax > 0)
+    q = np.rint(b * inv)
+    d = amax / F32(127.0)
+    s = round_f16(d * q.sum(axis=-1, keepdims=True))[..., 0] if with_s else None
+    return _Q8(q.reshape(T, K), round_f16(d)[..., 0], 32, s=s)
+
+
+def _quantize_q8_k(x: Array, min_group: int) -> _Q8:
+    # ggml quantize_row_q8_K_ref: iscale = -127/max (max: the signed value of largest |x|).
+    T, K = x.shape
+    b = x.reshape(T, K // 256, 256)
+    idx = np.abs(b).argmax(axis=-1)[..., None]
+    vmax = np.take_along_axis(b, idx, axis=-1)  # (T, K/256, 1)
+    iscale = np.divide(F32(-127.0), vmax, out=np.zeros_like(vmax), where=vmax != 0)
+    d = np.divide(F32(1.0), iscale, out=np.zeros_like(vmax), where=vmax != 0)
+    q = np.minimum(np.rint(b * iscale), F32(127.0)).reshape(T, K)
+    bsum = q.reshape(T, K // min_group, min_group).sum(axis=-1) if min_group else None
+    return _Q8(q, d[..., 0], 256, bsum=bsum)
+
+
+def _quantize(x: Array, w: QuantMatrix) -> _Q8:
+    if w.rounding is Rounding.Q8_K:
+        group = 0 if w.min_q is None else 256 // w.min_q.shape[2]
+        return _quantize_q8_k(x, group)
+    return _quantize_q8_block32(x, with_s=w.add_min is not None)
+
+
+def quant_matmul(x: Array, w: QuantMatrix) -> Array:
+    """(T, K) float32 activations @ a quantized (K, N) weight -> (T, N), as described above."""
+    T, K = x.shape
+    nb, N, B = w.q.shape
+    a = _quantize(np.ascontiguousarray(x, dtype=F32), w)
+    per = a.act_block // B  # exact-sum blocks per activation scale
+    d_act = np.repeat(a.d, per, axis=1)  # (T, nb)
+    out = np.empty((T, N), F32)
+    step = max(1, CHUNK_ELEMENTS // (nb * N))
+    for t0 in range(0, T, step):
+        rows = slice(t0, min(T, t0 + step))
+        qa = np.ascontiguousarray(a.q[rows].reshape(-1, nb, B).transpose(1, 2, 0))  # (nb, B, t)
+        s = np.matmul(w.q, qa)  # (nb, N, t): exact integer block sums
+        s *= w.d[:, :, None]
+        s *= d_act[rows].T[:, None, :]
+        if w.add_min is not None and a.s is not None:
+            s += w.add_min[:, :, None] * a.s[rows].T[:, None, :]
+        y = tree_sum(s)  # (N, t)
+        if w.min_q is not None and w.dmin is not None and a.bsum is not None:
+            n_super, _, per_super = w.min_q.shape
+            bs = a.bsum[rows].reshape(-1, n_super, per_super).transpose(1, 2, 0)
+            m = np.matmul(w.min_q, np.ascontiguousarray(bs))  # (K/256, N, t): exact integers
+            m *= w.dmin[:, :, None]
+            m *= a.d[rows].T[:, None, :]
+            y = y - tree_sum(m)
+        out[rows] = y.T
+    return out
+
+
+def rounded_matmul(a: Array64, b: Array64, a_norm: Array64, b_norm: Array64) -> Array:
+    """float32 of the exactly rounded float64 (..., M, K) @ (..., K, N), for float32 inputs.
+
+    a_norm (..., M) and b_norm (..., N) bound the Euclidean norms of a's rows and b's columns.
+    See the module docstring for why the result does not depend on BLAS.
+    """
+    r = np.matmul(a, b)
+    K = a.shape[-1]
+    bound = (K * _U * (1.0 + 2.0**-20)) * (a_norm[..., :, None] * b_norm[..., None, :])
+    bound += np.abs(r) * 2.0**-50  # the interval must contain r's float64 neighbours
+    unsure = ((r - bound).astype(F32) != (r + bound).astype(F32)) & np.isfinite(r)
+    result = r.astype(F32)
+    for idx in zip(*np.nonzero(unsure), strict=True):
+        *batch, i, j = idx
+        row = a[(*batch, i)]
+        col = b[(*batch, slice(None), j)]
+        result[idx] = F32(math.fsum(row * col))
+    return result
+
+
+def _row_norm(x: Array64) -> Array64:
+    return np.sqrt(np.square(x).sum(axis=-1))
+
+
+def float_matmul(x: Array, w: FloatMatrix) -> Array:
+    """(T, K) @ a float (K, N) weight: activations rounded as llama.cpp (F16/BF16), then exact."""
+    x64 = round_activations(np.ascontiguousarray(x, dtype=F32), w.rounding).astype(F64)
+    return rounded_matmul(x64, w.w, _row_norm(x64), w.col_norm)
+
+
+def matmul(x: Array, w: Matrix) -> Array:
+    """(T, K) @ (K, N) -> (T, N) float32, the same bits on every machine."""
+    if isinstance(w, QuantMatrix):
+        return quant_matmul(x, w)
+    return float_matmul(x, w)
+
+
+def output_columns(w: Matrix, ids: npt.NDArray[np.int64]) -> Array:
+    """The weight's columns `ids` as float32 (K, len(ids)): a tied embedding's token rows."""
+    if isinstance(w, FloatMatrix):
+        return w.w[:, ids].astype(F32)
+    nb, _, B = w.q.shape
+    cols = w.q[:, ids, :] * w.d[:, ids, None]  # (nb, n, B): d * (sc*q), exact
+    if w.add_min is not None:  # only 32-element types have them: one per block
+        cols = cols + w.add_min[:, ids, None]
+    if w.min_q is not None and w.dmin is not None:
+        n_super, _, per_super = w.min_q.shape
+        mins = w.dmin[:, ids, None] * w.min_q[:, ids, :]  # (K/256, n, 256/G)
+        mins = np.repeat(mins, 256 // per_super, axis=2)  # (K/256, n, 256)
+        cols = cols - mins.reshape(n_super, -1, 256 // B, B).transpose(0, 2, 1, 3).reshape(
+            nb, -1, B
+        )
+    return cols.transpose(0, 2, 1).reshape(nb * B, -1).astype(F32)
