@@ -296,12 +296,31 @@ def rounded_matmul(a: Array64, b: Array64, a_norm: Array64, b_norm: Array64) -> 
     bound += np.abs(r) * 2.0**-50  # the interval must contain r's float64 neighbours
     unsure = ((r - bound).astype(F32) != (r + bound).astype(F32)) & np.isfinite(r)
     result = r.astype(F32)
-    for idx in zip(*np.nonzero(unsure), strict=True):
-        *batch, i, j = idx
-        row = a[(*batch, i)]
-        col = b[(*batch, slice(None), j)]
-        result[idx] = F32(math.fsum(row * col))
+    if unsure.any():
+        _settle(a, b, unsure, result)
     return result
+
+
+def _settle(a: Array64, b: Array64, unsure: npt.NDArray[np.bool_], result: Array) -> None:
+    """Write float32(fsum(a_i * b_j)) into `result` wherever `unsure`.
+
+    The products are summed again in x87 extended precision (64-bit significand, where NumPy
+    has it), which decides almost all of them; `math.fsum`, exact, decides the rest.
+    """
+    idx = np.nonzero(unsure)
+    rows = a[(*idx[:-1],)]  # (n, K)
+    cols = np.swapaxes(b, -1, -2)[(*idx[:-2], idx[-1])]  # (n, K)
+    ext = np.longdouble
+    prods = rows.astype(ext) * cols.astype(ext)  # exact: 48-bit products
+    total = prods.sum(axis=-1)
+    eps = ext(np.finfo(ext).eps)
+    bound = prods.shape[-1] * eps * np.abs(prods).sum(axis=-1) + np.abs(total) * 4 * eps
+    lo = (total - bound).astype(F64).astype(F32)
+    hi = (total + bound).astype(F64).astype(F32)
+    values = hi
+    for n in np.nonzero(lo != hi)[0]:
+        values[n] = F32(math.fsum(rows[n] * cols[n]))
+    result[idx] = values
 
 
 def _row_norm(x: Array64) -> Array64:

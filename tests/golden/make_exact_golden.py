@@ -18,8 +18,6 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-import llama_cpp
-
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
@@ -35,6 +33,7 @@ from tests.golden.make_forward_golden import (  # noqa: E402
     real_llm,
     run_case,
 )
+from tests.golden.oracle_build import oracle_build  # noqa: E402
 
 
 def make(name: str) -> None:
@@ -45,7 +44,7 @@ def make(name: str) -> None:
         "model": name,
         "file": MODELS[name].filename,
         "sha256": MODELS[name].sha256,
-        "llama_cpp_python": llama_cpp.__version__,
+        "oracle": oracle_build(),
         "n_threads": N_THREADS,
         "kv_cache": "f16 (default)",
         "regime": "every token evaluated alone (one-token decode steps)",

@@ -31,6 +31,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from engine.fetch import MODELS, model_path  # noqa: E402
+from tests.golden.oracle_build import oracle_build  # noqa: E402
 from tests.tiny_model import VARIANTS, write_tiny_model  # noqa: E402
 
 GOLDEN = Path(__file__).resolve().parent
@@ -140,7 +141,7 @@ def make_real(name: str) -> None:
         "model": name,
         "file": MODELS[name].filename,
         "sha256": MODELS[name].sha256,
-        "llama_cpp_python": llama_cpp.__version__,
+        "oracle": oracle_build(),
         "n_threads": N_THREADS,
         "kv_cache": "f16 (default)",
         "top_k": TOP_K,
@@ -171,7 +172,7 @@ def make_tiny() -> None:
             del llm
     header = {
         "models": "tests/tiny_model.py, seed 0",
-        "llama_cpp_python": llama_cpp.__version__,
+        "oracle": oracle_build(),
         "n_threads": N_THREADS,
         "kv_cache": "f32",
         "top_k": TOP_K,
