@@ -35,6 +35,9 @@ function showPiece(piece) {
 }
 
 const pct = (p) => (100 * p).toFixed(p >= 0.1 ? 1 : 2) + "%";
+// the server writes a masked (-inf) logit as -FLT_MAX, since JSON has no infinity
+const MASKED = -3.4e38;
+const logitText = (x) => (x <= MASKED ? "−∞" : x.toFixed(2));
 
 // --- the request -----------------------------------------------------------------------------
 
@@ -254,12 +257,18 @@ function stageCard(stage, i, prev, trace, run, group) {
     chart.append(barRow(c, before.get(c.id), true, c.id === pick.id ? pick.mark : ""));
   }
   const cut = (prev?.top ?? []).filter((c) => !survivors.has(c.id));
+  const removed = prev ? prev.size - stage.size : 0;
   if (cut.length > 0) {
     chart.append(el("div", { class: "cutline", role: "separator",
-      text: `cut line: ${prev.size - stage.size} removed below` }));
+      text: `cut line: ${removed} removed; those shown before this stage are below` }));
     for (const c of cut) chart.append(barRow(c, c.prob, false, ""));
-  } else if (prev && prev.size === stage.size) {
-    chart.append(el("p", { class: "note", text: "reweights only: nothing removed" }));
+  } else if (removed > 0) {
+    chart.append(el("div", { class: "cutline", role: "separator",
+      text: `cut line: ${removed} removed, all below the ${stage.top.length} shown` }));
+  } else if (prev) {
+    const reweights = stage.name === "temperature" || stage.name === "penalties";
+    chart.append(el("p", { class: "note",
+      text: reweights ? "nothing removed; logits rescaled" : "nothing removed" }));
   }
   card.append(chart);
   return card;
@@ -276,8 +285,8 @@ function barRow(c, prevProb, kept, mark) {
   }
   track.append(el("div", { class: "bar", style: `width:${100 * prob}%` }));
   row.append(el("code", { class: "piece", text: showPiece(c.piece) }), track,
-    el("span", { class: "num", text: kept ? pct(c.prob) : "cut" }),
-    el("span", { class: "num logit", text: c.logit.toFixed(2) }));
+    el("span", { class: "num", text: !kept ? "cut" : c.logit <= MASKED ? "masked" : pct(c.prob) }),
+    el("span", { class: "num logit", text: logitText(c.logit) }));
   return row;
 }
 
@@ -294,7 +303,7 @@ function distCard(trace, last) {
     let at = 0;
     last.top.forEach((c, i) => {
       strip.append(el("div", { class: `seg seg${i % 2}`, title: showPiece(c.piece),
-        style: `left:${100 * at}%;width:${100 * c.prob}%` }));
+        style: `left:${100 * at}%;width:${100 * c.prob}%` }, showPiece(c.piece)));
       at += c.prob;
     });
   }
@@ -316,8 +325,9 @@ function distCard(trace, last) {
 
 // --- actions ---------------------------------------------------------------------------------
 
-function status(text) {
+function status(text, tone = "") {
   $("#status").textContent = text;
+  $("#status").className = tone;
 }
 
 function tokenIds(run) {
@@ -333,16 +343,21 @@ async function runAll(requests) {
   selected = null;
   $("#inspector").replaceChildren(el("p", { class: "hint", text: "No token selected." }));
   const notes = [];
+  let tone = "";
   try {
     for (const request of requests) {
       status(`Generating ${request.set}…`);
       const run = await execute(request);
-      if (run.error) notes.push(`${request.set}: error: ${run.error}`);
+      if (run.error) {
+        notes.push(`${request.set}: error: ${run.error}`);
+        tone = "bad";
+      }
       else notes.push(`${request.set}: ${run.tokens.length} tokens`);
       if (previous) {
         const a = previous[request.set];
         const b = tokenIds(run);
         const same = a.length === b.length && a.every((t, i) => t === b[i]);
+        tone = same && tone !== "bad" ? "good" : "bad";
         notes.push(same ? `identical to the previous run (seed ${request.body.options.seed})`
           : "differs from the previous run" + (request.body.options.seed === undefined
             ? " (no seed set: each run draws a fresh one)" : ""));
@@ -353,10 +368,10 @@ async function runAll(requests) {
       notes.push(first < 0 ? "A and B chose the same tokens"
         : `A and B first diverge at token ${first + 1}`);
     }
-    status(notes.join("; "));
+    status(notes.join("; "), tone);
     if (runs[requests[0].set]?.tokens.length) select(requests[0].set, 0);
   } catch (e) {
-    status(`error: ${e.message}`);
+    status(`error: ${e.message}`, "bad");
   } finally {
     $("#generate").disabled = false;
     $("#rerun").disabled = false;
