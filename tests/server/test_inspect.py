@@ -256,6 +256,21 @@ def test_json_format_shows_the_grammar_resample(page: Any, http: httpx.Client) -
     shot(page, "02-grammar-resample.png")
 
 
+def test_errors_are_shown_and_the_page_keeps_working(page: Any, http: httpx.Client) -> None:
+    page.select_option("#model", "smollm2:latest")
+    set_options(page, "A", min_p="2")
+    assert "min_p" in generate(page)  # the server's 400 message, in the status line
+    assert page.get_attribute("#status", "class") == "bad"
+    answer = http.post("/api/generate", json={"model": "smollm2", "options": {"min_p": 2}})
+    assert answer.status_code == 400 and answer.json()["error"] in page.text_content("#status")
+    set_options(page, "A", min_p="", format="schema")
+    page.fill(".opts[data-set=A] [name=schema]", "{not json")
+    page.click("#generate")
+    assert "options A: the schema is not JSON" in page.text_content("#status")
+    set_options(page, "A", format="", num_predict="2")
+    assert "A: 2 tokens" in generate(page)
+
+
 def test_compare_highlights_divergence_and_rerun_is_identical(
     page: Any, http: httpx.Client
 ) -> None:
