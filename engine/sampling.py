@@ -205,11 +205,28 @@ def apply_dist(c: Candidates, u: float) -> tuple[Candidates, int]:
     if c.size == 1:
         return replace(c, p=np.ones(1, dtype=F32)), 0
     e = expf(c.logits - _max_logit(c))
-    run = np.cumsum(e.astype(np.float64))  # sequential, like the C loop
+    run = dist_running_sum(e)
     total = run[-1]
     hit = run >= total * u
     selected = int(np.argmax(hit)) if hit.any() else c.size - 1
     return replace(c, p=(e.astype(np.float64) / total).astype(F32)), selected
+
+
+def dist_running_sum(e: FloatArray) -> npt.NDArray[np.float64]:
+    """dist's running sum (n,) of the float32 weights e = expf(logit - max), in float64."""
+    return np.cumsum(e.astype(np.float64))  # sequential, like the C loop
+
+
+@_ieee
+def dist_interval(c: Candidates, index: int) -> tuple[float, float]:
+    """Where array entry `index` sits in dist's cumulative distribution: (start, end) in [0, 1].
+
+    dist picks the entry whose interval holds its uniform draw, so for the chosen entry
+    start < u <= end (array order, not probability order, unless `c.sorted`).
+    """
+    run = dist_running_sum(expf(c.logits - _max_logit(c)))
+    start = run[index - 1] / run[-1] if index > 0 else 0.0
+    return float(start), float(run[index] / run[-1])
 
 
 @_ieee
@@ -278,9 +295,11 @@ class SampleTrace:
     stages: tuple[StageTrace, ...]  # first run, then (after "grammar") the resample's stages
     draws: tuple[float, ...]  # one uniform double per chain run
     resampled: bool  # the constraint rejected the first pick
+    rejected: int | None  # that first pick, when resampled
     token: int
     prob: float  # dist's normalised probability of the chosen token
     final: Candidates  # the array dist picked from, with its normalised p
+    index: int  # the chosen token's position in `final`
 
 
 def _stage_trace(name: str, c: Candidates, n_top: int) -> StageTrace:
@@ -393,6 +412,7 @@ class Sampler:
         )
         token = int(c.ids[sel])
         resampled = self.constraint is not None and not self.constraint.accepts(token)
+        rejected = token if resampled else None
         if resampled:
             assert self.constraint is not None
             masked = apply_mask(Candidates.from_logits(logits), self.constraint.mask())
@@ -401,7 +421,9 @@ class Sampler:
             draws.append(self.rng.uniform_double())
             c, sel = run_chain(masked, self.opts, self._counts, draws[1], self.min_keep, stages, k)
             token = int(c.ids[sel])
-        return SampleTrace(tuple(stages or ()), tuple(draws), resampled, token, float(c.p[sel]), c)
+        return SampleTrace(
+            tuple(stages or ()), tuple(draws), resampled, rejected, token, float(c.p[sel]), c, sel
+        )
 
 
 # --- logprobs --------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ import logging
 import os
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -20,7 +21,8 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import PlainTextResponse, Response, StreamingResponse
-from starlette.routing import BaseRoute, Route
+from starlette.routing import BaseRoute, Mount, Route
+from starlette.staticfiles import StaticFiles
 from starlette.types import Receive, Scope, Send
 
 from engine import load
@@ -49,6 +51,8 @@ log = logging.getLogger(__name__)
 OLLAMA_VERSION = "0.12.6"
 # Go's maximum time.Duration: "forever" expires about 292 years from now (spec §3.2).
 _FOREVER_SECONDS = (2**63 - 1) / 1e9
+# The sampling inspector's static page (HTML, CSS, JS; no build step), served at /inspect/.
+INSPECTOR_DIR = Path(__file__).parent / "inspect"
 
 # --------------------------------------------------------------------------------------------
 # Errors: the one map (STYLE §2.7). Starlette walks each exception's MRO, so the most specific
@@ -337,6 +341,7 @@ def create_app(
         Route("/api/tokenize", ep.tokenize, methods=["POST"]),
         Route("/api/detokenize", ep.detokenize, methods=["POST"]),
         *model_routes(store, sched),
+        Mount("/inspect", StaticFiles(directory=INSPECTOR_DIR, html=True), name="inspect"),
     ]
 
     @contextlib.asynccontextmanager

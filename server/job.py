@@ -20,7 +20,7 @@ from engine.errors import EngineError
 from engine.generate import Step, generate
 from engine.grammar.constraint import GrammarConstraint, trie_for
 from engine.options import Options
-from engine.sampling import SampleTrace
+from engine.sampling import SampleTrace, dist_interval
 from engine.tools import ChatOutputParser, Delta, ToolCall
 from server.events import Metrics, chat_event, generate_event, logprob_entry
 from server.scheduler import Runner, Scheduler
@@ -307,18 +307,33 @@ def trace_json(trace: SampleTrace, piece: Callable[[int], bytes]) -> dict[str, A
 
     Per stage (in chain order, then "grammar" and the resample's stages if the grammar
     rejected the first pick): its name, how many candidates survive, and the first few of them
-    with logit and a float64 softmax over the survivors (display only).
+    with logit and a float64 softmax over the survivors (display only). `rejected` is that
+    first pick. `dist` places the chosen token in the array dist drew from: its index, its
+    rank by logit (1 = best), and its interval [start, end] of the cumulative distribution
+    (array order), which holds the last draw.
     """
 
     def text(t: int) -> str:
         return piece(t).decode("utf-8", errors="replace")
 
+    final = trace.final
+    start, end = dist_interval(final, trace.index)
+    rejected = trace.rejected
     return {
         "token": trace.token,
         "piece": text(trace.token),
         "prob": trace.prob,
         "draws": list(trace.draws),
         "resampled": trace.resampled,
+        "rejected": None if rejected is None else {"id": rejected, "piece": text(rejected)},
+        "dist": {
+            "size": final.size,
+            "sorted": final.sorted,
+            "index": trace.index,
+            "rank": 1 + int((final.logits > final.logits[trace.index]).sum()),
+            "start": start,
+            "end": end,
+        },
         "stages": [
             {
                 "name": s.name,

@@ -25,6 +25,7 @@ from engine.sampling import (
     apply_top_k,
     apply_top_p,
     apply_typical,
+    dist_interval,
     softmax,
     token_logprobs,
 )
@@ -240,6 +241,17 @@ def test_constraint_resample_draws_twice() -> None:
     tr = s.sample_traced(_SPEC_LOGITS)
     assert tr.resampled and len(tr.draws) == 2 and tr.token in (0, 6)
     assert "grammar" in [st.name for st in tr.stages]
+    assert tr.rejected is not None and not allowed[tr.rejected]
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_trace_places_the_draw_in_the_chosen_interval(seed: int) -> None:
+    for opts in (Options(seed=seed), Options(seed=seed, top_k=0, top_p=1.0, temperature=1.5)):
+        tr = Sampler(opts, 8).sample_traced(_SPEC_LOGITS)
+        start, end = dist_interval(tr.final, tr.index)
+        assert tr.final.ids[tr.index] == tr.token and tr.rejected is None
+        assert start < tr.draws[-1] <= end
+        assert end - start == pytest.approx(tr.prob, rel=1e-6)
 
 
 # --- sorting ---------------------------------------------------------------------------------
