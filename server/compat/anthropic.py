@@ -15,7 +15,7 @@ import json
 import secrets
 from typing import Any
 
-from server.compat.fields import Fields, decode_object, sse
+from server.compat.fields import Fields, decode_object, json_kind, sse
 from server.errors import InvalidRequest
 
 _ERROR_TYPES = {
@@ -79,14 +79,16 @@ def _message(msg: Any) -> list[dict[str, Any]]:
     """One Anthropic message as native messages: tool results become `tool` messages (before
     the user's text, after an assistant's), the rest one message with text, images, calls."""
     if not isinstance(msg, dict):
-        raise InvalidRequest("json: cannot unmarshal into Go value of type anthropic.MessageParam")
+        raise InvalidRequest(
+            f"json: cannot unmarshal {json_kind(msg)} into Go value of type anthropic.MessageParam"
+        )
     role = str(msg.get("role", "")).lower()
     content = msg.get("content")
     blocks = [{"type": "text", "text": content}] if isinstance(content, str) else content
     if not isinstance(blocks, list):
         raise InvalidRequest(
-            "json: cannot unmarshal into Go struct field MessageParam.content of type "
-            "[]anthropic.ContentBlock"
+            f"json: cannot unmarshal {json_kind(content)} into Go struct field "
+            "MessageParam.content of type []anthropic.ContentBlock"
         )
     text: list[str] = []
     images: list[str] = []
@@ -95,7 +97,10 @@ def _message(msg: Any) -> list[dict[str, Any]]:
     thinking = ""
     for block in blocks:
         if not isinstance(block, dict):
-            raise InvalidRequest("json: cannot unmarshal into Go value of type ContentBlock")
+            raise InvalidRequest(
+                f"json: cannot unmarshal {json_kind(block)} into Go value of type "
+                "anthropic.ContentBlock"
+            )
         kind = block.get("type")
         if kind == "text" and isinstance(block.get("text"), str):
             text.append(block["text"])
@@ -142,7 +147,9 @@ def _system(value: Any) -> list[dict[str, Any]]:
 
 def _tool(tool: Any) -> dict[str, Any]:
     if not isinstance(tool, dict):
-        raise InvalidRequest("json: cannot unmarshal into Go value of type anthropic.Tool")
+        raise InvalidRequest(
+            f"json: cannot unmarshal {json_kind(tool)} into Go value of type anthropic.Tool"
+        )
     schema = tool.get("input_schema")
     if schema is not None and not isinstance(schema, dict):
         raise InvalidRequest(f'invalid input_schema for tool "{tool.get("name", "")}"')
@@ -208,6 +215,12 @@ class Messages:
         if top_k is not None:
             options["top_k"] = top_k
         stops = f.list("stop_sequences", "[]string")
+        for stop in stops:
+            if not isinstance(stop, str):
+                raise InvalidRequest(
+                    f"json: cannot unmarshal {json_kind(stop)} into Go struct field "
+                    "MessagesRequest.stop_sequences of type string"
+                )
         if stops:
             options["stop"] = stops
         self.stream = bool(f.bool("stream"))

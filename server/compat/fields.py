@@ -15,7 +15,8 @@ from server.errors import InvalidRequest
 from server.events import dumps
 
 
-def _kind(value: Any) -> str:
+def json_kind(value: Any) -> str:
+    """The JSON kind Go's unmarshal errors name: bool, number, string, array, object."""
     if isinstance(value, bool):
         return "bool"
     if isinstance(value, int | float):
@@ -37,7 +38,7 @@ def decode_object(raw: bytes, struct: str) -> dict[str, Any]:
         raise InvalidRequest(f"invalid JSON body: {e}") from None
     if not isinstance(value, dict):
         raise InvalidRequest(
-            f"json: cannot unmarshal {_kind(value)} into Go value of type {struct}"
+            f"json: cannot unmarshal {json_kind(value)} into Go value of type {struct}"
         )
     return value
 
@@ -50,7 +51,7 @@ class Fields:
 
     def _fail(self, key: str, value: Any, go_type: str) -> InvalidRequest:
         return InvalidRequest(
-            f"json: cannot unmarshal {_kind(value)} into Go struct field "
+            f"json: cannot unmarshal {json_kind(value)} into Go struct field "
             f"{self.struct}.{key} of type {go_type}"
         )
 

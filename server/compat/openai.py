@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from server.compat.fields import Fields, decode_object, sse
+from server.compat.fields import Fields, decode_object, json_kind, sse
 from server.errors import InvalidRequest
 from server.names import parse_name
 from server.store import ModelRecord
@@ -159,7 +159,7 @@ def _messages(raw: list[Any]) -> list[dict[str, Any]]:
     for m in raw:
         if not isinstance(m, dict):
             raise InvalidRequest(
-                f"json: cannot unmarshal {type(m).__name__} into Go value of type openai.Message"
+                f"json: cannot unmarshal {json_kind(m)} into Go value of type openai.Message"
             )
     out: list[dict[str, Any]] = []
     for m in raw:

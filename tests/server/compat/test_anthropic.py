@@ -190,6 +190,10 @@ def test_errors_in_anthropic_shape(client, http):
          "invalid image source type: url. Only base64 images are supported."),
         ({"messages": [{"role": "assistant", "content": [{"type": "tool_use", "name": "f"}]}]},
          "tool_use block missing required 'id' field"),
+        ({"stop_sequences": [1]}, "json: cannot unmarshal number into Go struct field "
+                                  "MessagesRequest.stop_sequences of type string"),
+        ({"messages": ["hi"]}, "json: cannot unmarshal string into Go value of type "
+                               "anthropic.MessageParam"),
         ({"temperature": "warm"}, "json: cannot unmarshal string into Go struct field "
                                   "MessagesRequest.temperature of type float64"),
     ]  # fmt: skip
