@@ -9,10 +9,11 @@ model routes of server/routes_models.py) and format. Every error is an exception
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -28,11 +29,13 @@ from starlette.types import Receive, Scope, Send
 from engine import load
 from engine.errors import ContextOverflow, EngineError, GrammarError, InvalidOption, TokenizerError
 from server import embeddings, inference
+from server.compat import anthropic, openai
 from server.errors import InvalidRequest, ModelNotFound, ServerError, go_quote
 from server.events import chat_event, dumps, generate_event, local_timestamp, ndjson_line
 from server.guard import OriginAndHostGuard
 from server.job import Cancelled, Job
 from server.names import parse_name
+from server.preflight import model_capabilities, model_template
 from server.routes_models import model_routes
 from server.scheduler import Scheduler
 from server.schemas import (
@@ -109,27 +112,33 @@ def _http_exception(request: Request, exc: Exception) -> Response:
 # Streaming: NumPy runs in worker threads; the event loop only moves bytes.
 
 
-class NDJSONStream(StreamingResponse):
-    """An NDJSON response over a job's events, each step computed in a worker thread.
+class EventStream(StreamingResponse):
+    """A streamed response over a job's events, each step computed in a worker thread.
 
-    A client disconnect cancels the job even while no line is being sent (text held back);
-    when the stream ends for any reason the job is closed, which ends generation and releases
-    the model.
+    `frame` writes one event: an NDJSON line for /api, server-sent events for the /v1
+    translations. A client disconnect cancels the job even while nothing is being sent (text
+    held back); when the stream ends for any reason the job is closed, which ends generation
+    and releases the model.
     """
 
-    media_type = "application/x-ndjson"
-
-    def __init__(self, first: bytes, job: Job) -> None:
+    def __init__(
+        self,
+        first: dict[str, Any],
+        job: Job,
+        frame: Callable[[dict[str, Any]], bytes] = ndjson_line,
+        media_type: str = "application/x-ndjson",
+    ) -> None:
         self._job = job
-        super().__init__(self._lines(first))
+        self._frame = frame
+        super().__init__(self._lines(first), media_type=media_type)
 
-    async def _lines(self, first: bytes) -> AsyncIterator[bytes]:
-        yield first
+    async def _lines(self, first: dict[str, Any]) -> AsyncIterator[bytes]:
+        yield self._frame(first)
         try:
             while (
                 event := await anyio.to_thread.run_sync(next, self._job.events, None)
             ) is not None:
-                yield ndjson_line(event)
+                yield self._frame(event)
         except Cancelled:
             return
 
@@ -175,7 +184,7 @@ async def _respond(job: Job, request: Request) -> Response:
         await anyio.to_thread.run_sync(job.close)
         raise
     assert first is not None  # a job always yields at least its final event
-    return NDJSONStream(ndjson_line(first), job)
+    return EventStream(first, job)
 
 
 async def _combine_while_connected(job: Job, request: Request) -> dict[str, Any]:
@@ -217,40 +226,60 @@ class Endpoints:
 
     async def generate(self, request: Request) -> Response:
         arrived = time.monotonic_ns()
-        req = GenerateRequest.from_body(await request.body())
+        job = await self._generate_job(await request.body(), arrived)
+        return JSONBody(job) if isinstance(job, dict) else await _respond(job, request)
+
+    async def chat(self, request: Request) -> Response:
+        arrived = time.monotonic_ns()
+        job = await self._chat_job(await request.body(), arrived)
+        return JSONBody(job) if isinstance(job, dict) else await _respond(job, request)
+
+    async def embed(self, request: Request) -> Response:
+        arrived = time.monotonic_ns()
+        return JSONBody(await self._embed(await request.body(), arrived))
+
+    # The native paths, shared by /api and the /v1 translations. A load or unload request
+    # (no prompt) is answered with its one event instead of a job.
+
+    async def _generate_job(self, body: bytes, arrived: int) -> Job | dict[str, Any]:
+        req = GenerateRequest.from_body(body)
         if not req.model.strip():
             raise ModelNotFound("", "model '' not found")
         record = self._resolve(req.model)
         if not req.prompt and req.keep_alive == 0:
             self.scheduler.unload(record)
-            return JSONBody(generate_event(req.model, "", done=True, done_reason="unload"))
+            return generate_event(req.model, "", done=True, done_reason="unload")
         job = await inference.prepare_generate(record, req, self.scheduler, arrived)
         if job is None:
-            return JSONBody(generate_event(req.model, "", done=True, done_reason="load"))
-        return await _respond(job, request)
+            return generate_event(req.model, "", done=True, done_reason="load")
+        return job
 
-    async def chat(self, request: Request) -> Response:
-        arrived = time.monotonic_ns()
-        req = ChatRequest.from_body(await request.body())
+    async def _chat_job(
+        self, body: bytes, arrived: int, relax_thinking: bool = False
+    ) -> Job | dict[str, Any]:
+        """`relax_thinking` drops `think` for a model that cannot think instead of failing,
+        as Ollama does for its Anthropic route."""
+        req = ChatRequest.from_body(body)
         if not req.model.strip():
             raise InvalidRequest("model is required")
         record = self._resolve(req.model)
         if not req.messages and req.keep_alive == 0:
             self.scheduler.unload(record)
-            return JSONBody(chat_event(req.model, "", done=True, done_reason="unload"))
+            return chat_event(req.model, "", done=True, done_reason="unload")
+        if relax_thinking and req.think:
+            if "thinking" not in model_capabilities(record, model_template(record)):
+                req = dataclasses.replace(req, think=None)
         job = await inference.prepare_chat(record, req, self.scheduler, arrived)
         if job is None:
-            return JSONBody(chat_event(req.model, "", done=True, done_reason="load"))
-        return await _respond(job, request)
+            return chat_event(req.model, "", done=True, done_reason="load")
+        return job
 
-    async def embed(self, request: Request) -> Response:
-        arrived = time.monotonic_ns()
-        req = EmbedRequest.from_body(await request.body())
+    async def _embed(self, body: bytes, arrived: int) -> dict[str, Any]:
+        req = EmbedRequest.from_body(body)
         if not req.model.strip():
             raise ModelNotFound("", "model '' not found")
         record = self._resolve(req.model, pull_hint=True)
-        body = await embeddings.embed(record, req, self.scheduler, arrived)
-        return JSONBody(body)
+        return await embeddings.embed(record, req, self.scheduler, arrived)
 
     async def embeddings(self, request: Request) -> Response:
         req = EmbeddingsRequest.from_body(await request.body())
@@ -296,6 +325,53 @@ class Endpoints:
         record = self._resolve(req.model)
         return JSONBody(await embeddings.detokenize(record, req, self.scheduler))
 
+    # /v1: OpenAI and Anthropic requests translated onto the native paths (server/compat/)
+
+    async def v1_chat(self, request: Request) -> Response:
+        return await self._translated(openai.ChatCompletions(await request.body()), request)
+
+    async def v1_completions(self, request: Request) -> Response:
+        return await self._translated(openai.Completions(await request.body()), request)
+
+    async def v1_messages(self, request: Request) -> Response:
+        return await self._translated(anthropic.Messages(await request.body()), request)
+
+    async def v1_embeddings(self, request: Request) -> Response:
+        arrived = time.monotonic_ns()
+        tr = openai.Embeddings(await request.body())
+        return JSONBody(tr.answer(await self._embed(dumps(tr.native).encode(), arrived)))
+
+    async def v1_models(self, request: Request) -> Response:
+        return JSONBody(openai.model_list(await anyio.to_thread.run_sync(self.store.list_models)))
+
+    async def v1_model(self, request: Request) -> Response:
+        raw = request.path_params["model"]
+        return JSONBody(openai.model_entry(raw, self._resolve(raw)))
+
+    async def _translated(self, tr: Translation, request: Request) -> Response:
+        arrived = time.monotonic_ns()
+        native = dumps(tr.native).encode()
+        if tr.kind == "chat":
+            job = await self._chat_job(native, arrived, tr.relax_thinking)
+        else:
+            job = await self._generate_job(native, arrived)
+        if isinstance(job, dict):
+            return JSONBody(tr.answer(job))
+        if not job.stream or job.single:
+            try:
+                return JSONBody(tr.answer(await _combine_while_connected(job, request)))
+            except Cancelled:
+                return Response(status_code=499)
+            finally:
+                await anyio.to_thread.run_sync(job.close)
+        try:
+            first = await anyio.to_thread.run_sync(next, job.events, None)
+        except BaseException:
+            await anyio.to_thread.run_sync(job.close)
+            raise
+        assert first is not None  # a job always yields at least its final event
+        return EventStream(first, job, tr.frames, "text/event-stream")
+
     def _resolve(self, raw: str, pull_hint: bool = False) -> ModelRecord:
         """The stored model for a request's `model`, with the endpoint's not-found wording."""
         name = parse_name(raw.strip())
@@ -312,6 +388,39 @@ class Endpoints:
 
 def _pull_hint(raw: str) -> str:
     return f"model {go_quote(raw)} not found, try pulling it first"
+
+
+Translation = openai.ChatCompletions | openai.Completions | anthropic.Messages
+
+
+def _in_shape(
+    endpoint: Callable[[Request], Awaitable[Response]], shape: Callable[[int, str], dict[str, Any]]
+) -> Callable[[Request], Awaitable[Response]]:
+    """The endpoint with every error answered in its API's own shape (`shape(status, text)`),
+    at the status the native map gives it."""
+
+    async def answered(request: Request) -> Response:
+        try:
+            return await endpoint(request)
+        except Exception as exc:  # the one error map, rendered in the vendor's shape
+            status = _status(exc)
+            if status >= 500:
+                log.warning("%s %s: %s", request.method, request.url.path, exc)
+            return JSONBody(shape(status, str(exc).strip()), status_code=status)
+
+    return answered
+
+
+def _v1_routes(ep: Endpoints) -> list[BaseRoute]:
+    oa, an = openai.error_body, anthropic.error_body
+    return [
+        Route("/v1/chat/completions", _in_shape(ep.v1_chat, oa), methods=["POST"]),
+        Route("/v1/completions", _in_shape(ep.v1_completions, oa), methods=["POST"]),
+        Route("/v1/embeddings", _in_shape(ep.v1_embeddings, oa), methods=["POST"]),
+        Route("/v1/models", _in_shape(ep.v1_models, oa), methods=["GET"]),
+        Route("/v1/models/{model}", _in_shape(ep.v1_model, oa), methods=["GET"]),
+        Route("/v1/messages", _in_shape(ep.v1_messages, an), methods=["POST"]),
+    ]
 
 
 # --------------------------------------------------------------------------------------------
@@ -342,6 +451,7 @@ def create_app(
         Route("/api/detokenize", ep.detokenize, methods=["POST"]),
         *model_routes(store, sched),
         Mount("/inspect", StaticFiles(directory=INSPECTOR_DIR, html=True), name="inspect"),
+        *_v1_routes(ep),
     ]
 
     @contextlib.asynccontextmanager
