@@ -96,7 +96,10 @@ def _bpe(vocab: Vocab) -> HFTokenizer:
     )
     tok = HFTokenizer(model)
     tok.pre_tokenizer = pre_tokenizers.Sequence(
-        [pre_tokenizers.Split(Regex(r), behavior="isolated") for r in vocab.pre_tokenizer.regexes]
+        [
+            pre_tokenizers.Split(Regex(r), behavior="isolated")
+            for r in vocab.pre_tokenizer.split_regexes
+        ]
         + [pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)]
     )
     return tok

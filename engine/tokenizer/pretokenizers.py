@@ -5,6 +5,9 @@ Copied from llama.cpp `src/llama-vocab.cpp` (`llm_tokenizer_bpe` regex lists and
 Several regexes are applied one after another, each splitting the pieces left by the previous
 one and keeping the text between matches ("isolated" split). llama.cpp's ECMAScript `$` (end of
 input) is written `\\z` here, because Oniguruma's `$` also matches before a newline.
+The regexes are written with \\p{L}, \\p{N} and \\p{P}; `split_regexes` swaps those for
+llama.cpp's own Unicode tables (unicode_classes.py), whose Unicode version is newer than
+Oniguruma's, so a code point is a letter exactly when llama.cpp says so.
 """
 
 from __future__ import annotations
@@ -12,6 +15,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from engine.errors import TokenizerError
+from engine.tokenizer import unicode_classes
+
+# Oniguruma nests a bracketed class inside another, so each may stand inside [...] or alone.
+_LLAMA_CATEGORIES = {
+    r"\p{L}": unicode_classes.LETTER,
+    r"\p{N}": unicode_classes.NUMBER,
+    r"\p{P}": unicode_classes.PUNCTUATION,
+}
 
 _GPT2 = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)"
 # llama.cpp spells HF's (?i:'s|'t|...) as an explicit-case alternation; both are equivalent.
@@ -54,6 +65,16 @@ class PreTokenizer:
     regexes: tuple[str, ...]
     ignore_merges: bool = False  # a piece that is a whole vocabulary token skips the merges
     add_bos: bool = False  # llama.cpp's add_bos default for this type (the GGUF key overrides)
+
+    @property
+    def split_regexes(self) -> tuple[str, ...]:
+        """The regexes with llama.cpp's Unicode categories in place of Oniguruma's."""
+        out = []
+        for regex in self.regexes:
+            for name, cls in _LLAMA_CATEGORIES.items():
+                regex = regex.replace(name, cls)
+            out.append(regex)
+        return tuple(out)
 
 
 _TYPES: dict[str, PreTokenizer] = {

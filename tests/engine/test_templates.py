@@ -640,6 +640,7 @@ def _llama_cpp_builtin(name: str, messages: list[Message]) -> str:
 
 
 @needs_oracle
+@pytest.mark.oracle
 @pytest.mark.parametrize(
     ("source", "builtin"), [(CHATML, "chatml"), (LLAMA3, "llama3"), (GEMMA3, "gemma")]
 )
@@ -652,6 +653,7 @@ def test_go_templates_match_llama_cpp_builtin_formats(source: str, builtin: str)
 
 
 @needs_oracle
+@pytest.mark.oracle
 def test_jinja_matches_llama_cpp_python_formatter(smollm2_path) -> None:
     from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 

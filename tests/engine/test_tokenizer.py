@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from engine.errors import TokenizerError
@@ -317,7 +317,7 @@ def test_byte_token_must_be_spelled_as_hex() -> None:
 # --- streaming ------------------------------------------------------------------------------
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=150, deadline=None, derandomize=True)
 @given(st.data())
 def test_stream_never_splits_a_character(
     tokenizers: dict[str, Tokenizer], data: st.DataObject
@@ -330,7 +330,7 @@ def test_stream_never_splits_a_character(
     assert "".join(pieces) + stream.flush() == tok.decode(ids)
 
 
-@settings(max_examples=100, deadline=None)
+@settings(max_examples=100, deadline=None, derandomize=True)
 @given(text=st.text(max_size=60))
 def test_stream_of_encoded_text_is_the_text(tokenizers: dict[str, Tokenizer], text: str) -> None:
     # Gemma 3 has all 256 byte tokens (SmolLM2 lacks some, and llama.cpp then drops the bytes).
@@ -371,9 +371,16 @@ def test_live_corpus_subset(tokenizers: dict[str, Tokenizer], oracles: dict[str,
 _SPECIALS = ["<|im_start|>", "<|im_end|>", "<|endoftext|>", "<start_of_turn>", "<eos>", "\n"]
 
 
+# Inputs on which this fuzz test once found ours and llama.cpp's ids different; each stays an
+# explicit example so it runs every time, whatever Hypothesis draws.
+PAST_FAILURES = [
+    ["\U00013460", "'s"],  # U+13460 is a letter in llama.cpp's Unicode 16 tables, unassigned before
+]
+
+
 @needs_oracle
 @pytest.mark.oracle
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=150, deadline=None, derandomize=True)
 @given(
     parts=st.lists(
         st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)), max_size=20)
@@ -383,6 +390,8 @@ _SPECIALS = ["<|im_start|>", "<|im_end|>", "<|endoftext|>", "<start_of_turn>", "
     ),
     parse_special=st.booleans(),
 )
+@example(parts=PAST_FAILURES[0], parse_special=False)
+@example(parts=PAST_FAILURES[0], parse_special=True)
 def test_live_generated_text(
     tokenizers: dict[str, Tokenizer], oracles: dict[str, Any], parts: list[str], parse_special: bool
 ) -> None:
@@ -390,6 +399,35 @@ def test_live_generated_text(
     for name in MODELS:
         ids = tokenizers[name].encode(text, True, parse_special)
         assert ids == _oracle_ids(oracles[name], text, parse_special), (name, text)
+
+
+def _code_point_probe(c: str) -> str:
+    """The code point beside a letter, a digit, punctuation, a space and a contraction."""
+    return f"a{c}1{c}.{c} {c}'s{c}\n"
+
+
+@needs_oracle
+@pytest.mark.oracle
+@pytest.mark.slow
+@pytest.mark.parametrize("name", MODELS)
+def test_live_every_code_point(
+    tokenizers: dict[str, Tokenizer], oracles: dict[str, Any], name: str
+) -> None:
+    """Every Unicode scalar value splits as in llama.cpp (its Unicode tables, not Oniguruma's)."""
+    tok, llm = tokenizers[name], oracles[name]
+    code_points = [c for c in range(1, 0x110000) if not 0xD800 <= c <= 0xDFFF]
+    bad = []
+    for start in range(0, len(code_points), 256):
+        chunk = [chr(c) for c in code_points[start : start + 256]]
+        text = "".join(map(_code_point_probe, chunk))
+        if tok.encode(text, False, False) != list(llm.tokenize(text.encode("utf-8"), False)):
+            bad += [f"U+{ord(c):04X}" for c in chunk if _probe_differs(tok, llm, c)]
+    assert bad == [], f"{len(bad)} code points differ, first {bad[:10]}"
+
+
+def _probe_differs(tok: Tokenizer, llm: Any, c: str) -> bool:
+    text = _code_point_probe(c)
+    return tok.encode(text, False, False) != list(llm.tokenize(text.encode("utf-8"), False))
 
 
 @pytest.fixture(scope="module")
@@ -423,7 +461,7 @@ _ODD_TEXT = st.text(
 @needs_oracle
 @pytest.mark.oracle
 @pytest.mark.slow
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=200, deadline=None, derandomize=True)
 @given(data=st.data(), text=_ODD_TEXT | st.text(max_size=25))
 def test_live_variants(
     variant_oracles: dict[str, tuple[Tokenizer, Any]], data: st.DataObject, text: str

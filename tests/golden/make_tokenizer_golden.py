@@ -210,6 +210,7 @@ def main() -> None:
     corpus = json.loads(CORPUS.read_text(encoding="utf-8"))["strings"]
     out: dict[str, Any] = {
         "oracle": f"llama-cpp-python {llama_cpp.__version__}",
+        "system_info": llama_cpp.llama_print_system_info().decode().strip(),
         "corpus_sha256": hashlib.sha256(CORPUS.read_bytes()).hexdigest(),
         "models": {},
         "variants": {},

@@ -133,14 +133,30 @@ def test_no_name_escapes_the_manifests_directory(raw: str) -> None:
     assert len(path.relative_to(root).parts) == 4
 
 
-@settings(max_examples=200, deadline=None)
-@given(st.one_of(st.text(max_size=80), st.text(alphabet="sha256:-/.0123456789abcdefABCDEF")))
-def test_no_digest_escapes_the_blobs_directory(raw: str) -> None:
-    try:
-        file = parse_digest(raw)
-    except InvalidDigest:
+_HEX = st.text(alphabet="0123456789abcdefABCDEF", min_size=64, max_size=64)
+# A valid digest, or one with a hostile prefix, separator, length or tail spliced in: random text
+# alone almost never is a 64-digit digest, so the assertions after the parse would never run.
+_DIGESTS = st.tuples(
+    st.sampled_from(["sha256", "sha256", "SHA256", "../sha256", "sha512", "/sha256"]),
+    st.sampled_from([":", "-", ":", "/", "", ":../"]),
+    _HEX | st.text(alphabet="0123456789abcdef/.", max_size=70),
+    st.sampled_from(["", "", "", "/", "/../../etc/passwd", "\n", "\x00"]),
+)
+
+
+@settings(max_examples=200, deadline=None, derandomize=True)
+@given(_DIGESTS)
+def test_no_digest_escapes_the_blobs_directory(parts: tuple[str, str, str, str]) -> None:
+    prefix, sep, digits, tail = parts
+    raw = prefix + sep + digits + tail
+    valid = prefix == "sha256" and sep in ":-" and sep != "" and len(digits) == 64 and not tail
+    valid = valid and re.fullmatch(r"[0-9a-fA-F]{64}", digits) is not None
+    if not valid:
+        with pytest.raises(InvalidDigest):
+            parse_digest(raw)
         return
-    assert re.fullmatch(r"sha256-[0-9a-fA-F]{64}", file)
+    file = parse_digest(raw)
+    assert file == "sha256-" + digits
     assert (Path("/models/blobs") / file).parent == Path("/models/blobs")
 
 

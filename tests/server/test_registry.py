@@ -26,8 +26,6 @@ from server.store import Store
 from tests.server.conftest import ServerProcess, assert_consistent, needs_registry
 from tests.server.live import live_server
 
-pytestmark = needs_registry
-
 
 def _stream(url: str, route: str, body: dict[str, Any]) -> tuple[int, list[dict[str, Any]]]:
     with httpx.stream("POST", f"{url}/api/{route}", json=body, timeout=120) as resp:
@@ -52,6 +50,7 @@ def _collapse(statuses: list[str]) -> list[str]:
     return out
 
 
+@needs_registry
 def test_push_delete_pull_is_byte_identical(
     registry: str, server_url: str, store: Store, smollm2_path: Path
 ) -> None:  # P1, P7, P9
@@ -96,6 +95,7 @@ def test_push_delete_pull_is_byte_identical(
     assert_consistent(store)
 
 
+@needs_registry
 def test_existing_blobs_are_not_transferred_again(
     registry: str, server_url: str, store: Store, tiny_gguf: Path
 ) -> None:  # P5
@@ -115,6 +115,7 @@ def test_existing_blobs_are_not_transferred_again(
     assert first[-1] == {"status": "success"} and pulled[-1] == {"status": "success"}
 
 
+@needs_registry
 def test_pull_errors(registry: str, server_url: str) -> None:  # P2
     status, events = _stream(server_url, "pull", {"model": f"{registry}/no/such", "insecure": True})
     assert status == 200
@@ -268,6 +269,7 @@ def test_corrupt_blob_is_deleted_and_the_pull_fails(
     assert_consistent(store)
 
 
+@needs_registry
 def test_kill_mid_pull_then_resume(registry: str, tmp_path: Path, smollm2_path: Path) -> None:  # P8
     """SIGKILL the server while a slow registry sends SmolLM2; the store stays consistent and
     the next pull (from the real registry) continues from the saved part records."""
@@ -320,6 +322,7 @@ def test_kill_mid_pull_then_resume(registry: str, tmp_path: Path, smollm2_path: 
     assert_consistent(store)
 
 
+@needs_registry
 def test_pull_over_an_older_version_removes_its_unused_layers(
     registry: str, server_url: str, store: Store, tiny_gguf: Path, tmp_path: Path
 ) -> None:
@@ -344,6 +347,7 @@ def test_pull_over_an_older_version_removes_its_unused_layers(
     assert not store.has_blob("sha256:" + hashlib.sha256(b"version one").hexdigest())
 
 
+@needs_registry
 def test_cli_push_and_pull(
     registry: str, server_url: str, store: Store, tiny_gguf: Path, monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
