@@ -233,7 +233,11 @@ def _shared_kl(p_top: dict[bytes, float], q_top: dict[bytes, float]) -> float | 
     p_sum, q_sum = sum(p), sum(q)
     return max(
         0.0,
-        sum(pi / p_sum * math.log((pi / p_sum) / (qi / q_sum)) for pi, qi in zip(p, q) if pi > 0),
+        sum(
+            pi / p_sum * math.log((pi / p_sum) / (qi / q_sum))
+            for pi, qi in zip(p, q, strict=True)
+            if pi > 0
+        ),
     )
 
 
@@ -262,9 +266,11 @@ def _post(url: str, body: dict[str, Any], timeout: float) -> dict[str, Any]:
             answer: dict[str, Any] = json.loads(response.read())
             return answer
     except urllib.error.HTTPError as e:
-        raise GoldenError(f"{url}: HTTP {e.code}: {e.read().decode('utf-8', 'replace')[:500]}")
+        raise GoldenError(
+            f"{url}: HTTP {e.code}: {e.read().decode('utf-8', 'replace')[:500]}"
+        ) from e
     except (urllib.error.URLError, OSError) as e:
-        raise GoldenError(f"{url}: {e}")
+        raise GoldenError(f"{url}: {e}") from e
 
 
 def _ollama(
@@ -320,7 +326,7 @@ def _openai(
     logprobs = lp.get("token_logprobs") or [None] * len(pieces)
     tops = lp.get("top_logprobs") or [None] * len(pieces)
     tokens = [
-        Token(p.encode("utf-8"), l, {a.encode("utf-8"): v for a, v in (t or {}).items()})
-        for p, l, t in zip(pieces, logprobs, tops)
+        Token(p.encode("utf-8"), lp, {a.encode("utf-8"): v for a, v in (t or {}).items()})
+        for p, lp, t in zip(pieces, logprobs, tops, strict=False)
     ]
     return choice.get("text", ""), tokens, choice.get("finish_reason") or ""

@@ -83,7 +83,9 @@ def read_corpus(path: Path) -> list[Case]:
         try:
             value = json.loads(line)
         except json.JSONDecodeError as e:
-            raise GoldenError(f"{path}:{n}: expected a JSON object, found invalid JSON ({e})")
+            raise GoldenError(
+                f"{path}:{n}: expected a JSON object, found invalid JSON ({e})"
+            ) from e
         if not isinstance(value, dict):
             raise GoldenError(f"{path}:{n}: expected a JSON object, found {type(value).__name__}")
         request = value.get("request", value)
