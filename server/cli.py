@@ -26,6 +26,7 @@ import uvicorn
 
 from server import cli_models
 from server.app import create_app
+from server.golden import command as golden_command
 from server.store import Store
 
 log = logging.getLogger(__name__)
@@ -425,6 +426,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_stop)
 
     cli_models.add_subcommands(sub)
+    golden_command.add_parser(sub)
     return parser
 
 
