@@ -68,6 +68,9 @@ _TYPES: dict[str, PreTokenizer] = {
     "gpt2": PreTokenizer((_GPT2,)),
     "qwen2": PreTokenizer((_QWEN2,)),
     "qwen35": PreTokenizer((_QWEN35,)),
+    # Gemma 4's BPE works on raw UTF-8 with spaces as ▁ and splits only at newline runs; a run
+    # of newlines that is a vocabulary token is taken whole.
+    "gemma4": PreTokenizer((r"[^\n]+|[\n]+",)),
     "starcoder": PreTokenizer((r"\p{N}", _GPT2)),
     "falcon": PreTokenizer((r"[\p{P}\$\+<=>\^~\|`]+", _GPT2, r"[0-9][0-9][0-9]")),
     "deepseek-llm": PreTokenizer(
@@ -96,6 +99,7 @@ PRE_TYPES: dict[str, str] = {
     **dict.fromkeys(("hunyuan", "solar-open"), "qwen2"),
     **dict.fromkeys(("stablelm2", "megrez"), "qwen2"),
     "qwen35": "qwen35",
+    **dict.fromkeys(("gemma4", "granite-embed-multi-311m"), "gemma4"),
 }
 
 
