@@ -572,7 +572,20 @@ class JinjaTemplate:
                 **extra,
             )
         except (jinja2.exceptions.TemplateError, TypeError, ValueError) as e:
-            raise TemplateError(f"chat template: {e}") from None
+            raise TemplateError(f"chat template: {e}{self._where(e)}") from None
+
+    def _where(self, e: BaseException) -> str:
+        """` (line N: text)`, the template line that failed, from jinja2's rewritten traceback
+        (its frames of the template are named `<template>`); "" when none is there."""
+        tb, line = e.__traceback__, 0
+        while tb is not None:
+            if tb.tb_frame.f_code.co_filename == "<template>":
+                line = tb.tb_lineno
+            tb = tb.tb_next
+        lines = self.source.splitlines()
+        if not 0 < line <= len(lines):
+            return ""
+        return f" (line {line}: {lines[line - 1].strip()[:120]})"
 
 
 ChatTemplate = GoTemplate | JinjaTemplate
