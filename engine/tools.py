@@ -182,12 +182,16 @@ class ToolCallParser:
     assigns them when it emits an event).
     """
 
-    def __init__(self, tag: str, tool_names: Sequence[str]) -> None:
+    def __init__(self, tag: str, tool_names: Sequence[str], *, bare_json: bool = False) -> None:
+        """`bare_json`: with a tag other than `{`/`[`, output whose first non-blank character is
+        `{` is also parsed as calls, as if the tag were `{` (small models often drop the tags
+        their template asks for). Off for Ollama's Go templates, which never do this."""
         self.tag = tag
         self.names = list(tool_names)
         self.state = "looking"  # "looking" for the tag, "calling", or "done" (pass through)
         self.buffer = ""
         self.n = 0
+        self.bare_json = bare_json and not self.json_tag
 
     @property
     def json_tag(self) -> bool:
@@ -198,6 +202,13 @@ class ToolCallParser:
             return [], text
         self.buffer += text
         content = ""
+        if self.bare_json:
+            start = self.buffer.lstrip(GO_SPACE)
+            if not start:
+                return [], ""  # only blanks so far: the first character decides
+            self.bare_json = False
+            if start.startswith("{"):
+                self.tag = "{"
         if self.state == "looking":
             i, found = self._find_tag()
             if i == -1:
@@ -222,7 +233,7 @@ class ToolCallParser:
 
     def content(self) -> str:
         """Text still held at the end of generation that is returned as content."""
-        if self.n > 0 or not self.json_tag:
+        if self.n > 0 or not (self.json_tag or self.bare_json):
             return ""
         return self.buffer
 

@@ -20,6 +20,7 @@ from engine.options import Options
 from engine.templates import (
     ChatTemplate,
     GoTemplate,
+    JinjaTemplate,
     Message,
     RenderedPrompt,
     chat_messages,
@@ -226,7 +227,9 @@ def _output_parser(
     parser = None
     if tools:
         names = [str(t.get("function", {}).get("name", "")) for t in tools]
-        parser = ToolCallParser(template.tool_tag, names)
+        parser = ToolCallParser(
+            template.tool_tag, names, bare_json=isinstance(template, JinjaTemplate)
+        )
     return ChatOutputParser(thinking=thinking, tools=parser)
 
 

@@ -53,6 +53,19 @@ NDJSON = "application/x-ndjson"
 Handler = Callable[[Request], Awaitable[Response]]
 
 
+def _shown_template(rec: ModelRecord) -> str:
+    """The template the model renders with: its TEMPLATE layer, else the GGUF's own Jinja chat
+    template (Ollama would show the Go template it matched at create time), else
+    `{{ .Prompt }}`."""
+    if rec.template is not None:
+        return rec.template
+    try:
+        jinja = gguf_facts(rec.gguf_path).chat_template
+    except GGUFError:
+        jinja = None
+    return jinja or "{{ .Prompt }}"
+
+
 def _json(obj: Any, status: int = 200, media_type: str = JSON_UTF8) -> Response:
     body = json.dumps(obj, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
     return Response(body.encode("utf-8"), status_code=status, media_type=media_type)
@@ -318,7 +331,7 @@ class ModelEndpoints:
         params = show_parameters(rec.parameters)
         if params:
             out["parameters"] = params
-        out["template"] = rec.template if rec.template is not None else "{{ .Prompt }}"
+        out["template"] = _shown_template(rec)
         if system_text:
             out["system"] = system_text
         out["details"] = rec.details.to_json()

@@ -1,4 +1,5 @@
-"""Shared fixtures: the two real models (fetched once into the user cache) and oracle detection."""
+"""Shared fixtures: the three real models and llama.cpp's test files (fetched once into the user
+cache), and oracle detection."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import pytest
 
-from engine.fetch import model_path
+from engine.fetch import llama_cpp_models_dir, model_path
 
 HAVE_LLAMA_CPP = importlib.util.find_spec("llama_cpp") is not None
 needs_oracle = pytest.mark.skipif(not HAVE_LLAMA_CPP, reason="llama_cpp is not importable")
@@ -28,3 +29,14 @@ def smollm2_path() -> Path:
 @pytest.fixture(scope="session")
 def gemma3_path() -> Path:
     return model_path("gemma3")
+
+
+@pytest.fixture(scope="session")
+def qwen_path() -> Path:
+    return model_path("qwen2.5-coder")
+
+
+@pytest.fixture(scope="session")
+def llama_cpp_models() -> Path:
+    """llama.cpp's `models/` test directory (vocab suites, chat templates), from its sdist."""
+    return llama_cpp_models_dir()

@@ -57,6 +57,8 @@ def build(vocab: Vocab) -> HFTokenizer:
     with _gc_paused():
         if vocab.model == "gpt2":
             tok = _bpe(vocab)
+        elif vocab.model == "gemma4":
+            tok = _utf8_bpe(vocab)
         elif vocab.model == "llama":
             tok = _spm(vocab)
         else:
@@ -101,6 +103,21 @@ def _bpe(vocab: Vocab) -> HFTokenizer:
             for r in vocab.pre_tokenizer.split_regexes
         ]
         + [pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)]
+    )
+    return tok
+
+
+def _utf8_bpe(vocab: Vocab) -> HFTokenizer:
+    """Gemma 4's BPE: spaces to ▁, newline-run pieces, GGUF merges by rank on UTF-8 characters,
+    `<0xXX>` byte tokens for characters outside the vocabulary."""
+    assert vocab.pre_tokenizer is not None
+    ids = vocab.ids
+    merges = [(a, b) for a, b in vocab.merges if a in ids and b in ids and a + b in ids]
+    model = models.BPE(ids, merges, byte_fallback=True, fuse_unk=False)
+    tok = HFTokenizer(model)
+    tok.normalizer = normalizers.Replace(" ", SPACE_MARK)
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.Split(Regex(r), behavior="isolated") for r in vocab.pre_tokenizer.regexes]
     )
     return tok
 

@@ -34,6 +34,11 @@ _LLAMA3 = (
 _QWEN2 = _CONTRACTIONS + (
     r"|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
 )
+# Qwen 3.5 counts combining marks as letters: \p{M} joins the letter runs and leaves the symbols.
+_QWEN35 = _CONTRACTIONS + (
+    r"|[^\r\n\p{L}\p{N}]?[\p{L}\p{M}]+|\p{N}| ?[^\s\p{L}\p{M}\p{N}]+[\r\n]*|\s*[\r\n]+"
+    r"|\s+(?!\S)|\s+"
+)
 # llama.cpp runs regexes with literal non-ASCII classes through std::wregex on a copy of the text
 # where every non-ASCII whitespace character is U+000B, so such classes never match those
 # characters (U+3000 and U+2000-U+200A lie inside these ranges): hence the `&&[^\s]`.
@@ -83,6 +88,10 @@ _TYPES: dict[str, PreTokenizer] = {
     "dbrx": PreTokenizer((_LLAMA3,)),
     "gpt2": PreTokenizer((_GPT2,)),
     "qwen2": PreTokenizer((_QWEN2,)),
+    "qwen35": PreTokenizer((_QWEN35,)),
+    # Gemma 4's BPE works on raw UTF-8 with spaces as ▁ and splits only at newline runs; a run
+    # of newlines that is a vocabulary token is taken whole.
+    "gemma4": PreTokenizer((r"[^\n]+|[\n]+",)),
     "starcoder": PreTokenizer((r"\p{N}", _GPT2)),
     "falcon": PreTokenizer((r"[\p{P}\$\+<=>\^~\|`]+", _GPT2, r"[0-9][0-9][0-9]")),
     "deepseek-llm": PreTokenizer(
@@ -110,6 +119,8 @@ PRE_TYPES: dict[str, str] = {
     **dict.fromkeys(("qwen2", "deepseek-r1-qwen", "kormo", "f2llmv2"), "qwen2"),
     **dict.fromkeys(("hunyuan", "solar-open"), "qwen2"),
     **dict.fromkeys(("stablelm2", "megrez"), "qwen2"),
+    "qwen35": "qwen35",
+    **dict.fromkeys(("gemma4", "granite-embed-multi-311m"), "gemma4"),
 }
 
 

@@ -92,6 +92,7 @@ _DEFAULTS: dict[str, tuple[int | None, int | None, int | None, int | None, bool,
     "llama": (1, 2, 0, None, True, False, True),
     "bert": (101, None, 100, 102, True, False, False),
     "gpt2": (11, 11, None, None, False, False, False),
+    "gemma4": (None, None, None, None, True, False, False),
 }
 
 
@@ -192,6 +193,9 @@ def load_vocab(meta: Mapping[str, Any]) -> Vocab:
         pretok = pre_tokenizer(pre)
         add_bos = pretok.add_bos
         merges = _merges(meta)
+    elif model == "gemma4":  # llama.cpp: BPE whose pre-tokenizer is always gemma4
+        pretok = pre_tokenizer("gemma4")
+        merges = _merges(meta)
 
     types = _array(meta, "tokenizer.ggml.token_type", n)
     if types is None:
@@ -209,6 +213,8 @@ def load_vocab(meta: Mapping[str, Any]) -> Vocab:
     add_space_prefix = _get(meta, "tokenizer.ggml.add_space_prefix", bool, add_space_prefix)
     add_bos = _get(meta, "tokenizer.ggml.add_bos_token", bool, add_bos)
     add_eos = _get(meta, "tokenizer.ggml.add_eos_token", bool, add_eos)
+    if model == "gemma4":
+        add_bos = True  # llama.cpp overrides a false add_bos_token for Gemma 4
     if add_bos and bos_id is None:
         raise TokenizerError("tokenizer.ggml.add_bos_token is true, but bos_token_id is not set")
     if add_eos and eos_id is None:

@@ -753,3 +753,40 @@ def test_well_formed_templates_execute_or_raise_template_error(src: str) -> None
             t.render(msgs, **kwargs)
         except TemplateError:
             pass
+
+
+# ---------------------------------------------------------------- what a Jinja template can do
+
+_QWEN_STYLE = (
+    "{% if tools %}{% for t in tools %}{{ t | tojson }}{% endfor %}{% endif %}"
+    "{% for m in messages %}{% if m.role == 'assistant' and not m.tool_calls %}{{ m.content }}"
+    "{% elif m.tool_calls %}{% for c in m.tool_calls %}{% if c.function is defined %}"
+    '{% set c = c.function %}{% endif %}{{ \'\n<tool_call>\n{"name": "\' + c.name }}'
+    "{% endfor %}{% endif %}{% endfor %}"
+)
+
+
+@pytest.mark.parametrize(
+    ("source", "caps", "tag", "tags"),
+    [
+        (_QWEN_STYLE, ("tools",), "<tool_call>", ("", "")),
+        # a loop writing bare JSON calls: the tag is `{`
+        ("{% for c in message['tool_calls'] %}{{ '{\"name\": ' + c.name }}{% endfor %}{{ tools }}",
+         ("tools",), "{", ("", "")),
+        # "tools" only in literal text, reasoning tags as literals
+        ("No tools here. {{ '<think>' }}{{ messages[0].content }}{{ '</think>' }}",
+         ("thinking",), "{", ("<think>", "</think>")),
+        ("{{ messages[0].content }}", (), "{", ("", "")),
+    ],
+)  # fmt: skip
+def test_jinja_capabilities_and_tags_come_from_the_syntax_tree(
+    source: str, caps: tuple[str, ...], tag: str, tags: tuple[str, str]
+) -> None:
+    t = JinjaTemplate(source)
+    assert (t.capabilities, t.tool_tag, t.thinking_tags) == (caps, tag, tags)
+
+
+def test_jinja_runtime_errors_name_the_template_line() -> None:
+    t = JinjaTemplate("{{ bos_token }}\n{% for t in tools %}{{ t }}{% endfor %}")
+    with pytest.raises(TemplateError, match=r"not iterable \(line 2: \{% for t in tools %\}"):
+        t.render([U1])

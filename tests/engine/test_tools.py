@@ -88,6 +88,26 @@ def test_partial_tag_is_held() -> None:
     assert p.add("box") == ([], "<toolbox")
 
 
+@pytest.mark.parametrize("split", [False, True])
+def test_bare_json_call_under_a_text_tag(split: bool) -> None:
+    text = ' \n{"name": "f", "arguments": {"city": "Paris"}}'
+    pieces = chars(text) if split else [text]
+    parser = ToolCallParser("<tool_call>", ["f"], bare_json=True)
+    calls, content = feed(parser, pieces)
+    assert calls == [ToolCall("f", {"city": "Paris"}, 0)]
+    assert content == " \n"  # blanks are held until the first other character decides
+    assert parser.content() == ""
+
+
+def test_bare_json_off_keeps_ollamas_text_tag_rule() -> None:
+    text = '{"name": "f", "arguments": {}}'
+    assert feed(ToolCallParser("<tool_call>", ["f"]), [text]) == ([], text)
+    p = ToolCallParser("<tool_call>", ["f"], bare_json=True)
+    assert p.add("Hi ") == ([], "Hi ")  # text first: only the tag starts calls now
+    assert p.add('{"name": "f", "arguments": {}}') == ([], '{"name": "f", "arguments": {}}')
+    assert p.add('<tool_call>{"name": "f", "arguments": {}}') == ([ToolCall("f", {}, 0)], "")
+
+
 def test_json_tag_disabled_by_leading_text() -> None:  # K3
     p = ToolCallParser("{", ["f"])
     assert p.add("Sure: ") == ([], "Sure: ")

@@ -1,9 +1,10 @@
 """Record llama.cpp's logits and greedy continuations as golden data for tests/engine/test_model.py.
 
-    python tests/golden/make_forward_golden.py            # all: smollm2, gemma3, tiny
+    python tests/golden/make_forward_golden.py        # all: smollm2, gemma3, qwen2.5-coder, tiny
     python tests/golden/make_forward_golden.py tiny
 
-For each real model (SmolLM2-135M Q4_1, gemma-3-270m Q4_K_M) and each prompt below: the prompt's
+For each real model (SmolLM2-135M Q4_1, gemma-3-270m Q4_K_M, Qwen2.5-Coder-0.5B-Instruct with
+its mixed Q5_0/Q8_0/Q6_K/Q4_K tensors) and each prompt below: the prompt's
 token ids (llama.cpp's tokenizer, add_special and parse_special on), llama.cpp's greedy
 continuation of CONTINUATION tokens, and at every position of prompt + continuation[:-1] the
 top-TOP_K logits (ids, values) and the argmax. Prompt positions come from one batched prefill
@@ -14,7 +15,7 @@ attention), i.e. as llama-server would.
 The tiny models (tests/tiny_model.py, float32 weights) run with an F32 KV cache so llama.cpp
 computes them almost exactly: a tight check of each architecture's wiring.
 
-Output: tests/golden/forward_{smollm2,gemma3,tiny}.json, one case per line.
+Output: tests/golden/forward_{smollm2,gemma3,qwen2.5-coder,tiny}.json, one case per line.
 """
 
 from __future__ import annotations
@@ -77,6 +78,9 @@ TEXTS = [
 CHAT = {
     "smollm2": "<|im_start|>user\n{}<|im_end|>\n<|im_start|>assistant\n",
     "gemma3": "<start_of_turn>user\n{}<end_of_turn>\n<start_of_turn>model\n",
+    # the GGUF template without tools or a system message: its default system prompt
+    "qwen2.5-coder": "<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a helpful"
+    " assistant.<|im_end|>\n<|im_start|>user\n{}<|im_end|>\n<|im_start|>assistant\n",
 }
 TINY_PROMPTS = [
     "<|im_start|>user\nHello world! What is 2+2?<|im_end|>\n<|im_start|>assistant\n",
@@ -181,7 +185,7 @@ def make_tiny() -> None:
 
 
 def main(argv: list[str]) -> None:
-    which = argv or ["smollm2", "gemma3", "tiny"]
+    which = argv or ["smollm2", "gemma3", "qwen2.5-coder", "tiny"]
     for name in which:
         if name == "tiny":
             make_tiny()
