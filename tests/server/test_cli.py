@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import io
 import json
 import os
+import pty
+import select
 import socket
 import subprocess
 import sys
+import termios
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -234,3 +238,66 @@ def test_readme_path_serve_create_run(tmp_path, smollm2_path):
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/chat", data=body) as r:
             answer = json.loads(r.read())["message"]["content"]
         assert answer and ran.stdout == answer + "\n"  # the CLI prints the streamed answer
+
+
+def _own_terminal() -> None:
+    """In the child: a new session whose controlling terminal is the pty, so Ctrl-C is SIGINT."""
+    os.setsid()
+    fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+
+class _PTY:
+    """`refllama run` on a pseudo-terminal (stdlib pty), read until an expected text."""
+
+    def __init__(self, argv: list[str], env: dict[str, str]) -> None:
+        self.fd, child = pty.openpty()
+        self.proc = subprocess.Popen(
+            argv, env=env, stdin=child, stdout=child, stderr=child, preexec_fn=_own_terminal
+        )
+        os.close(child)
+        self.seen = ""
+
+    def expect(self, text: str, timeout: float = 60) -> str:
+        deadline = time.monotonic() + timeout
+        while text not in self.seen:
+            ready, _, _ = select.select([self.fd], [], [], max(0.0, deadline - time.monotonic()))
+            if not ready:
+                raise AssertionError(f"{text!r} not seen in {self.seen!r}")
+            self.seen += os.read(self.fd, 4096).decode("utf-8", "replace")
+        before, _, self.seen = self.seen.partition(text)
+        return before
+
+    def send(self, data: str) -> None:
+        os.write(self.fd, data.encode())
+
+
+def test_interactive_session_on_a_terminal(url):
+    env = {**os.environ, "OLLAMA_HOST": url}
+    term = _PTY([*REFLLAMA, "run", "short"], env)
+    try:
+        term.expect(">>> ")
+        term.send("\x03")  # Ctrl-C at an empty prompt does not quit
+        term.expect("Use Ctrl + d or /bye to exit.")
+        term.expect(">>> ")
+        term.send("/set parameter num_ctx 2\r")
+        term.expect("Couldn't set parameter:")
+        term.send("/set parameter num_predict 3\r")
+        term.expect("Set parameter 'num_predict' to '3'")
+        term.send("/set system Answer briefly.\r")
+        term.expect("Set system message.")
+        term.send("/show system\r")
+        term.expect("Answer briefly.")
+        term.send("/set verbose\r")
+        term.expect("Set 'verbose' mode.")
+        term.send("Hello\r")
+        term.expect("eval count:           3 token(s)")  # the later message still works
+        term.expect(">>> ")
+        term.send("/show parameters\r")
+        term.expect("User defined parameters:")
+        term.expect("num_predict")
+        term.send("\x04")  # Ctrl-D ends the session
+        assert term.proc.wait(timeout=30) == 0
+    finally:
+        term.proc.kill()
+        term.proc.wait()
+        os.close(term.fd)
