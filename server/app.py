@@ -183,7 +183,9 @@ async def _respond(job: Job, request: Request) -> Response:
     except BaseException:
         await anyio.to_thread.run_sync(job.close)
         raise
-    assert first is not None  # a job always yields at least its final event
+    if first is None:  # the repeat guard ended generation before any piece: an empty stream
+        await anyio.to_thread.run_sync(job.close)
+        return Response(b"", media_type="application/x-ndjson")
     return EventStream(first, job)
 
 

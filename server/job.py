@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Generator, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from engine.errors import EngineError
@@ -30,6 +30,33 @@ log = logging.getLogger(__name__)
 
 class Cancelled(Exception):
     """The client disconnected; generation stopped before its next step."""
+
+
+REPEAT_LIMIT = 30  # Ollama's llm/llama_server.go: abort after more than 30 repeats of a chunk
+
+
+@dataclass
+class RepeatGuard:
+    """Ollama's token-repeat abort, on the pieces the runner streams (one per token, then an
+    empty one at the end, as llama-server's SSE chunks).
+
+    A piece repeats when its whitespace-stripped text equals the previous piece's (so "\n" and
+    " " are the same piece); the count starts from an empty previous piece. When a piece makes
+    the count exceed REPEAT_LIMIT, Ollama drops it and ends the completion without an error and
+    without a final `done` chunk: the stream simply ends (a `stream: false` answer then has
+    `done: false`).
+    """
+
+    last: str = ""
+    repeats: int = 0
+
+    def exceeded(self, piece: str) -> bool:
+        text = piece.strip()
+        if text == self.last:
+            self.repeats += 1
+        else:
+            self.last, self.repeats = text, 0
+        return self.repeats > REPEAT_LIMIT
 
 
 @dataclass
@@ -147,8 +174,23 @@ class Job:
                 self.prompt_text, ids = self.rethink("".join(thought))
                 self.output = self.answer_output
             pieces: list[str] = []
+            guard = RepeatGuard()
             for step in self._steps(ids, grammar):
+                if guard.exceeded(step.text):
+                    log.info("prediction aborted, token repeat limit reached")
+                    return
                 pieces.append(step.text)
+                if step.done and step.text:
+                    # Ollama sends the last token as its own chunk; the final one is empty.
+                    piece = replace(step, done=False, done_reason=None, stats=None)
+                    event = self._step_event(piece, self.output.add(step.text), "")
+                    if event is not None:
+                        yield event
+                        emitted = True
+                    if guard.exceeded(""):
+                        log.info("prediction aborted, token repeat limit reached")
+                        return
+                    step = replace(step, text="", logprobs=None, trace=None)
                 delta = self.output.add(step.text, done=step.done)
                 event = self._step_event(step, delta, "".join(pieces))
                 if event is not None:
@@ -266,6 +308,8 @@ class Job:
             logprobs.extend(event.get("logprobs", []))
             traces.extend(event.get("trace", []))
             last = event
+        if not last:  # the repeat guard ended generation before any piece was sent
+            last = self._event("")
         if self.kind == "generate":
             last["response"] = "".join(texts["text"])
             body = last

@@ -5,18 +5,6 @@
 (format in server/golden/record.py). `compare` replays a golden against any server with
 Ollama's or OpenAI's API and scores it per case (server/golden/compare.py); report.py renders
 the terminal table, the JSON and the offline HTML report. command.py is the `refllama golden`
-CLI. Imports engine/ and server/ modules below the app; only the CLI imports this package.
+CLI; it imports the engine only when a golden command runs, so the `refllama` client verbs
+stay free of it (server/cli/). Imports engine/ and server/ modules below the app.
 """
-
-from server.golden.compare import CaseResult, Comparison, compare
-from server.golden.record import GOLDEN_FORMAT, GOLDEN_VERSION, GoldenError, record
-
-__all__ = [
-    "GOLDEN_FORMAT",
-    "GOLDEN_VERSION",
-    "CaseResult",
-    "Comparison",
-    "GoldenError",
-    "compare",
-    "record",
-]

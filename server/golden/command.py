@@ -11,9 +11,10 @@ import argparse
 import sys
 from pathlib import Path
 
-from server.golden.compare import APIS, compare
-from server.golden.record import DEFAULT_TOP_LOGPROBS, GoldenError, record
-from server.golden.report import terminal_table, write_html, write_json
+# The same values as server/golden/compare.py's APIS and record.py's DEFAULT_TOP_LOGPROBS, which
+# import the engine; tests/server/test_golden.py checks they agree.
+APIS = ("ollama", "openai")
+DEFAULT_TOP_LOGPROBS = 5
 
 
 def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -62,6 +63,7 @@ def _progress_bar(done: int, total: int, elapsed: float) -> None:
 
 
 def cmd_record(args: argparse.Namespace) -> int:
+    from server.golden.record import GoldenError, record  # the engine, only when recording
     done_before: list[int] = []
 
     def progress(done: int, total: int, elapsed: float) -> None:
@@ -90,6 +92,9 @@ def cmd_record(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
+    from server.golden.compare import compare  # the engine, only when comparing
+    from server.golden.record import GoldenError
+    from server.golden.report import terminal_table, write_html, write_json
     try:
         comparison = compare(args.golden, args.backend, api=args.api, model=args.model)
     except GoldenError as e:

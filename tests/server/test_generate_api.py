@@ -53,6 +53,7 @@ def test_stream_shape_and_final_event(http):  # GE5, GE6, G7, G10
     stamp = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{1,9})?Z$")
     assert all(stamp.match(e["created_at"]) for e in events)
     assert final["done"] is True and final["done_reason"] in ("stop", "length")
+    assert final["response"] == ""  # Ollama sends the last token in its own chunk
     assert isinstance(final["context"], list) and all(isinstance(t, int) for t in final["context"])
     for key in ("total_duration", "load_duration", "prompt_eval_count", "prompt_eval_duration",
                 "eval_count", "eval_duration"):  # fmt: skip
@@ -94,6 +95,23 @@ def test_greedy_raw_generate_equals_the_engine(app, http):  # acceptance
         model.tokenizer.token_bytes(s.token).decode("utf-8", "replace") for s in steps
     ]
     assert api["done_reason"] == steps[-1].done_reason
+
+
+def test_a_chunk_repeated_more_than_30_times_ends_the_stream(app, http):  # Ollama's guard
+    body = {"model": "smollm2", "prompt": "!!!!!!!!!!!!!!!!!!!!!!!!", "raw": True,
+            "options": {"temperature": 0, "repeat_penalty": 1, "num_predict": 64}}  # fmt: skip
+    _, events = stream(http, body)
+    (runner,) = app.state.scheduler.loaded()
+    ids = runner.model.tokenizer.encode(body["prompt"], add_special=True, parse_special=True)
+    engine = [s.text for s in generate(runner.model, ids, resolve({}, body["options"]))]
+    assert len(engine) == 64 and engine[-1] == "0"  # unguarded, "0" runs to num_predict
+    texts = [e["response"] for e in events]
+    assert all(e["done"] is False for e in events)  # no final chunk, no error: the stream ends
+    assert texts == engine[: len(texts)]
+    assert texts[-31:] == ["0"] * 31 and texts[-32] != "0"  # the 32nd "0" in a row is dropped
+    assert engine[len(texts)] == "0"
+    whole = http.post("/api/generate", json={**body, "stream": False}).json()
+    assert whole["done"] is False and whole["response"] == "".join(texts)
 
 
 def test_default_options_sample_like_the_engine_defaults(app, http):  # O1, O3

@@ -20,7 +20,7 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
-from server.cli import main as cli_main
+from server.cli.main import main as cli_main
 from server.routes_models import model_routes
 from server.store import Store
 from tests.server.conftest import ServerProcess, assert_consistent, needs_registry

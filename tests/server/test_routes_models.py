@@ -21,7 +21,7 @@ import pytest
 from engine.gguf import GGUFFile
 from engine.quantize import quantize_gguf
 from server.app import create_app
-from server.cli import main as cli_main
+from server.cli.main import main as cli_main
 from server.manifest import MEDIA_SYSTEM
 from server.names import parse_name
 from server.store import Store

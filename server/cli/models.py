@@ -1,6 +1,6 @@
 """Model-management subcommands of `refllama`: create, pull, push, list, show, cp, rm.
 
-Like Ollama's CLI these are HTTP clients of a running server (server/cli.py's `Client`, address
+Like Ollama's CLI these are HTTP clients of a running server (server/cli/client.py, address
 from OLLAMA_HOST). `create -f Modelfile` parses the Modelfile locally (server/modelfile.py),
 uploads the files it names as blobs, then sends the JSON request (spec §15). Progress goes to
 stderr; tables and show's text go to stdout.
@@ -18,46 +18,45 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, TextIO
 
-from server import cli  # server/cli.py imports this module; only used at call time
-from server.modelfile import ModelfileError, create_request, parse
+from server.cli.client import APIError, Client, server_url
 
 
-def add_subcommands(sub: Any) -> None:
-    """Register the model commands on `build_parser()`'s subparsers."""
-    p = sub.add_parser("create", help="Create a model from a Modelfile")
+def add_subcommands(sub: Any, env: tuple[tuple[str, str], ...]) -> None:
+    """Register the model commands on `build_parser()`'s subparsers (`env`: for their help)."""
+    p = sub.add_parser("create", help="Create a model from a Modelfile", env=env)
     p.add_argument("model")
     p.add_argument("-f", "--file", default="Modelfile", help="Modelfile path (default Modelfile)")
     p.add_argument("-q", "--quantize", help="Quantize the model to this type (e.g. q4_K_M)")
     p.set_defaults(func=cmd_create)
 
     for verb, text in (("pull", "Pull a model from a registry"), ("push", "Push a model")):
-        p = sub.add_parser(verb, help=text)
+        p = sub.add_parser(verb, help=text, env=env)
         p.add_argument("model")
         p.add_argument("--insecure", action="store_true", help="Use plain http for the registry")
         p.set_defaults(func=cmd_pull if verb == "pull" else cmd_push)
 
-    p = sub.add_parser("list", aliases=["ls"], help="List models")
+    p = sub.add_parser("list", aliases=["ls"], help="List models", env=env)
     p.set_defaults(func=cmd_list)
 
-    p = sub.add_parser("show", help="Show information for a model")
+    p = sub.add_parser("show", help="Show information for a model", env=env)
     p.add_argument("model")
     for flag in ("license", "modelfile", "parameters", "system", "template"):
         p.add_argument(f"--{flag}", action="store_true", help=f"Show the model's {flag}")
     p.add_argument("-v", "--verbose", action="store_true", help="Show all model_info values")
     p.set_defaults(func=cmd_show)
 
-    p = sub.add_parser("cp", help="Copy a model")
+    p = sub.add_parser("cp", help="Copy a model", env=env)
     p.add_argument("source")
     p.add_argument("destination")
     p.set_defaults(func=cmd_cp)
 
-    p = sub.add_parser("rm", help="Remove models")
+    p = sub.add_parser("rm", help="Remove models", env=env)
     p.add_argument("models", nargs="+")
     p.set_defaults(func=cmd_rm)
 
 
-def _client() -> cli.Client:
-    return cli.Client(cli.server_url().base)
+def _client() -> Client:
+    return Client(server_url().base)
 
 
 # ---- progress output -----------------------------------------------------------------------
@@ -104,7 +103,7 @@ class Progress:
             self.out.flush()
 
 
-def _follow(events: Any) -> None:
+def follow(events: Any) -> None:
     progress = Progress(sys.stderr)
     try:
         for event in events:
@@ -124,7 +123,7 @@ def _upload(base: str, digest: str, path: Path, progress: Progress) -> None:
         return
     except urllib.error.HTTPError as e:
         if e.code != 404:
-            raise cli.APIError(e.code, f"checking blob {digest}: HTTP {e.code}") from None
+            raise APIError(e.code, f"checking blob {digest}: HTTP {e.code}") from None
     size = path.stat().st_size
     status = f"copying file {digest}"
     progress.update({"status": status, "digest": digest, "total": size})
@@ -135,7 +134,7 @@ def _upload(base: str, digest: str, path: Path, progress: Progress) -> None:
         try:
             urllib.request.urlopen(request).close()
         except urllib.error.HTTPError as e:
-            raise cli.APIError(e.code, _error_text(e.read())) from None
+            raise APIError(e.code, _error_text(e.read())) from None
     progress.update({"status": status, "digest": digest, "total": size, "completed": size})
 
 
@@ -147,6 +146,10 @@ def _error_text(body: bytes) -> str:
 
 
 def cmd_create(args: argparse.Namespace) -> int:
+    # The Modelfile parser shares server.errors (and so the engine package) with the server;
+    # only `create` pays for that import, so `list`, `show`... start fast.
+    from server.modelfile import ModelfileError, create_request, parse
+
     modelfile = Path(args.file)
     try:
         text = modelfile.read_bytes()
@@ -178,12 +181,12 @@ def cmd_create(args: argparse.Namespace) -> int:
 
 
 def cmd_pull(args: argparse.Namespace) -> int:
-    _follow(_client().stream("/api/pull", {"model": args.model, "insecure": args.insecure}))
+    follow(_client().stream("/api/pull", {"model": args.model, "insecure": args.insecure}))
     return 0
 
 
 def cmd_push(args: argparse.Namespace) -> int:
-    _follow(_client().stream("/api/push", {"model": args.model, "insecure": args.insecure}))
+    follow(_client().stream("/api/push", {"model": args.model, "insecure": args.insecure}))
     return 0
 
 

@@ -1,0 +1,306 @@
+"""`refllama run`'s output and its interactive session: streaming an answer, the `>>>` prompt
+and its slash commands, as Ollama's cmd/interactive.go.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass, field
+from typing import Any, TextIO
+
+from server.cli.client import APIError, Client
+
+
+def chat_once(
+    client: Client, base: dict[str, Any], prompt: str, verbose: bool, hide_thinking: bool
+) -> int:
+    messages = [{"role": "user", "content": prompt}]
+    reply = _stream_chat(client, base, messages, sys.stdout, verbose, hide_thinking)
+    return 0 if reply is not None else 1
+
+
+def _stream_chat(
+    client: Client,
+    base: dict[str, Any],
+    messages: list[dict[str, Any]],
+    out: TextIO,
+    verbose: bool,
+    hide_thinking: bool = False,
+) -> str | None:
+    """Print the answer as it streams; returns its text (None after an error).
+
+    Ctrl-C stops the answer (closing the stream cancels it on the server), as in Ollama."""
+    content: list[str] = []
+    thinking = False
+    final: dict[str, Any] = {}
+    try:
+        for event in client.stream("/api/chat", {**base, "messages": messages}):
+            message = event.get("message", {})
+            if message.get("thinking") and not hide_thinking:
+                if not thinking:
+                    out.write("Thinking...\n")
+                    thinking = True
+                out.write(message["thinking"])
+            if message.get("content"):
+                if thinking:
+                    out.write("\n...done thinking.\n\n")
+                    thinking = False
+                out.write(message["content"])
+                content.append(message["content"])
+            out.flush()
+            if event.get("done"):
+                final = event
+    except APIError as e:
+        print(f"Error: {e}", file=sys.stderr)
+        return None
+    except KeyboardInterrupt:
+        out.write("\n")
+        return None
+    out.write("\n")
+    if verbose:
+        _print_stats(final)
+    return "".join(content)
+
+
+def _print_stats(final: dict[str, Any]) -> None:
+    def rate(count: int, ns: int) -> str:
+        return f"{count / (ns / 1e9):.2f} tokens/s" if ns else "n/a"
+
+    err = sys.stderr
+    print(f"total duration:       {final.get('total_duration', 0) / 1e9:.6f}s", file=err)
+    print(f"load duration:        {final.get('load_duration', 0) / 1e9:.6f}s", file=err)
+    print(f"prompt eval count:    {final.get('prompt_eval_count', 0)} token(s)", file=err)
+    print(f"prompt eval duration: {final.get('prompt_eval_duration', 0) / 1e9:.6f}s", file=err)
+    print(
+        f"prompt eval rate:     "
+        f"{rate(final.get('prompt_eval_count', 0), final.get('prompt_eval_duration', 0))}",
+        file=err,
+    )
+    print(f"eval count:           {final.get('eval_count', 0)} token(s)", file=err)
+    print(f"eval duration:        {final.get('eval_duration', 0) / 1e9:.6f}s", file=err)
+    print(
+        f"eval rate:            {rate(final.get('eval_count', 0), final.get('eval_duration', 0))}",
+        file=err,
+    )
+
+
+_HELP = """Available Commands:
+  /set            Set session variables
+  /show           Show model information
+  /clear          Clear session context
+  /bye            Exit
+  /?, /help       Help for a command
+
+Use \"\"\" to begin a multi-line message.
+"""
+
+_SET_HELP = """Available Commands:
+  /set parameter ...     Set a parameter
+  /set system <string>   Set system message
+  /set history           Enable history
+  /set nohistory         Disable history
+  /set wordwrap          Enable wordwrap
+  /set nowordwrap        Disable wordwrap
+  /set format json       Enable JSON mode
+  /set noformat          Disable formatting
+  /set verbose           Show LLM stats
+  /set quiet             Disable LLM stats
+  /set think             Enable thinking
+  /set nothink           Disable thinking
+"""
+
+_SHOW_HELP = """Available Commands:
+  /show info         Show details for this model
+  /show license      Show model license
+  /show modelfile    Show Modelfile for this model
+  /show parameters   Show parameters for this model
+  /show system       Show system message
+  /show template     Show prompt template
+"""
+
+
+@dataclass
+class Session:
+    """What `/set` changes: the request fields, the system message and the display modes."""
+
+    client: Client
+    base: dict[str, Any]
+    verbose: bool
+    hide_thinking: bool
+    history: list[dict[str, Any]] = field(default_factory=list)
+    system: str = ""
+
+
+def interactive(client: Client, base: dict[str, Any], verbose: bool, hide_thinking: bool) -> int:
+    """Ollama's generateInteractive over input(): `>>>` lines until /bye or Ctrl-D."""
+    session = Session(client, base, verbose, hide_thinking)
+    while True:
+        try:
+            line = input(">>> ")
+            if line.startswith('"""'):
+                line = _multiline(line)
+        except EOFError:
+            print()
+            return 0
+        except KeyboardInterrupt:
+            print("\nUse Ctrl + d or /bye to exit.")
+            continue
+        words = line.split()
+        if words and words[0] in ("/bye", "/exit"):
+            return 0
+        if words and line.startswith("/"):
+            _command(session, line, words)
+            continue
+        if not line.strip():
+            continue
+        session.history.append({"role": "user", "content": line})
+        reply = _stream_chat(
+            client, session.base, session.history, sys.stdout, session.verbose,
+            session.hide_thinking,
+        )  # fmt: skip
+        if reply is not None:
+            session.history.append({"role": "assistant", "content": reply})
+        print()
+
+
+def _multiline(first: str) -> str:
+    parts = [first[3:]]
+    while not parts[-1].rstrip().endswith('"""'):
+        parts.append(input("... "))
+    return "\n".join(parts).rstrip()[:-3]
+
+
+def _command(session: Session, line: str, words: list[str]) -> None:
+    verb = words[0]
+    if verb in ("/?", "/help"):
+        topic = words[1] if len(words) > 1 else ""
+        print({"set": _SET_HELP, "/set": _SET_HELP, "show": _SHOW_HELP, "/show": _SHOW_HELP}
+              .get(topic, _HELP))  # fmt: skip
+    elif verb == "/clear":
+        session.history = [m for m in session.history if m["role"] == "system"]
+        print("Cleared session context")
+    elif verb == "/set" and len(words) > 1:
+        _set(session, line, words)
+    elif verb == "/set":
+        print(_SET_HELP)
+    elif verb == "/show" and len(words) > 1:
+        _show(session, words[1])
+    elif verb == "/show":
+        print(_SHOW_HELP)
+    else:
+        print(f"Unknown command '{verb}'. Type /? for help")
+
+
+_MODES = {
+    "wordwrap": "Set 'wordwrap' mode.",
+    "nowordwrap": "Set 'nowordwrap' mode.",
+    "verbose": "Set 'verbose' mode.",
+    "quiet": "Set 'quiet' mode.",
+    "nothink": "Set 'nothink' mode.",
+}
+
+
+def _set(session: Session, line: str, words: list[str]) -> None:
+    what = words[1]
+    base = session.base
+    if what in ("history", "nohistory"):
+        return  # input() keeps no history file; Ollama prints nothing for these either
+    if what in _MODES:
+        if what in ("verbose", "quiet"):
+            session.verbose = what == "verbose"
+        elif what == "nothink":
+            base["think"] = False
+        print(_MODES[what])
+    elif what == "think":
+        base["think"] = words[2] if len(words) > 2 else True
+        print(f"Set 'think' mode to '{words[2]}'." if len(words) > 2 else "Set 'think' mode.")
+    elif what == "format":
+        if len(words) < 3 or words[2] != "json":
+            print("Invalid or missing format. For 'json' mode use '/set format json'")
+        else:
+            base["format"] = "json"
+            print("Set format to 'json' mode.")
+    elif what == "noformat":
+        base.pop("format", None)
+        print("Disabled format.")
+    elif what == "parameter":
+        _set_parameter(session, words)
+    elif what == "system" and len(words) > 2:
+        text = line.split(None, 2)[2].strip()
+        if text.startswith('"""') and text.endswith('"""') and len(text) >= 6:
+            text = text[3:-3]
+        session.system = text
+        message = {"role": "system", "content": text}
+        if session.history and session.history[-1]["role"] == "system":
+            session.history[-1] = message
+        else:
+            session.history.append(message)
+        print("Set system message.")
+    elif what == "system":
+        print(_SET_HELP)
+    else:
+        print(f"Unknown command '/set {what}'. Type /? for help")
+
+
+def _set_parameter(session: Session, words: list[str]) -> None:
+    """`/set parameter NAME VALUE...`; the server checks the value with a load request, so a
+    bad name or value is refused here instead of failing every later message."""
+    if len(words) < 4:
+        print("Usage: /set parameter <name> <value>")
+        return
+    name, values = words[2], words[3:]
+    value = [_parameter_value(v) for v in values] if name == "stop" else _parameter_value(values[0])
+    options = {**session.base.get("options", {}), name: value}
+    try:
+        session.client.post(
+            "/api/chat", {**session.base, "options": options, "messages": [], "stream": False}
+        )
+    except APIError as e:
+        print(f"Couldn't set parameter: {json.dumps(str(e))}")
+        return
+    session.base["options"] = options
+    print(f"Set parameter '{name}' to '{', '.join(values)}'")
+
+
+def _show(session: Session, what: str) -> None:
+    try:
+        info = session.client.post("/api/show", {"model": session.base["model"]})
+    except APIError:
+        print("error: couldn't get model")
+        return
+    if what == "info":
+        details = info.get("details", {})
+        for key in ("family", "parameter_size", "quantization_level"):
+            print(f"  {key:<20}{details.get(key, '')}")
+    elif what == "license":
+        print(info.get("license") or "No license was specified for this model.")
+    elif what == "modelfile":
+        print(info.get("modelfile", ""))
+    elif what == "parameters":
+        print("Model defined parameters:")
+        lines = (info.get("parameters") or "").splitlines()
+        for text in lines or ["No additional parameters were specified for this model."]:
+            print(f"  {text}")
+        print()
+        if session.base.get("options"):
+            print("User defined parameters:")
+            for key, value in session.base["options"].items():
+                print(f"  {key:<30} {value}")
+            print()
+    elif what == "system":
+        text = session.system or info.get("system", "")
+        print(f"{text}\n" if text else "No system message was specified for this model.")
+    elif what == "template":
+        print(info.get("template") or "No prompt template was specified for this model.")
+    else:
+        print(f"Unknown command '/show {what}'. Type /? for help")
+
+
+def _parameter_value(text: str) -> Any:
+    """A `/set parameter` value: a JSON number or boolean when it parses as one, else text."""
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return text
+    return value if isinstance(value, int | float | bool) else text
