@@ -26,6 +26,7 @@ from starlette.types import Receive, Scope, Send
 from engine import load
 from engine.errors import ContextOverflow, EngineError, GrammarError, InvalidOption, TokenizerError
 from server import embeddings, inference
+from server.body import parse_body
 from server.errors import InvalidRequest, ModelNotFound, ServerError, go_quote
 from server.events import chat_event, dumps, generate_event, local_timestamp, ndjson_line
 from server.guard import OriginAndHostGuard
@@ -213,9 +214,11 @@ class Endpoints:
 
     async def generate(self, request: Request) -> Response:
         arrived = time.monotonic_ns()
-        req = GenerateRequest.from_body(await request.body())
+        req = await parse_body(request, GenerateRequest.from_body)
         if not req.model.strip():
             raise ModelNotFound("", "model '' not found")
+        if not req.prompt and req.keep_alive == 0 and self._unload_deleted(req.model):
+            return JSONBody(generate_event(req.model, "", done=True, done_reason="unload"))
         record = self._resolve(req.model)
         if not req.prompt and req.keep_alive == 0:
             self.scheduler.unload(record)
@@ -227,7 +230,7 @@ class Endpoints:
 
     async def chat(self, request: Request) -> Response:
         arrived = time.monotonic_ns()
-        req = ChatRequest.from_body(await request.body())
+        req = await parse_body(request, ChatRequest.from_body)
         if not req.model.strip():
             raise InvalidRequest("model is required")
         record = self._resolve(req.model)
@@ -241,7 +244,7 @@ class Endpoints:
 
     async def embed(self, request: Request) -> Response:
         arrived = time.monotonic_ns()
-        req = EmbedRequest.from_body(await request.body())
+        req = await parse_body(request, EmbedRequest.from_body)
         if not req.model.strip():
             raise ModelNotFound("", "model '' not found")
         record = self._resolve(req.model, pull_hint=True)
@@ -249,7 +252,7 @@ class Endpoints:
         return JSONBody(body)
 
     async def embeddings(self, request: Request) -> Response:
-        req = EmbeddingsRequest.from_body(await request.body())
+        req = await parse_body(request, EmbeddingsRequest.from_body)
         if not req.model.strip():
             raise InvalidRequest("model is required")
         record = self._resolve(req.model, pull_hint=True)
@@ -279,18 +282,27 @@ class Endpoints:
         return JSONBody({"models": models})
 
     async def tokenize(self, request: Request) -> Response:
-        req = TokenizeRequest.from_body(await request.body())
+        req = await parse_body(request, TokenizeRequest.from_body)
         if not req.model.strip():
             raise InvalidRequest("model is required")
         record = self._resolve(req.model)
         return JSONBody(await embeddings.tokenize(record, req, self.scheduler))
 
     async def detokenize(self, request: Request) -> Response:
-        req = DetokenizeRequest.from_body(await request.body())
+        req = await parse_body(request, DetokenizeRequest.from_body)
         if not req.model.strip():
             raise InvalidRequest("model is required")
         record = self._resolve(req.model)
         return JSONBody(await embeddings.detokenize(record, req, self.scheduler))
+
+    def _unload_deleted(self, raw: str) -> bool:
+        """`refllama stop` of a model deleted while loaded: unload it by name (README)."""
+        name = parse_name(raw.strip())
+        try:
+            self.store.resolve(name)
+        except ModelNotFound:
+            return self.scheduler.unload_name(name.full)
+        return False
 
     def _resolve(self, raw: str, pull_hint: bool = False) -> ModelRecord:
         """The stored model for a request's `model`, with the endpoint's not-found wording."""
@@ -358,4 +370,5 @@ def create_app(
     extra = tuple(o.strip() for o in os.environ.get("OLLAMA_ORIGINS", "").split(",") if o.strip())
     app.add_middleware(OriginAndHostGuard, check_host=check_host, extra_origins=extra)
     app.state.scheduler = sched
+    app.state.store = store
     return app
