@@ -29,6 +29,7 @@ from starlette.types import Receive, Scope, Send
 from engine import load
 from engine.errors import ContextOverflow, EngineError, GrammarError, InvalidOption, TokenizerError
 from server import embeddings, inference
+from server.body import parse_body, parse_bytes, read_body
 from server.compat import anthropic, openai
 from server.errors import InvalidRequest, ModelNotFound, ServerError, go_quote
 from server.events import chat_event, dumps, generate_event, local_timestamp, ndjson_line
@@ -228,25 +229,27 @@ class Endpoints:
 
     async def generate(self, request: Request) -> Response:
         arrived = time.monotonic_ns()
-        job = await self._generate_job(await request.body(), arrived)
+        job = await self._generate_job(await read_body(request), arrived)
         return JSONBody(job) if isinstance(job, dict) else await _respond(job, request)
 
     async def chat(self, request: Request) -> Response:
         arrived = time.monotonic_ns()
-        job = await self._chat_job(await request.body(), arrived)
+        job = await self._chat_job(await read_body(request), arrived)
         return JSONBody(job) if isinstance(job, dict) else await _respond(job, request)
 
     async def embed(self, request: Request) -> Response:
         arrived = time.monotonic_ns()
-        return JSONBody(await self._embed(await request.body(), arrived))
+        return JSONBody(await self._embed(await read_body(request), arrived))
 
     # The native paths, shared by /api and the /v1 translations. A load or unload request
     # (no prompt) is answered with its one event instead of a job.
 
     async def _generate_job(self, body: bytes, arrived: int) -> Job | dict[str, Any]:
-        req = GenerateRequest.from_body(body)
+        req = await parse_bytes(body, GenerateRequest.from_body)
         if not req.model.strip():
             raise ModelNotFound("", "model '' not found")
+        if not req.prompt and req.keep_alive == 0 and self._unload_deleted(req.model):
+            return JSONBody(generate_event(req.model, "", done=True, done_reason="unload"))
         record = self._resolve(req.model)
         if not req.prompt and req.keep_alive == 0:
             self.scheduler.unload(record)
@@ -261,7 +264,7 @@ class Endpoints:
     ) -> Job | dict[str, Any]:
         """`relax_thinking` drops `think` for a model that cannot think instead of failing,
         as Ollama does for its Anthropic route."""
-        req = ChatRequest.from_body(body)
+        req = await parse_bytes(body, ChatRequest.from_body)
         if not req.model.strip():
             raise InvalidRequest("model is required")
         record = self._resolve(req.model)
@@ -277,14 +280,14 @@ class Endpoints:
         return job
 
     async def _embed(self, body: bytes, arrived: int) -> dict[str, Any]:
-        req = EmbedRequest.from_body(body)
+        req = await parse_bytes(body, EmbedRequest.from_body)
         if not req.model.strip():
             raise ModelNotFound("", "model '' not found")
         record = self._resolve(req.model, pull_hint=True)
         return await embeddings.embed(record, req, self.scheduler, arrived)
 
     async def embeddings(self, request: Request) -> Response:
-        req = EmbeddingsRequest.from_body(await request.body())
+        req = await parse_body(request, EmbeddingsRequest.from_body)
         if not req.model.strip():
             raise InvalidRequest("model is required")
         record = self._resolve(req.model, pull_hint=True)
@@ -314,14 +317,14 @@ class Endpoints:
         return JSONBody({"models": models})
 
     async def tokenize(self, request: Request) -> Response:
-        req = TokenizeRequest.from_body(await request.body())
+        req = await parse_body(request, TokenizeRequest.from_body)
         if not req.model.strip():
             raise InvalidRequest("model is required")
         record = self._resolve(req.model)
         return JSONBody(await embeddings.tokenize(record, req, self.scheduler))
 
     async def detokenize(self, request: Request) -> Response:
-        req = DetokenizeRequest.from_body(await request.body())
+        req = await parse_body(request, DetokenizeRequest.from_body)
         if not req.model.strip():
             raise InvalidRequest("model is required")
         record = self._resolve(req.model)
@@ -330,17 +333,17 @@ class Endpoints:
     # /v1: OpenAI and Anthropic requests translated onto the native paths (server/compat/)
 
     async def v1_chat(self, request: Request) -> Response:
-        return await self._translated(openai.ChatCompletions(await request.body()), request)
+        return await self._translated(openai.ChatCompletions(await read_body(request)), request)
 
     async def v1_completions(self, request: Request) -> Response:
-        return await self._translated(openai.Completions(await request.body()), request)
+        return await self._translated(openai.Completions(await read_body(request)), request)
 
     async def v1_messages(self, request: Request) -> Response:
-        return await self._translated(anthropic.Messages(await request.body()), request)
+        return await self._translated(anthropic.Messages(await read_body(request)), request)
 
     async def v1_embeddings(self, request: Request) -> Response:
         arrived = time.monotonic_ns()
-        tr = openai.Embeddings(await request.body())
+        tr = openai.Embeddings(await read_body(request))
         return JSONBody(tr.answer(await self._embed(dumps(tr.native).encode(), arrived)))
 
     async def v1_models(self, request: Request) -> Response:
@@ -371,8 +374,19 @@ class Endpoints:
         except BaseException:
             await anyio.to_thread.run_sync(job.close)
             raise
-        assert first is not None  # a job always yields at least its final event
+        if first is None:  # the repeat guard ended generation before any piece
+            await anyio.to_thread.run_sync(job.close)
+            return Response(b"", media_type="text/event-stream")
         return EventStream(first, job, tr.frames, "text/event-stream")
+
+    def _unload_deleted(self, raw: str) -> bool:
+        """`refllama stop` of a model deleted while loaded: unload it by name (README)."""
+        name = parse_name(raw.strip())
+        try:
+            self.store.resolve(name)
+        except ModelNotFound:
+            return self.scheduler.unload_name(name.full)
+        return False
 
     def _resolve(self, raw: str, pull_hint: bool = False) -> ModelRecord:
         """The stored model for a request's `model`, with the endpoint's not-found wording."""
@@ -475,4 +489,5 @@ def create_app(
     extra = tuple(o.strip() for o in os.environ.get("OLLAMA_ORIGINS", "").split(",") if o.strip())
     app.add_middleware(OriginAndHostGuard, check_host=check_host, extra_origins=extra)
     app.state.scheduler = sched
+    app.state.store = store
     return app

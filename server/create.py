@@ -17,8 +17,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from engine.errors import GGUFError, TemplateError
+from engine.errors import GGUFError, InvalidOption, TemplateError
 from engine.gguf import GGUF_MAGIC, GGUFFile
+from engine.options import resolve
 from engine.templates import GoTemplate
 from server.errors import InvalidName, InvalidRequest, ServerError, Unsupported
 from server.manifest import (
@@ -104,12 +105,21 @@ def parse_create(body: dict[str, Any]) -> CreateRequest:
         template=_string(body, "template"),
         system=_string(body, "system"),
         license=[x for x in licenses if x],
-        parameters=_object(body, "parameters"),
+        parameters=_parameters(_object(body, "parameters")),
         messages=[_message(m) for m in _list(body, "messages")],
         quantize=_string(body, "quantize") or _string(body, "quantization"),
         requires=_string(body, "requires"),
         info=_info(_object(body, "info")),
     )
+
+
+def _parameters(params: dict[str, Any]) -> dict[str, Any]:
+    """The request's parameters, refused when they would fail every later generate."""
+    try:
+        resolve(params, None)
+    except InvalidOption as e:
+        raise InvalidRequest(f"invalid parameter: {e}") from None
+    return params
 
 
 # `info` keys -> the config key each overrides (§11.5.1).

@@ -59,6 +59,8 @@ def _embed_all(runner: Runner, req: EmbedRequest, opts: Options) -> tuple[list[l
                 raise InvalidRequest("the input length exceeds the context length")
             text = tok.decode(ids[:limit])
         ids = tok.encode(text, add_special=True, parse_special=False)
+        if not ids:
+            raise InvalidRequest(f"input {len(vectors)} has no tokens to embed")
         with runner.lock:
             hidden = model.embed(ids)  # (T, D)
         vector = normalize(pool(hidden, pooling))
@@ -97,15 +99,20 @@ async def embeddings(
     try:
         if not req.prompt:
             return {"embedding": []}
-        vector = await anyio.to_thread.run_sync(_embed_one, runner, req.prompt)
+        vector = await anyio.to_thread.run_sync(_embed_one, runner, req.prompt, opts)
     finally:
         scheduler.release(runner)
     return {"embedding": vector.astype(np.float64).tolist()}
 
 
-def _embed_one(runner: Runner, text: str) -> npt.NDArray[np.float32]:
+def _embed_one(runner: Runner, text: str, opts: Options) -> npt.NDArray[np.float32]:
+    """The pooled vector of the prompt's first num_ctx tokens: Ollama's runner truncates a
+    longer input to the context, and embedding all of it would hold the model for minutes."""
     tok = runner.model.tokenizer
-    ids = tok.encode(text, add_special=True, parse_special=False)
+    ctx = min(opts.num_ctx, runner.model.config.n_ctx_train)
+    ids = tok.encode(text, add_special=True, parse_special=False)[:ctx]
+    if not ids:
+        raise InvalidRequest("prompt has no tokens to embed")
     with runner.lock:
         hidden = runner.model.embed(ids)  # (T, D)
     return pool(hidden, gguf_facts(runner.record.gguf_path).pooling_type)
@@ -121,18 +128,21 @@ async def tokenize(
     opts = request_options(record, {})
     runner, _ = await acquire_runner(scheduler, record, opts, None)
     try:
-        model = runner.model
-        ids = [
-            int(t)
-            for t in model.tokenize(
-                req.content, add_special=req.add_special, parse_special=req.parse_special
-            )
-        ]
-        if not req.with_pieces:
-            return {"tokens": ids}
-        return {"tokens": [{"id": t, "piece": _piece(model.tokenizer.token_bytes(t))} for t in ids]}
+        return await anyio.to_thread.run_sync(_tokenize, runner.model, req)
     finally:
         scheduler.release(runner)
+
+
+def _tokenize(model: Any, req: TokenizeRequest) -> dict[str, Any]:
+    ids = [
+        int(t)
+        for t in model.tokenize(
+            req.content, add_special=req.add_special, parse_special=req.parse_special
+        )
+    ]
+    if not req.with_pieces:
+        return {"tokens": ids}
+    return {"tokens": [{"id": t, "piece": _piece(model.tokenizer.token_bytes(t))} for t in ids]}
 
 
 def _piece(raw: bytes) -> str | list[int]:
@@ -153,6 +163,6 @@ async def detokenize(
         bad = [t for t in req.tokens if not 0 <= t < vocab]
         if bad:
             raise InvalidRequest(f"token id {bad[0]} is out of range [0, {vocab})")
-        return {"content": runner.model.detokenize(req.tokens)}
+        return {"content": await anyio.to_thread.run_sync(runner.model.detokenize, req.tokens)}
     finally:
         scheduler.release(runner)

@@ -102,3 +102,13 @@ def go_quote(s: str) -> str:
         else:
             out.append(f"\\U{ord(ch):08x}")
     return '"' + "".join(out) + '"'
+
+
+class BodyTooLarge(ServerError):
+    """A request body over the server's limit (413)."""
+
+    status_code = 413
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"request body too large: the limit is {limit >> 20} MiB")
+        self.limit = limit

@@ -4,9 +4,13 @@ DNS-rebinding Host check, as one ASGI middleware.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import ipaddress
 import socket
+import struct
 from fnmatch import fnmatch
+from pathlib import Path
 from typing import Any
 
 from starlette.responses import Response
@@ -34,22 +38,62 @@ def origin_allowed(origin: str, extra: tuple[str, ...]) -> bool:
     return any(fnmatch(origin, pattern) for pattern in extra)
 
 
+# Go's netip.Addr.IsPrivate: RFC 1918 and RFC 4193 only. Python's `is_private` also admits
+# link-local, documentation and other reserved ranges, which Ollama's check refuses.
+_GO_PRIVATE = tuple(
+    ipaddress.ip_network(n) for n in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "fc00::/7")
+)
+_SIOCGIFADDR = 0x8915  # Linux ioctl: an interface's IPv4 address
+
+
+def _split_host_port(host: str) -> str:
+    """The host part as Go's net.SplitHostPort gives it, or the whole text when that fails
+    (no port, or a bare IPv6 literal), as Ollama's middleware falls back."""
+    if host.startswith("["):
+        close = host.find("]")
+        if close > 0 and host[close + 1 : close + 2] == ":" and ":" not in host[close + 2 :]:
+            return host[1:close]
+        return host
+    if host.count(":") == 1:
+        return host.split(":")[0]
+    return host
+
+
+def local_addresses() -> set[str]:
+    """Addresses of this machine's interfaces (Ollama's isLocalIP), read from Linux's /proc
+    and SIOCGIFADDR; empty where neither is available."""
+    found: set[str] = set()
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/net/if_inet6").read_text().splitlines():
+            raw = line.split()[0]
+            found.add(str(ipaddress.IPv6Address(bytes.fromhex(raw))))
+    with contextlib.suppress(OSError), socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        for _, name in socket.if_nameindex():
+            request = struct.pack("256s", name.encode()[:15])
+            with contextlib.suppress(OSError):
+                reply = fcntl.ioctl(s.fileno(), _SIOCGIFADDR, request)
+                found.add(socket.inet_ntoa(reply[20:24]))
+    return found
+
+
 def host_allowed(host_header: str) -> bool:
-    host = host_header
-    if host.startswith("["):  # [::1]:11434
-        host = host[1:].split("]")[0]
-    elif host.count(":") == 1:
-        host = host.split(":")[0]
-    host = host.lower()
-    if host in ("", "localhost", socket.gethostname().lower()):
-        return True
-    if host.endswith((".localhost", ".local", ".internal")):
-        return True
+    """Ollama's allowedHostsMiddleware for a loopback listener: loopback, RFC 1918/4193,
+    unspecified or this machine's own addresses, localhost, the hostname, and names under
+    .localhost, .local and .internal."""
+    host = _split_host_port(host_header)
     try:
         ip = ipaddress.ip_address(host)
     except ValueError:
-        return False
-    return ip.is_loopback or ip.is_private or ip.is_unspecified or ip.is_link_local
+        ip = None
+    if ip is not None:
+        if ip.is_loopback or ip.is_unspecified or any(ip in n for n in _GO_PRIVATE):
+            return True
+        if str(ip) in local_addresses():
+            return True
+    host = host.lower()
+    if host in ("", "localhost", socket.gethostname().lower()):
+        return True
+    return host.endswith((".localhost", ".local", ".internal"))
 
 
 class OriginAndHostGuard:

@@ -27,6 +27,7 @@ from engine.errors import EngineError, GGUFError
 from engine.gguf import GGUFFile
 from engine.quantize import quantize_gguf
 from server import oci
+from server.body import parse_body
 from server.create import Quantizer, original_case, parse_create, run_create
 from server.errors import (
     BlobNotFound,
@@ -246,7 +247,7 @@ class ModelEndpoints:
     # create (§11.5)
 
     async def create(self, request: Request) -> Response:
-        body = decode_body(await request.body(), "CreateRequest")
+        body = await parse_body(request, functools.partial(decode_body, struct="CreateRequest"))
         req = parse_create(body)
         stream = _bool_field(body, "stream", True)
         pull = functools.partial(oci.pull, self.store, insecure=False)
@@ -291,7 +292,7 @@ class ModelEndpoints:
     # show (§11.2)
 
     async def show(self, request: Request) -> Response:
-        body = decode_body(await request.body(), "ShowRequest")
+        body = await parse_body(request, functools.partial(decode_body, struct="ShowRequest"))
         raw = _str_field(body, "model", "name").strip()
         if not raw:
             raise InvalidRequest("model is required")
@@ -356,7 +357,7 @@ class ModelEndpoints:
     # copy (§11.3) and delete (§11.4)
 
     async def copy(self, request: Request) -> Response:
-        body = decode_body(await request.body(), "CopyRequest")
+        body = await parse_body(request, functools.partial(decode_body, struct="CopyRequest"))
         source = _str_field(body, "source")
         destination = _str_field(body, "destination")
         try:
@@ -376,7 +377,7 @@ class ModelEndpoints:
         return Response(status_code=200)
 
     async def delete(self, request: Request) -> Response:
-        body = decode_body(await request.body(), "DeleteRequest")
+        body = await parse_body(request, functools.partial(decode_body, struct="DeleteRequest"))
         raw = _str_field(body, "model", "name").strip()
         if not raw:
             raise InvalidRequest("model is required")
@@ -393,7 +394,7 @@ class ModelEndpoints:
     # pull (§11.7) and push (§11.8)
 
     async def pull(self, request: Request) -> Response:
-        body = decode_body(await request.body(), "PullRequest")
+        body = await parse_body(request, functools.partial(decode_body, struct="PullRequest"))
         raw = _str_field(body, "model", "name").strip()
         name = parse_name(raw)
         insecure = _bool_field(body, "insecure", False)
@@ -401,7 +402,7 @@ class ModelEndpoints:
         return await _progress_response(events, _bool_field(body, "stream", True))
 
     async def push(self, request: Request) -> Response:
-        body = decode_body(await request.body(), "PushRequest")
+        body = await parse_body(request, functools.partial(decode_body, struct="PushRequest"))
         raw = _str_field(body, "model", "name")
         if not raw:
             raise InvalidRequest("model is required")

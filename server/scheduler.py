@@ -14,7 +14,6 @@ else runs.
 
 from __future__ import annotations
 
-import functools
 import logging
 import os
 import threading
@@ -58,6 +57,14 @@ class Runner:
     expires_at: float = 0.0  # wall clock; meaningful when idle
     retired: bool = False  # replaced (num_ctx changed) or asked to unload: drop when idle
     free_slots: list[Slot] = field(default_factory=list)
+    # Guards free_slots only, so /api/ps never waits for an engine step (which holds `lock`).
+    slots_lock: threading.Lock = field(default_factory=threading.Lock)
+    # Read once at load: the GGUF may be deleted while the model stays loaded (its weights
+    # are in memory), and /api/ps must still answer.
+    weight_bytes: int = 0
+
+    def __post_init__(self) -> None:
+        self.weight_bytes = _float32_weight_bytes(self.record.gguf_path)
 
     @property
     def key(self) -> str:
@@ -66,7 +73,7 @@ class Runner:
     def take_slot(self, prompt: list[int]) -> Slot:
         """The free slot sharing the longest prefix with `prompt` (llama-server's cache_prompt
         slot choice), or a new one."""
-        with self.lock:
+        with self.slots_lock:
             if self.free_slots:
                 best = max(self.free_slots, key=lambda s: _common_prefix(s.tokens, prompt))
                 self.free_slots.remove(best)
@@ -74,18 +81,16 @@ class Runner:
         return Slot.new(self.model, self.num_ctx)
 
     def give_slot(self, slot: Slot) -> None:
-        with self.lock:
+        with self.slots_lock:
             self.free_slots.append(slot)
 
     def size(self) -> int:
         """Bytes held: the weights as float32 (the engine dequantizes at load) plus the KV
         caches of the free slots and of the requests in flight (each has one)."""
-        with self.lock:
+        with self.slots_lock:
             caches = [s.cache.k.nbytes + s.cache.v.nbytes for s in self.free_slots]
         per_cache = max(caches, default=0)
-        return (
-            _float32_weight_bytes(self.record.gguf_path) + sum(caches) + self.in_flight * per_cache
-        )
+        return self.weight_bytes + sum(caches) + self.in_flight * per_cache
 
     def ps_expiry(self, now: float) -> float:
         """`expires_at` for /api/ps: while busy, now + duration (spec §3.2)."""
@@ -183,13 +188,18 @@ class Scheduler:
 
     def unload(self, record: ModelRecord) -> None:
         """Unload now, or as soon as in-flight requests finish (spec §3.3)."""
+        self.unload_name(record.parsed.full)
+
+    def unload_name(self, full_name: str) -> bool:
+        """`unload` by the model's full name; False when no such model is loaded."""
         with self._state:
-            runner = self._runners.get(record.parsed.full.lower())
+            runner = self._runners.get(full_name.lower())
             if runner is None:
-                return
+                return False
             runner.keep_alive = 0.0
             if not runner.in_flight:
                 self._drop(runner)
+            return True
 
     def _drop(self, runner: Runner) -> None:
         if self._runners.get(runner.key) is runner:
@@ -216,7 +226,6 @@ class Scheduler:
         return sorted(runners, key=lambda r: r.ps_expiry(now), reverse=True)
 
 
-@functools.lru_cache(maxsize=32)
 def _float32_weight_bytes(path: Path) -> int:
     return 4 * sum(t.n_elements for t in GGUFFile(path).tensors.values())
 

@@ -26,16 +26,63 @@ THINK_LEVELS = ("high", "medium", "low", "max")
 # Decoding (spec §1.4)
 
 
+# Go's decoder allows 10,000 levels; Python's recurses (its limit is about 1,000 frames, and the
+# handlers walk decoded values recursively), so bodies nest at most this deep (README notes).
+MAX_DEPTH = 512
+
+
+class _NonFinite(ValueError):
+    """A bare NaN/Infinity literal: valid for Python's json module, not for Go's decoder."""
+
+    def __init__(self, literal: str) -> None:
+        super().__init__(literal)
+        self.literal = literal
+
+
+def _reject_constant(literal: str) -> Any:
+    raise _NonFinite(literal)
+
+
+class _FloatRange(ValueError):
+    """A number literal too large for float64, which Python would read as infinity."""
+
+
+def _finite_float(literal: str) -> float:
+    value = float(literal)
+    if math.isinf(value):
+        raise _FloatRange(literal)
+    return value
+
+
 def decode_body(raw: bytes, struct: str) -> dict[str, Any]:
-    """One JSON object with lowercased top-level keys (last duplicate wins); `null` gives {}."""
+    """One JSON object with lowercased top-level keys (last duplicate wins); `null` gives {}.
+
+    Errors are Go's: bare `NaN`/`Infinity` are invalid characters, nesting deeper than Go's
+    limit (MAX_DEPTH here) "exceeded max depth".
+    """
     if not raw:
         raise InvalidRequest("missing request body")
     text = raw.decode("utf-8", errors="replace").lstrip()
+    decoder = json.JSONDecoder(
+        object_pairs_hook=_lower_keys, parse_constant=_reject_constant, parse_float=_finite_float
+    )
     try:
         # raw_decode stops after the first value: trailing bytes are ignored, as Go's decoder does.
-        value, _ = json.JSONDecoder(object_pairs_hook=_lower_keys).raw_decode(text)
+        value, _ = decoder.raw_decode(text)
     except json.JSONDecodeError as e:
         raise InvalidRequest(_go_syntax_error(e, text)) from None
+    except _NonFinite as e:
+        negative = e.literal.startswith("-")
+        where = "in numeric literal" if negative else "looking for beginning of value"
+        raise InvalidRequest(f"invalid character {e.literal.lstrip('-')[0]!r} {where}") from None
+    except _FloatRange as e:
+        raise InvalidRequest(
+            f"json: cannot unmarshal number {e} into Go value of type float64"
+        ) from None
+    except RecursionError:
+        raise InvalidRequest(_too_deep(text)) from None
+    if _depth(value) > MAX_DEPTH:
+        raise InvalidRequest(_too_deep(text))
     if value is None:
         return {}
     if not isinstance(value, dict):
@@ -43,6 +90,24 @@ def decode_body(raw: bytes, struct: str) -> dict[str, Any]:
             f"json: cannot unmarshal {_json_kind(value)} into Go value of type api.{struct}"
         )
     return value
+
+
+def _depth(value: Any) -> int:
+    """Nesting depth of a decoded value, without recursion (so any depth is measured)."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        v, d = stack.pop()
+        if isinstance(v, dict):
+            v = list(v.values())
+        if isinstance(v, list):
+            deepest = max(deepest, d)
+            stack.extend((x, d + 1) for x in v if isinstance(x, dict | list))
+    return deepest
+
+
+def _too_deep(text: str) -> str:
+    opener = "[" if text.count("[") >= text.count("{") else "{"
+    return f"invalid character {opener!r} exceeded max depth"
 
 
 def _lower_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -252,6 +317,89 @@ def decode_image(text: Any) -> bytes:
 
 
 # --------------------------------------------------------------------------------------------
+# tools and tool_calls: the shapes of Ollama's api.Tool and api.ToolCall, checked field by field
+# so a malformed entry is a 400 naming the field, as Go's decoder answers, never a crash later.
+
+_ToolSpec = str | tuple[str, Any] | dict[str, Any]
+_GO_SCALARS = {"string": str, "int": int, "bool": bool}
+_PROPERTY: dict[str, Any] = {
+    "_go": "api.ToolProperty",
+    "type": "property type",
+    "description": "string",
+    "enum": ("[]interface {}", "any"),
+    "required": ("[]string", "string"),
+}
+_PROPERTY["anyof"] = ("[]api.ToolProperty", _PROPERTY)
+_PROPERTY["properties"] = ("map", _PROPERTY)
+_TOOL: dict[str, Any] = {
+    "_go": "api.Tool",
+    "type": "string",
+    "function": {
+        "_go": "api.ToolFunction",
+        "name": "string",
+        "description": "string",
+        "parameters": {
+            "_go": "api.ToolFunctionParameters",
+            "type": "string",
+            "required": ("[]string", "string"),
+            "properties": ("map", _PROPERTY),
+        },
+    },
+}
+_TOOL_CALL: dict[str, Any] = {
+    "_go": "api.ToolCall",
+    "id": "string",
+    "function": {
+        "_go": "api.ToolCallFunction",
+        "index": "int",
+        "name": "string",
+        "arguments": ("map", "any"),
+    },
+}
+
+
+def _check_shape(value: Any, spec: _ToolSpec, path: str) -> None:
+    """Raise Go's unmarshal error when `value` (a decoded field at `path`) misfits `spec`."""
+    if value is None or spec == "any":
+        return
+
+    def fail(go_type: str) -> InvalidRequest:
+        return InvalidRequest(
+            f"json: cannot unmarshal {_json_kind(value)} into Go struct field {path} "
+            f"of type {go_type}"
+        )
+
+    if isinstance(spec, str) and spec in _GO_SCALARS:
+        py = _GO_SCALARS[spec]
+        if isinstance(value, bool) != (py is bool) or not isinstance(value, py):
+            raise fail(spec)
+    elif spec == "property type":  # api.PropertyType: a string or a list of strings
+        if not isinstance(value, str) and not (
+            isinstance(value, list) and all(isinstance(v, str) for v in value)
+        ):
+            raise fail("api.PropertyType")
+    elif isinstance(spec, tuple):
+        go_type, inner = spec
+        if go_type == "map":
+            if not isinstance(value, dict):
+                raise fail("map[string]interface {}")
+            for v in value.values():
+                _check_shape(v, inner, path)
+        else:
+            if not isinstance(value, list):
+                raise fail(go_type)
+            for v in value:
+                _check_shape(v, inner, path)
+    else:
+        assert isinstance(spec, dict)
+        if not isinstance(value, dict):
+            raise fail(spec["_go"])
+        for key, inner in spec.items():
+            if key != "_go":
+                _check_shape(value.get(key), inner, f"{path}.{key}")
+
+
+# --------------------------------------------------------------------------------------------
 # Requests
 
 
@@ -277,10 +425,24 @@ class Message:
             content=f.str("content"),
             thinking=f.str("thinking"),
             images=tuple(decode_image(v) for v in f.list("images", "[]api.ImageData")),
-            tool_calls=tuple(_restore(c) for c in f.list("tool_calls", "[]api.ToolCall")),
+            tool_calls=tuple(_restore(c) for c in _tool_calls(f)),
             tool_name=f.str("tool_name"),
             tool_call_id=f.str("tool_call_id"),
         )
+
+
+def _tool_calls(f: _Fields) -> list[Any]:
+    calls = f.list("tool_calls", "[]api.ToolCall")
+    for call in calls:
+        _check_shape(call, _TOOL_CALL, "ChatRequest.messages.tool_calls")
+    return calls
+
+
+def _tools(f: _Fields) -> list[Any]:
+    tools = f.list("tools", "api.Tools")
+    for tool in tools:
+        _check_shape(tool, _TOOL, "ChatRequest.tools")
+    return tools
 
 
 @dataclass(frozen=True)
@@ -357,7 +519,7 @@ class ChatRequest(_Common):
         return cls(
             **cls._common(f),
             messages=tuple(Message.from_json(m) for m in f.list("messages", "[]api.Message")),
-            tools=tuple(_restore(t) for t in f.list("tools", "api.Tools")),
+            tools=tuple(_restore(t) for t in _tools(f)),
         )
 
 

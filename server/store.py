@@ -52,6 +52,7 @@ from server.names import Name, parse_digest, parse_name
 log = logging.getLogger(__name__)
 
 CHUNK = 1 << 20
+TEMP_PREFIX = "tmp-"  # this store's in-progress files, always inside blobs/
 STALE_SECONDS = 3600  # Ollama's startup GC only touches files older than an hour (§13.6)
 
 
@@ -143,7 +144,7 @@ class Store:
 
     def temp_path(self) -> Path:
         """A fresh temporary file name in `blobs/`, on the same file system as every target."""
-        return self.blobs_dir / f"tmp-{secrets.token_hex(8)}"
+        return self.blobs_dir / f"{TEMP_PREFIX}{secrets.token_hex(8)}"
 
     def add_blob_stream(self, chunks: Iterable[bytes]) -> tuple[str, bool]:
         """Store bytes under their own digest; returns (`sha256:<hex>`, created)."""
@@ -329,7 +330,9 @@ class Store:
             self.write_manifest_bytes(destination, found[0])
 
     def prune_startup(self) -> None:
-        """Ollama's startup GC (§13.6): stale unreferenced or non-digest blob files go."""
+        """Ollama's startup GC (§13.6): stale unreferenced or non-digest blob files go, and our
+        own `tmp-…` files go whatever their age: they belong to an upload, create or pull that
+        a kill interrupted, since no other process writes this store while we serve."""
         if not self.prune:
             return
         with self.lock:
@@ -344,7 +347,8 @@ class Store:
                 return
             cutoff = time.time() - STALE_SECONDS
             for path in self.blobs_dir.iterdir():
-                if path.name not in refs and path.stat().st_mtime < cutoff:
+                orphan = path.name.startswith(TEMP_PREFIX)
+                if path.name not in refs and (orphan or path.stat().st_mtime < cutoff):
                     log.info("pruning unused blob file %s", path.name)
                     if path.is_dir():
                         shutil.rmtree(path, ignore_errors=True)

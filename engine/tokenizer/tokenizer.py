@@ -26,6 +26,10 @@ from engine.gguf import GGUFFile
 from engine.tokenizer import hf
 from engine.tokenizer.vocab import SPECIAL, Attr, Vocab, load_vocab
 
+# Texts this long are encoded with encode_batch, which gives the same ids but lets other
+# threads (the server's event loop) run meanwhile; plain encode holds the GIL throughout.
+_GIL_FREE_CHARS = 1 << 16
+
 
 def _gpt2_byte_alphabet() -> dict[str, int]:
     """GPT-2's printable stand-in character for every byte, inverted: char -> byte."""
@@ -145,7 +149,10 @@ class Tokenizer:
         try:
             with self._hf_lock:
                 self._hf.encode_special_tokens = not parse_special
-                ids: list[int] = self._hf.encode(text, add_special_tokens=False).ids
+                if len(text) < _GIL_FREE_CHARS:
+                    ids: list[int] = self._hf.encode(text, add_special_tokens=False).ids
+                else:  # same ids; encode_batch releases the GIL while Rust works
+                    ids = self._hf.encode_batch([text], add_special_tokens=False)[0].ids
         except Exception as e:  # the Rust side raises plain Exception subclasses
             raise TokenizerError(f"cannot tokenize text: {e}") from e
         if self.vocab.model == "gpt2" and self.n_vocab in ids:

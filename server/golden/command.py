@@ -64,6 +64,7 @@ def _progress_bar(done: int, total: int, elapsed: float) -> None:
 
 def cmd_record(args: argparse.Namespace) -> int:
     from server.golden.record import GoldenError, record  # the engine, only when recording
+
     done_before: list[int] = []
 
     def progress(done: int, total: int, elapsed: float) -> None:
@@ -95,6 +96,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from server.golden.compare import compare  # the engine, only when comparing
     from server.golden.record import GoldenError
     from server.golden.report import terminal_table, write_html, write_json
+
     try:
         comparison = compare(args.golden, args.backend, api=args.api, model=args.model)
     except GoldenError as e:

@@ -1,5 +1,3 @@
-
-
 def test_cli_constants_agree_with_the_golden_modules() -> None:
     from server.golden import command, compare, record
 
