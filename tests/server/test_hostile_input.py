@@ -232,7 +232,7 @@ class _Serve:
         env = {**os.environ, "PYTHONPATH": str(REPO), "OPENBLAS_NUM_THREADS": "1",
                "OLLAMA_MODELS": str(models), "OLLAMA_HOST": self.url}  # fmt: skip
         self.proc = subprocess.Popen(
-            [sys.executable, "-c", "from server.cli import main; main([\"serve\"])"], cwd=REPO, env=env,
+            [sys.executable, "-m", "server.cli.main", "serve"], cwd=REPO, env=env,
             stderr=subprocess.DEVNULL,
         )  # fmt: skip
         wait_http(f"{self.url}/api/version", self.proc)
