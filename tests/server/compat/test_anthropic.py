@@ -19,6 +19,7 @@ from tests.server.test_chat_api import WEATHER_TOOL
 pytestmark = pytest.mark.slow
 
 HI = [{"role": "user", "content": "Hi!"}]
+STORY = [{"role": "user", "content": "Tell me a story."}]
 GREEDY = {"temperature": 0}  # the client has no sampling arguments: sent as extra_body
 # Two worked examples in the model's history make SmolLM2 answer a weather question with a
 # call in the template's `{` format, without a grammar (the Anthropic API has no format).
@@ -207,32 +208,21 @@ def test_errors_in_anthropic_shape(client, http):
 
 def test_seeded_request_same_text_through_three_routes(url, http):
     """The model's stored seed (the Anthropic API has none) with the same sampling settings
-    gives the same text through /api/chat, /v1/chat/completions and /v1/messages.
-
-    The model is unloaded before each request: a warm prompt cache prefills fewer tokens at
-    once, which changes the logits' last bits and so a sampled text (see the report of
-    issue 14); each route here starts cold, so only the translation can differ."""
+    gives the same text through /api/chat, /v1/chat/completions and /v1/messages."""
     sampling = {"temperature": 0.8, "top_p": 0.9}
-
-    def cold() -> None:
-        r = http.post("/api/generate", json={"model": "seeded", "keep_alive": 0})
-        assert r.json()["done_reason"] == "unload"
-
-    cold()
-    native = native_chat(http, model="seeded", messages=HI, options={**sampling, "num_predict": 12})
-    cold()
+    native = native_chat(
+        http, model="seeded", messages=STORY, options={**sampling, "num_predict": 12}
+    )
     oa = openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0)
     chat = oa.chat.completions.create(
-        model="seeded", messages=HI, max_tokens=12, seed=42, **sampling
+        model="seeded", messages=STORY, max_tokens=12, seed=42, **sampling
     )
-    cold()
     msg = anthropic.Anthropic(base_url=url, api_key="unused", max_retries=0).messages.create(
-        model="seeded", max_tokens=12, messages=HI, extra_body=sampling
+        model="seeded", max_tokens=12, messages=STORY, extra_body=sampling
     )
     text = native["message"]["content"]
     assert chat.choices[0].message.content == msg.content[0].text == text
-    cold()
     other = native_chat(
-        http, model="seeded", messages=HI, options={**sampling, "seed": 43, "num_predict": 12}
+        http, model="seeded", messages=STORY, options={**sampling, "seed": 43, "num_predict": 12}
     )
     assert other["message"]["content"] != text  # the seed decides the text

@@ -110,16 +110,17 @@ def test_chat_stream(client, http):
 
 
 def test_seed_stop_and_penalties_reach_the_sampler(client, http):
-    options = {"seed": 7, "temperature": 0.9, "top_p": 0.8, "frequency_penalty": 0.5,
-               "presence_penalty": 0.3, "num_predict": 12, "stop": ["."]}  # fmt: skip
-    native = native_chat(http, messages=HI, options=options)
+    story = [{"role": "user", "content": "Tell me a story."}]
+    options = {"seed": 7, "temperature": 0.9, "top_p": 0.8, "frequency_penalty": 1.0,
+               "presence_penalty": 1.0, "num_predict": 16, "stop": ["."]}  # fmt: skip
+    native = native_chat(http, messages=story, options=options)
     out = client.chat.completions.create(
-        model="smollm2", messages=HI, seed=7, temperature=0.9, top_p=0.8,
-        frequency_penalty=0.5, presence_penalty=0.3, max_tokens=12, stop=".",
+        model="smollm2", messages=story, seed=7, temperature=0.9, top_p=0.8,
+        frequency_penalty=1.0, presence_penalty=1.0, max_tokens=16, stop=".",
     )  # fmt: skip
     assert out.choices[0].message.content == native["message"]["content"]
     no_penalties = native_chat(
-        http, messages=HI, options={**options, "frequency_penalty": 0, "presence_penalty": 0}
+        http, messages=story, options={**options, "frequency_penalty": 0, "presence_penalty": 0}
     )
     assert no_penalties["message"]["content"] != native["message"]["content"]
 
