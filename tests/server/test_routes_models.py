@@ -699,7 +699,7 @@ def test_cli_list_show_cp_rm(
     ]
     shown = run("show", "tiny")
     assert "architecture        llama" in shown and "context length      64" in shown
-    assert run("show", "--template", "tiny") == "{{ .Prompt }}\n"
+    assert run("show", "--template", "tiny") == "{{ messages }}\n"  # the GGUF's Jinja source
     assert run("rm", "tiny", "other") == "deleted 'tiny'\ndeleted 'other'\n"
     with pytest.raises(SystemExit) as failed:
         cli_main(["rm", "tiny"])
