@@ -198,9 +198,9 @@ def _resume(output: Path, header: dict[str, Any]) -> int:
 
 def _pool_results(setup: _Setup, cases: Sequence[Case], workers: int) -> Iterator[dict[str, Any]]:
     if workers == 1:
-        recorder = _Recorder(setup)
-        for case in cases:
-            yield recorder.record(case)
+        with _Recorder(setup) as recorder:
+            for case in cases:
+                yield recorder.record(case)
         return
     # spawn, not fork: a forked child would inherit the parent's BLAS threads and locks.
     ctx = multiprocessing.get_context("spawn")
@@ -213,7 +213,7 @@ _worker: _Recorder | None = None  # one per pool process, set by its initializer
 
 def _init_worker(setup: _Setup) -> None:
     global _worker
-    _worker = _Recorder(setup)
+    _worker = _Recorder(setup)  # lives as long as its process, which the pool ends
 
 
 def _record_in_worker(case: Case) -> dict[str, Any]:
@@ -222,8 +222,8 @@ def _record_in_worker(case: Case) -> dict[str, Any]:
 
 
 def _record_shard(setup: _Setup, cases: list[Case]) -> list[dict[str, Any]]:
-    recorder = _Recorder(setup)
-    return [recorder.record(case) for case in cases]
+    with _Recorder(setup) as recorder:
+        return [recorder.record(case) for case in cases]
 
 
 def _ray_results(
@@ -253,6 +253,12 @@ class _Recorder:
         self.store = Store(Path(setup.store_root), prune=False)
         self.scheduler = Scheduler(load)
         self.loop = asyncio.Runner()
+
+    def __enter__(self) -> _Recorder:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.loop.close()
 
     def record(self, case: Case) -> dict[str, Any]:
         head = {"index": case.index, "id": case.id, "kind": case.kind, "request": case.request}
