@@ -11,7 +11,7 @@ busy, OpenBLAS's thread hand-off per call dominates: compare --blas-threads 1.
 
 Measured: load time; prefill tokens/s over a --prompt-tokens random prompt (logits of the last
 position only, as llama.cpp computes them); decode tokens/s over --decode-tokens greedy one-token
-steps (refllama: `generated=True`, as the server's decode loop); peak RSS. Each timing is
+steps (as the server's decode loop); peak RSS. Each timing is
 repeated --repeat times after one warm-up; the table shows the median and the best.
 """
 
