@@ -16,7 +16,6 @@ import os
 import sys
 import time
 from datetime import datetime
-from importlib.metadata import PackageNotFoundError, version
 from typing import Any, NoReturn
 
 from server.cli import models
@@ -43,6 +42,9 @@ CLIENT_ENV = (SERVE_ENV[0],)
 
 
 def client_version() -> str:
+    # importlib.metadata pulls in the email package (~0.1 s): only --version pays for it.
+    from importlib.metadata import PackageNotFoundError, version
+
     try:
         return version("refllama")
     except PackageNotFoundError:
