@@ -39,7 +39,13 @@ import numpy.typing as npt
 from gguf import GGMLQuantizationType as GGMLType
 
 from engine.errors import UnsupportedQuantType
-from engine.numerics import Rounding, round_activations, round_f16, vec_dot_rounding
+from engine.numerics import (
+    Rounding,
+    quantize_q8_block32,
+    quantize_q8_k,
+    round_activations,
+    vec_dot_rounding,
+)
 from engine.quants import TYPE_SIZES, dequantize
 
 F32 = np.float32
@@ -223,36 +229,15 @@ class _Q8:
     bsum: Array | None = None  # Q8_K: (T, K/G) integer sums of q per min sub-block
 
 
-def _quantize_q8_block32(x: Array, with_s: bool) -> _Q8:
-    # ggml quantize_row_q8_0/q8_1 (x86): d = amax/127, q = rint(x * 127/amax), d stored as f16.
-    T, K = x.shape
-    b = x.reshape(T, K // 32, 32)
-    amax = np.abs(b).max(axis=-1, keepdims=True)  # (T, K/32, 1)
-    inv = np.divide(F32(127.0), amax, out=np.zeros_like(amax), where=amax > 0)
-    q = np.rint(b * inv)
-    d = amax / F32(127.0)
-    s = round_f16(d * q.sum(axis=-1, keepdims=True))[..., 0] if with_s else None
-    return _Q8(q.reshape(T, K), round_f16(d)[..., 0], 32, s=s)
-
-
-def _quantize_q8_k(x: Array, min_group: int) -> _Q8:
-    # ggml quantize_row_q8_K_ref: iscale = -127/max (max: the signed value of largest |x|).
-    T, K = x.shape
-    b = x.reshape(T, K // 256, 256)
-    idx = np.abs(b).argmax(axis=-1)[..., None]
-    vmax = np.take_along_axis(b, idx, axis=-1)  # (T, K/256, 1)
-    iscale = np.divide(F32(-127.0), vmax, out=np.zeros_like(vmax), where=vmax != 0)
-    d = np.divide(F32(1.0), iscale, out=np.zeros_like(vmax), where=vmax != 0)
-    q = np.minimum(np.rint(b * iscale), F32(127.0)).reshape(T, K)
-    bsum = q.reshape(T, K // min_group, min_group).sum(axis=-1) if min_group else None
-    return _Q8(q, d[..., 0], 256, bsum=bsum)
-
-
 def _quantize(x: Array, w: QuantMatrix) -> _Q8:
     if w.rounding is Rounding.Q8_K:
-        group = 0 if w.min_q is None else 256 // w.min_q.shape[2]
-        return _quantize_q8_k(x, group)
-    return _quantize_q8_block32(x, with_s=w.add_min is not None)
+        q, d = quantize_q8_k(x)
+        if w.min_q is None:
+            return _Q8(q, d, 256)
+        group = 256 // w.min_q.shape[2]
+        return _Q8(q, d, 256, bsum=q.reshape(len(q), -1, group).sum(axis=-1))  # exact integers
+    q, d, s = quantize_q8_block32(x)
+    return _Q8(q, d, 32, s=s)
 
 
 def quant_matmul(x: Array, w: QuantMatrix) -> Array:

@@ -7,7 +7,7 @@ or low-precision dot products. It also stores the KV cache as F16, converts q to
 the softmax output to F16 for p.v (non-flash path), and evaluates GELU from an F16 table (spec:
 gguf-and-models.md section 4.9). Rounding an activation row the same way and then multiplying by
 the float32 weights gives the same products; only the float summation order still differs.
-For Q4_1/Q5_1 the Q8_1 block sum term is added separately (see q8_block32).
+For Q4_1/Q5_1 the Q8_1 block sum term is added separately (see quantize_q8_block32).
 
 Measured on the tiny model (tests/tiny_model.py) against llama.cpp with an F32 KV cache, every
 matrix of one type: max |logit difference| ~5e-5 (the golden's 4-decimal rounding) for Q4_0,
@@ -123,12 +123,12 @@ def _round_bf16(x: Array) -> Array:
     return bits.view(F32)
 
 
-def q8_block32(x: Array) -> tuple[Array, Array]:
-    """Q8_0/Q8_1 of rows (T, K): the rounded values (T, K) and each block's Q8_1 sum error.
+def quantize_q8_block32(x: Array) -> tuple[Array, Array, Array]:
+    """Q8_0/Q8_1 of rows (T, K): integers q (T, K), scales d (T, K/32) and Q8_1's s (T, K/32).
 
-    Per 32 values: d = amax/127, q = rint(x * 127/amax), value = f16(d) * q. Q8_1 also stores
-    s = f16(d * sum(q)), which Q4_1/Q5_1 dots multiply by the weight block's min; the second
-    result is s - f16(d) * sum(q) (T, K/32), the part that value-times-weight misses.
+    Per 32 values (ggml quantize_row_q8_0/q8_1, x86): d = amax/127, q = rint(x * 127/amax), d
+    stored as f16; Q8_1 also stores s = f16(d * sum(q)), which Q4_1/Q5_1 dots multiply by the
+    weight block's min.
     """
     T, K = x.shape
     b = x.reshape(T, K // 32, 32)
@@ -136,30 +136,38 @@ def q8_block32(x: Array) -> tuple[Array, Array]:
     inv = np.divide(F32(127.0), amax, out=np.zeros_like(amax), where=amax > 0)
     q = np.rint(b * inv)
     d = amax / F32(127.0)
-    dh = round_f16(d)
-    qsum = q.sum(axis=-1, keepdims=True)  # exact: integers below 2**13
-    s_error = round_f16(d * qsum) - dh * qsum  # (T, K/32, 1)
-    return (q * dh).reshape(T, K), s_error[..., 0]
+    s = round_f16(d * q.sum(axis=-1, keepdims=True))  # the sum is exact: integers below 2**13
+    return q.reshape(T, K), round_f16(d)[..., 0], s[..., 0]
 
 
-def _round_q8_k(x: Array) -> Array:
-    """(T, K) -> (T, K): per 256 values, iscale = -127/max (max = signed value of largest |x|)."""
+def quantize_q8_k(x: Array) -> tuple[Array, Array]:
+    """Q8_K of rows (T, K): integers q (T, K) and scales d (T, K/256).
+
+    Per 256 values (ggml quantize_row_q8_K_ref): iscale = -127/max, max the signed value of the
+    first largest |x| (ggml's strict '>' scan), q = min(127, rint(x * iscale)), d = 1/iscale.
+    """
     T, K = x.shape
     b = x.reshape(T, K // 256, 256)
-    idx = np.abs(b).argmax(axis=-1)[..., None]  # first largest |x|, as ggml's strict '>' scan
+    idx = np.abs(b).argmax(axis=-1)[..., None]
     vmax = np.take_along_axis(b, idx, axis=-1)  # (T, K/256, 1)
     iscale = np.divide(F32(-127.0), vmax, out=np.zeros_like(vmax), where=vmax != 0)
     d = np.divide(F32(1.0), iscale, out=np.zeros_like(vmax), where=vmax != 0)
     q = np.minimum(np.rint(b * iscale), F32(127.0))
-    return (q * d).reshape(T, K)
+    return q.reshape(T, K), d[..., 0]
+
+
+def _dequantize_rows(q: Array, d: Array) -> Array:
+    T, K = q.shape
+    return (q.reshape(T, d.shape[1], -1) * d[..., None]).reshape(T, K)
 
 
 def round_activations(x: Array, rounding: Rounding) -> Array:
     """Round activation rows (T, K) as llama.cpp does for a dot with weights of that rounding."""
     if rounding is Rounding.Q8_BLOCK32:
-        return q8_block32(x)[0]
+        q, d, _ = quantize_q8_block32(x)
+        return _dequantize_rows(q, d)
     if rounding is Rounding.Q8_K:
-        return _round_q8_k(x)
+        return _dequantize_rows(*quantize_q8_k(x))
     if rounding is Rounding.F16:
         return round_f16(x)
     if rounding is Rounding.BF16:
