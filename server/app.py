@@ -249,7 +249,7 @@ class Endpoints:
         if not req.model.strip():
             raise ModelNotFound("", "model '' not found")
         if not req.prompt and req.keep_alive == 0 and self._unload_deleted(req.model):
-            return JSONBody(generate_event(req.model, "", done=True, done_reason="unload"))
+            return generate_event(req.model, "", done=True, done_reason="unload")
         record = self._resolve(req.model)
         if not req.prompt and req.keep_alive == 0:
             self.scheduler.unload(record)

@@ -62,6 +62,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     from server.app import create_app
     from server.store import Store
+    from server.transport import HeaderTimeoutProtocol
 
     url = server_url()
     try:
@@ -71,7 +72,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     store = Store.from_env()
     store.prune_startup()  # Ollama's startup clean-up: stale temporary and unreferenced blobs
     app = create_app(store, check_host=loopback)
-    uvicorn.run(app, host=url.host, port=url.port, log_level=args.log_level)
+    uvicorn.run(
+        app, host=url.host, port=url.port, log_level=args.log_level, http=HeaderTimeoutProtocol
+    )
     return 0
 
 

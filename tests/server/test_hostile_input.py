@@ -8,7 +8,9 @@ tokenizer (embedding, tokenizing).
 from __future__ import annotations
 
 import os
+import select
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -231,10 +233,10 @@ class _Serve:
         self.url = f"http://127.0.0.1:{free_port()}"
         env = {**os.environ, "PYTHONPATH": str(REPO), "OPENBLAS_NUM_THREADS": "1",
                "OLLAMA_MODELS": str(models), "OLLAMA_HOST": self.url}  # fmt: skip
+        serve = "from server.cli.main import main; main(['serve'])"
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "server.cli.main", "serve"], cwd=REPO, env=env,
-            stderr=subprocess.DEVNULL,
-        )  # fmt: skip
+            [sys.executable, "-c", serve], cwd=REPO, env=env, stderr=subprocess.DEVNULL
+        )
         wait_http(f"{self.url}/api/version", self.proc)
 
     def kill(self) -> None:
@@ -281,6 +283,36 @@ def test_temporary_files_of_a_killed_upload_go_at_next_start(tmp_path: Path) -> 
         assert httpx.head(f"{restarted.url}/api/blobs/{digest}").status_code == 404
     finally:
         restarted.kill()
+
+
+# ---- 10: slow headers time out; the Host check is Ollama's --------------------------------
+
+
+def test_trickled_headers_are_cut_off(tmp_path: Path) -> None:
+    server = _Serve(tmp_path / "models")
+    port = int(server.url.rsplit(":", 1)[1])
+    clients = [socket.create_connection(("127.0.0.1", port)) for _ in range(16)]
+    try:
+        request = b"GET /api/version HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: " + b"a" * 200
+        open_ones = list(clients)
+        for byte in request:  # one byte per client per second; 200 s to finish the headers
+            for c in open_ones:
+                try:
+                    c.send(bytes([byte]))
+                except OSError:
+                    open_ones.remove(c)
+            if not open_ones:
+                break
+            assert httpx.get(f"{server.url}/api/version").status_code == 200
+            readable, _, _ = select.select(open_ones, [], [], 1.0)
+            for c in readable:
+                assert c.recv(1) == b""  # closed by the server, no response
+                open_ones.remove(c)
+        assert open_ones == [], f"{len(open_ones)} trickling clients still connected"
+    finally:
+        for c in clients:
+            c.close()
+        server.kill()
 
 
 # ---- 10: the Host check is Ollama's ---------------------------------------------------------
