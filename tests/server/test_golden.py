@@ -21,7 +21,8 @@ import httpx
 import pytest
 
 from server.app import create_app
-from server.golden import GOLDEN_FORMAT, GoldenError, compare, record
+from server.golden.compare import compare
+from server.golden.record import GOLDEN_FORMAT, GoldenError, record
 from server.golden.command import cmd_compare
 from server.golden.report import render_html, terminal_table, write_html, write_json
 from server.store import Store
@@ -299,7 +300,9 @@ def test_html_report_renders_in_chromium(llama_cpp_comparison: object, work: Pat
 
 
 def test_cli_constants_agree_with_the_golden_modules() -> None:
-    from server.golden import command, compare, record
+    from server.golden import command
+    from server.golden import compare as compare_module
+    from server.golden import record as record_module
 
-    assert command.APIS == compare.APIS
-    assert command.DEFAULT_TOP_LOGPROBS == record.DEFAULT_TOP_LOGPROBS
+    assert command.APIS == compare_module.APIS
+    assert command.DEFAULT_TOP_LOGPROBS == record_module.DEFAULT_TOP_LOGPROBS
