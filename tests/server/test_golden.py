@@ -21,9 +21,9 @@ import httpx
 import pytest
 
 from server.app import create_app
+from server.golden.command import cmd_compare
 from server.golden.compare import compare
 from server.golden.record import GOLDEN_FORMAT, GoldenError, record
-from server.golden.command import cmd_compare
 from server.golden.report import render_html, terminal_table, write_html, write_json
 from server.store import Store
 from tests.conftest import needs_oracle
