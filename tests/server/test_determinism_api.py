@@ -125,8 +125,6 @@ def test_same_bytes_streamed_concurrent_cached_and_across_threads(
     for solo, concurrent in zip(one["solo"], one["concurrent"], strict=True):
         assert solo["eval_count"] == 12 or solo["done_reason"] == "stop"
         assert concurrent == solo
-    _, cached, fresh = one["chat"]
-    assert cached["prompt_eval_count"] < fresh["prompt_eval_count"]  # the prefix was reused
-    cached.pop("prompt_eval_count"), fresh.pop("prompt_eval_count")
+    _, cached, fresh = one["chat"]  # after the first turn (its rows cached) vs after an unload
     assert cached == fresh
     assert runs[2] == runs[1]

@@ -142,7 +142,7 @@ def test_interrupted_record_resumes_to_the_same_file(
     env = {**os.environ, "PYTHONPATH": str(REPO), "OLLAMA_MODELS": str(store.root)}
     argv = ["golden", "record", str(corpus), "-m", "smollm2", "-o", str(out)]
     proc = subprocess.Popen(
-        [sys.executable, "-c", f"from server.cli import main; main({argv!r})"],
+        [sys.executable, "-c", f"from server.cli.main import main; main({argv!r})"],
         cwd=REPO,
         env=env,
         stderr=subprocess.DEVNULL,
