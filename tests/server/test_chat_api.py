@@ -261,11 +261,12 @@ def test_thinking_then_format(http):  # §8.4
         "required": ["answer"],
         "additionalProperties": False,
     }
-    messages = [{"role": "user", "content": "Is the sky blue? Explain, then answer in JSON."}]
+    messages = [{"role": "user", "content": "Is grass green? Say why in one sentence. Then JSON."}]
     body = {"model": "sentence", "messages": messages, "format": schema,
             "options": {"temperature": 0, "num_predict": 60}}  # fmt: skip
     out = chat(http, **body)
-    assert out["message"]["thinking"]  # the unconstrained first sentence
+    assert out["message"]["thinking"], out  # the unconstrained first sentence
+    assert out["done_reason"] == "stop" and out["message"]["content"], out
     assert json.loads(out["message"]["content"])["answer"] in ("yes", "no")
     with http.stream("POST", "/api/chat", json=body) as r:
         events = [json.loads(line) for line in r.iter_lines()]
