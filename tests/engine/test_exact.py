@@ -208,6 +208,7 @@ def test_matches_llama_cpp_tokenwise_golden(smollm2_exact: ExactModel, index: in
 
 
 @needs_oracle
+@pytest.mark.oracle
 @pytest.mark.slow
 def test_bit_identical_to_live_llama_cpp(smollm2_path: Path, smollm2_exact: ExactModel) -> None:
     assert_bit_identical_to_live(smollm2_path, smollm2_exact, b"Water is made of hydrogen and", 3)

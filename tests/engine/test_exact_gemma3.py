@@ -178,6 +178,7 @@ def test_matches_llama_cpp_tokenwise_golden(gemma3_exact: Gemma3ExactModel) -> N
 
 
 @needs_oracle
+@pytest.mark.oracle
 def test_gelu_table_equals_the_librarys() -> None:
     import llama_cpp
 
@@ -192,6 +193,7 @@ def test_gelu_table_equals_the_librarys() -> None:
 
 
 @needs_oracle
+@pytest.mark.oracle
 @pytest.mark.slow
 def test_bit_identical_to_live_llama_cpp(gemma3_path: Path, gemma3_exact: Gemma3ExactModel) -> None:
     assert_bit_identical_to_live(gemma3_path, gemma3_exact, b"Water is made of hydrogen and", 4)
