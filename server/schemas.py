@@ -87,7 +87,7 @@ def decode_body(raw: bytes, struct: str) -> dict[str, Any]:
         return {}
     if not isinstance(value, dict):
         raise InvalidRequest(
-            f"json: cannot unmarshal {_json_kind(value)} into Go value of type api.{struct}"
+            f"json: cannot unmarshal {json_kind(value)} into Go value of type api.{struct}"
         )
     return value
 
@@ -142,7 +142,8 @@ def _go_syntax_error(e: json.JSONDecodeError, text: str) -> str:
     return f"invalid character {text[e.pos]!r} {e.msg.lower()}"
 
 
-def _json_kind(value: Any) -> str:
+def json_kind(value: Any) -> str:
+    """The JSON kind Go's unmarshal errors name: bool, number, string, array, object."""
     if isinstance(value, bool):
         return "bool"
     if isinstance(value, int | float):
@@ -154,6 +155,14 @@ def _json_kind(value: Any) -> str:
     return "object"
 
 
+def field_type_error(struct: str, key: str, value: Any, go_type: str) -> InvalidRequest:
+    """Go's error for a struct field whose JSON value has the wrong kind."""
+    return InvalidRequest(
+        f"json: cannot unmarshal {json_kind(value)} into Go struct field "
+        f"{struct}.{key} of type {go_type}"
+    )
+
+
 class _Fields:
     """Typed access to one decoded object; wrong types fail with Go's unmarshal message."""
 
@@ -161,10 +170,7 @@ class _Fields:
         self.body, self.struct = body, struct
 
     def _fail(self, key: str, value: Any, go_type: str) -> InvalidRequest:
-        return InvalidRequest(
-            f"json: cannot unmarshal {_json_kind(value)} into Go struct field "
-            f"{self.struct}.{key} of type {go_type}"
-        )
+        return field_type_error(self.struct, key, value, go_type)
 
     def raw(self, key: str) -> Any:
         return _restore(self.body.get(key))
@@ -302,7 +308,7 @@ _B64_ALPHABET = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0
 def decode_image(text: Any) -> bytes:
     if not isinstance(text, str):
         raise InvalidRequest(
-            f"json: cannot unmarshal {_json_kind(text)} into Go value of type []uint8"
+            f"json: cannot unmarshal {json_kind(text)} into Go value of type []uint8"
         )
     data = text.replace("\r", "").replace("\n", "")
     for i, ch in enumerate(data):
@@ -365,7 +371,7 @@ def _check_shape(value: Any, spec: _ToolSpec, path: str) -> None:
 
     def fail(go_type: str) -> InvalidRequest:
         return InvalidRequest(
-            f"json: cannot unmarshal {_json_kind(value)} into Go struct field {path} "
+            f"json: cannot unmarshal {json_kind(value)} into Go struct field {path} "
             f"of type {go_type}"
         )
 
@@ -417,7 +423,7 @@ class Message:
     def from_json(cls, value: Any) -> Message:
         if not isinstance(value, dict):
             raise InvalidRequest(
-                f"json: cannot unmarshal {_json_kind(value)} into Go value of type api.Message"
+                f"json: cannot unmarshal {json_kind(value)} into Go value of type api.Message"
             )
         f = _Fields(value, "Message")
         return cls(

@@ -13,19 +13,7 @@ from typing import Any
 
 from server.errors import InvalidRequest
 from server.events import dumps
-
-
-def json_kind(value: Any) -> str:
-    """The JSON kind Go's unmarshal errors name: bool, number, string, array, object."""
-    if isinstance(value, bool):
-        return "bool"
-    if isinstance(value, int | float):
-        return "number"
-    if isinstance(value, str):
-        return "string"
-    if isinstance(value, list):
-        return "array"
-    return "object"
+from server.schemas import field_type_error, json_kind
 
 
 def decode_object(raw: bytes, struct: str) -> dict[str, Any]:
@@ -50,10 +38,7 @@ class Fields:
         self.body, self.struct = body, struct
 
     def _fail(self, key: str, value: Any, go_type: str) -> InvalidRequest:
-        return InvalidRequest(
-            f"json: cannot unmarshal {json_kind(value)} into Go struct field "
-            f"{self.struct}.{key} of type {go_type}"
-        )
+        return field_type_error(self.struct, key, value, go_type)
 
     def get(self, key: str) -> Any:
         return self.body.get(key)
