@@ -164,13 +164,14 @@ _SERVE = textwrap.dedent(
 class ServerProcess:
     """The model routes served by a separate Python process, so a test can SIGKILL it."""
 
-    def __init__(self, models: Path) -> None:
+    def __init__(self, models: Path, serve: str = _SERVE, blas_threads: int = 1) -> None:
+        """`serve`: a script taking the models directory and the port as its arguments."""
         self.models = models
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        env = {**os.environ, "PYTHONPATH": str(REPO), "OPENBLAS_NUM_THREADS": "1"}
+        env = {**os.environ, "PYTHONPATH": str(REPO), "OPENBLAS_NUM_THREADS": str(blas_threads)}
         self.proc = subprocess.Popen(
-            [sys.executable, "-c", _SERVE, str(models), str(self.port)], cwd=REPO, env=env
+            [sys.executable, "-c", serve, str(models), str(self.port)], cwd=REPO, env=env
         )
         wait_http(f"{self.url}/api/tags", self.proc)
 

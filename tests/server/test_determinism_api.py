@@ -5,12 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import subprocess
-import sys
 import textwrap
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +13,7 @@ import httpx
 import pytest
 
 from server.store import Store
-from tests.server.conftest import REPO, free_port, wait_http
+from tests.server.conftest import ServerProcess
 
 _SERVE = textwrap.dedent(
     """
@@ -34,19 +29,6 @@ _SERVE = textwrap.dedent(
 
 # Fields that describe time, not content.
 _TIMING = {"created_at", "total_duration", "load_duration", "prompt_eval_duration", "eval_duration"}
-
-
-@contextmanager
-def _server(models: Path, threads: int) -> Iterator[str]:
-    port = free_port()
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OPENBLAS_NUM_THREADS": str(threads)}
-    proc = subprocess.Popen([sys.executable, "-c", _SERVE, str(models), str(port)], env=env)
-    try:
-        wait_http(f"http://127.0.0.1:{port}/api/tags", proc)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        proc.kill()
-        proc.wait(timeout=10)
 
 
 def _content(event: dict[str, Any]) -> dict[str, Any]:
@@ -119,8 +101,11 @@ def test_same_bytes_streamed_concurrent_cached_and_across_threads(
     store.create_from_gguf("smollm2", smollm2_path)
     runs = {}
     for threads in (1, 2):
-        with _server(store.root, threads) as url:
-            runs[threads] = _run_all(url)
+        server = ServerProcess(store.root, serve=_SERVE, blas_threads=threads)
+        try:
+            runs[threads] = _run_all(server.url)
+        finally:
+            server.kill()
     one = runs[1]
     for solo, concurrent in zip(one["solo"], one["concurrent"], strict=True):
         assert solo["eval_count"] == 12 or solo["done_reason"] == "stop"
