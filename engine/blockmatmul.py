@@ -125,10 +125,6 @@ class FloatMatrix:
 Matrix = QuantMatrix | FloatMatrix
 
 
-def supported(ggml_type: GGMLType) -> bool:
-    return ggml_type in _PLANES or ggml_type in _FLOAT_TYPES
-
-
 def _f16_field(blocks: npt.NDArray[np.uint8], at: int) -> Array:
     return blocks[:, at : at + 2].copy().view("<f2")[:, 0].astype(F32)
 
