@@ -100,3 +100,7 @@ class InvalidOption(EngineError):
 
 class ContextOverflow(EngineError):
     """A prompt or sequence does not fit in the context window."""
+
+
+class Cancelled(EngineError):
+    """The caller's `cancelled()` turned true while the engine was evaluating."""

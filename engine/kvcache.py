@@ -1,12 +1,13 @@
-"""One sequence's key/value cache: preallocated arrays, the tokens they hold, and context shift.
+"""One sequence's key/value cache: arrays that grow with the sequence, its tokens, context shift.
 
 Keys are stored after RoPE, values as computed, in float32 arrays; with `f16` (llama.cpp's
 default F16 cache, see engine/numerics.py) the model stores F16-rounded values, and shift()
 rounds re-rotated keys again, as llama.cpp writes them back into its F16 cache. Cache index ==
-position: position p of the sequence lives at index p of every layer. The capacity is `num_ctx`
-rounded up to whole `KEY_BLOCK`s because attention sums its softmax denominator in fixed-size
-key blocks (engine/attention.py); slots at or past `n_past` are never read unmasked. This is the
-only mutable object in the forward pass.
+position: position p of the sequence lives at index p of every layer. The arrays hold whole
+`KEY_BLOCK`s, because attention sums its softmax denominator in fixed-size key blocks
+(engine/attention.py); `reserve` grows them (doubling, up to `num_ctx` rounded up to a block), so
+a short request on a large num_ctx holds only what it uses. Slots at or past `n_past` are never
+read unmasked. This is the only mutable object in the forward pass.
 """
 
 from __future__ import annotations
@@ -37,18 +38,27 @@ class KVCache:
     ) -> None:
         if num_ctx < 1:
             raise ContextOverflow(f"num_ctx must be at least 1, got {num_ctx}")
-        capacity = -(-num_ctx // KEY_BLOCK) * KEY_BLOCK
         n_layer = len(ropes)
         self.num_ctx = num_ctx
+        self.max_capacity = _blocks(num_ctx)
         self.ropes = ropes  # per layer, used to re-rotate keys on shift()
         self.f16 = f16  # values are F16-rounded (llama.cpp's F16 cache) and stay so on shift()
-        self.k = np.zeros((n_layer, n_head_kv, capacity, head_dim_k), np.float32)  # (L,Hkv,S,Dh)
-        self.v = np.zeros((n_layer, n_head_kv, capacity, head_dim_v), np.float32)  # (L,Hkv,S,Dv)
+        self.k = np.zeros((n_layer, n_head_kv, KEY_BLOCK, head_dim_k), np.float32)  # (L,Hkv,S,Dh)
+        self.v = np.zeros((n_layer, n_head_kv, KEY_BLOCK, head_dim_v), np.float32)  # (L,Hkv,S,Dv)
         self.tokens: list[int] = []  # the token at each cached position
         # Positions 0 .. n_fresh-1 have not moved since they were computed, so they hold exactly
         # what a fresh evaluation of those tokens computes (rows do not depend on how they were
         # batched, engine/model.py); positions moved by shift() hold re-rotated keys.
         self.n_fresh = 0
+
+    @property
+    def capacity(self) -> int:
+        """Positions the arrays hold now (whole key blocks, at most num_ctx rounded up)."""
+        return self.k.shape[2]
+
+    @property
+    def nbytes(self) -> int:
+        return self.k.nbytes + self.v.nbytes
 
     @property
     def n_past(self) -> int:
@@ -104,9 +114,26 @@ class KVCache:
         self.n_fresh = min(self.n_fresh, n_keep)  # moved keys were re-rotated
 
     def reserve(self, n_new: int) -> None:
-        """Raise ContextOverflow unless `n_new` more positions fit."""
+        """Make room for `n_new` more positions; ContextOverflow unless they fit in num_ctx."""
         if n_new > self.n_free:
             raise ContextOverflow(
                 f"{n_new} new tokens do not fit: {self.n_past} of num_ctx={self.num_ctx} "
                 "positions are in use"
             )
+        needed = self.n_past + n_new
+        if needed <= self.capacity:
+            return
+        capacity = min(self.max_capacity, max(_blocks(needed), 2 * self.capacity))
+        self.k, self.v = _resized(self.k, capacity), _resized(self.v, capacity)
+
+
+def _blocks(n: int) -> int:
+    """`n` rounded up to whole key blocks."""
+    return -(-n // KEY_BLOCK) * KEY_BLOCK
+
+
+def _resized(a: np.ndarray, capacity: int) -> np.ndarray:
+    """A copy of (L, Hkv, S, D) `a` with S = `capacity`, the new slots zero."""
+    out = np.zeros((*a.shape[:2], capacity, a.shape[3]), a.dtype)
+    out[:, :, : a.shape[2]] = a
+    return out

@@ -36,9 +36,10 @@ import logging
 import math
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -53,7 +54,7 @@ from engine.blockmatmul import (
     rounded_matmul,
 )
 from engine.config import ModelConfig
-from engine.errors import GGUFError, ModelTooLarge
+from engine.errors import Cancelled, GGUFError, ModelTooLarge
 from engine.gguf import GGUFFile
 from engine.kvcache import KEY_BLOCK, KVCache
 from engine.numerics import (
@@ -234,18 +235,47 @@ def silu(x: Array) -> Array:
     return x / (F32(1.0) + exp_f32(-x))  # exp(-x) is inf for x < -88: silu is then -0
 
 
+class Probe(Protocol):
+    """Receives intermediate arrays of a forward pass (engine inspection; never changes them).
+
+    Called as probe(layer, name, value) with names "attn_in" (normed input), "q", "k", "v" (after
+    RoPE and roundings, (T, heads, Dh)), "attn_out" (attention after wo, (T, D)), "ffn_out" and
+    "residual" (the layer's output, (T, D)); layer -1 with "embedding" before the first layer.
+    Arrays cover every row of the call; callers that batch sequences get them concatenated.
+    """
+
+    def __call__(self, layer: int, name: str, value: Array) -> None: ...
+
+
+@dataclass(frozen=True)
+class Segment:
+    """One sequence's new tokens in a forward pass, and the cache they extend."""
+
+    tokens: npt.NDArray[np.int64]  # (T,)
+    cache: KVCache
+
+
+def _check_cancelled(cancelled: Callable[[], bool] | None) -> None:
+    if cancelled is not None and cancelled():
+        raise Cancelled("evaluation cancelled")
+
+
 def _layer(
     x: Array,
     w: LayerWeights,
     cfg: ModelConfig,
     rope: Rope,
-    cache: KVCache,
+    segments: Sequence[Segment],
     il: int,
     numerics: Numerics,
+    probe: Probe | None,
 ) -> Array:
-    """One transformer block: (T, D) -> (T, D); writes this layer's new k, v into the cache."""
+    """One transformer block over the rows of every segment: (T, D) -> (T, D).
+
+    Every step but attention is row-wise, so the rows of all segments go through it as one
+    matrix; attention runs per segment over its own cache, where this layer's k, v are written.
+    """
     T = x.shape[0]
-    pos0 = cache.n_past
     H, Hkv, Dh, Dv = cfg.n_head, cfg.n_head_kv, cfg.head_dim, cfg.head_dim_v
     eps = cfg.norm_eps
     h = rms_norm(x, w.attn_norm, eps)
@@ -258,7 +288,10 @@ def _layer(
     if w.q_norm is not None and w.k_norm is not None:
         q = rms_norm(q, w.q_norm, eps)
         k = rms_norm(k, w.k_norm, eps)
-    cos, sin = rope.cos_sin(np.arange(pos0, pos0 + T))  # (T, n_rot/2)
+    positions = np.concatenate(
+        [np.arange(s.cache.n_past, s.cache.n_past + len(s.tokens)) for s in segments]
+    )
+    cos, sin = rope.cos_sin(positions)  # (T, n_rot/2)
     q = rope.apply(q, cos[:, None], sin[:, None])
     k = rope.apply(k, cos[:, None], sin[:, None])
     # gemma3 scales q before q.k (llama.cpp: ggml_scale, then kq_scale 1); the others scale
@@ -268,10 +301,24 @@ def _layer(
         q, scale = q * F32(scale), 1.0
     if numerics.kv_f16:
         q, k, v = round_f16(q), round_f16(k), round_f16(v)
-    cache.k[il, :, pos0 : pos0 + T] = k.transpose(1, 0, 2)
-    cache.v[il, :, pos0 : pos0 + T] = v.transpose(1, 0, 2)
+    if probe is not None:
+        probe(il, "attn_in", h)
+        probe(il, "q", q)
+        probe(il, "k", k)
+        probe(il, "v", v)
     window = cfg.sliding_window if cfg.swa_layers[il] else 0
-    a = attention(q, cache.k[il], cache.v[il], pos0, window, scale, numerics.kv_f16)
+    outs, row = [], 0
+    for seg in segments:
+        n, pos0, cache = len(seg.tokens), seg.cache.n_past, seg.cache
+        cache.k[il, :, pos0 : pos0 + n] = k[row : row + n].transpose(1, 0, 2)
+        cache.v[il, :, pos0 : pos0 + n] = v[row : row + n].transpose(1, 0, 2)
+        outs.append(
+            attention(
+                q[row : row + n], cache.k[il], cache.v[il], pos0, window, scale, numerics.kv_f16
+            )
+        )
+        row += n
+    a = outs[0] if len(outs) == 1 else np.concatenate(outs)
     a = linear(a.reshape(T, H * Dv), w.wo, numerics)  # (T, D)
     if w.bo is not None:
         a = a + w.bo
@@ -288,6 +335,10 @@ def _layer(
     f = linear(act * up, w.w_down, numerics)  # (T, D)
     if w.post_ffn_norm is not None:
         f = rms_norm(f, w.post_ffn_norm, eps)
+    if probe is not None:
+        probe(il, "attn_out", a)
+        probe(il, "ffn_out", f)
+        probe(il, "residual", x + f)
     return x + f
 
 
@@ -295,23 +346,32 @@ def forward(
     weights: Weights,
     cfg: ModelConfig,
     ropes: tuple[Rope, ...],
-    tokens: npt.NDArray[np.int64],
-    cache: KVCache,
+    segments: Sequence[Segment],
     numerics: Numerics,
+    *,
+    probe: Probe | None = None,
+    cancelled: Callable[[], bool] | None = None,
 ) -> Array:
-    """Run new `tokens` (T,) at positions n_past.. and append them to `cache`.
+    """Run each segment's new tokens at its cache's positions n_past.. and append them to it.
 
-    Returns the final-normed hidden states (T, D). The caller checks that they fit.
+    Returns the final-normed hidden states (T, D), the segments' rows in order. Each row's value
+    is the same whichever other segments share the call. The caller checks that they fit.
+    Raises Cancelled between layers once `cancelled()` is true; the caches then hold no new rows.
     """
+    tokens = np.concatenate([s.tokens for s in segments])
     if weights.token_embd is not None:
         x = weights.token_embd[tokens]  # (T, D)
     else:
         x = output_columns(weights.output, tokens).T  # tied: columns of the output matrix
     if cfg.traits.embed_scale:
         x = x * F32(math.sqrt(cfg.n_embd))
+    if probe is not None:
+        probe(-1, "embedding", x)
     for il, (w, rope) in enumerate(zip(weights.layers, ropes, strict=True)):
-        x = _layer(x, w, cfg, rope, cache, il, numerics)
-    cache.append(tokens)
+        _check_cancelled(cancelled)
+        x = _layer(x, w, cfg, rope, segments, il, numerics, probe)
+    for seg in segments:
+        seg.cache.append(seg.tokens)
     return rms_norm(x, weights.output_norm, cfg.norm_eps)
 
 
@@ -376,51 +436,91 @@ class Model:
             raise RuntimeError(f"{self.path.name} was loaded with vocab_only=True")
         return self._weights
 
+    def _segment(self, tokens: Sequence[int] | npt.NDArray[np.int64], cache: KVCache) -> Segment:
+        ids = np.asarray(tokens, dtype=np.int64).reshape(-1)
+        if ids.size == 0:
+            raise ValueError("eval needs at least one token")
+        if ids.min() < 0 or ids.max() >= self.n_vocab:
+            bad = int(ids[(ids < 0) | (ids >= self.n_vocab)][0])
+            raise ValueError(f"token id {bad} is outside the vocabulary [0, {self.n_vocab})")
+        return Segment(ids, cache)
+
     def _hidden(
         self,
-        tokens: list[int] | npt.NDArray[np.int64],
+        tokens: Sequence[int] | npt.NDArray[np.int64],
         cache: KVCache,
         num_batch: int,
+        probe: Probe | None = None,
+        cancelled: Callable[[], bool] | None = None,
     ) -> Iterator[Array]:
         """Prefill `tokens` into `cache` in chunks of `num_batch`; yields (T_chunk, D) states."""
         weights = self._weights_or_raise()
-        ids = np.asarray(tokens, dtype=np.int64).reshape(-1)
         if num_batch < 1:
             raise ValueError(f"num_batch must be >= 1, got {num_batch}")
-        if ids.size and (ids.min() < 0 or ids.max() >= self.n_vocab):
-            bad = int(ids[(ids < 0) | (ids >= self.n_vocab)][0])
-            raise ValueError(f"token id {bad} is outside the vocabulary [0, {self.n_vocab})")
-        cache.reserve(len(ids))
-        for start in range(0, len(ids), num_batch):
-            chunk = ids[start : start + num_batch]
-            yield forward(weights, self.config, self.ropes, chunk, cache, self.numerics)
+        seg = self._segment(tokens, cache)
+        cache.reserve(len(seg.tokens))
+        for start in range(0, len(seg.tokens), num_batch):
+            chunk = Segment(seg.tokens[start : start + num_batch], cache)
+            yield forward(
+                weights, self.config, self.ropes, [chunk], self.numerics,
+                probe=probe, cancelled=cancelled,
+            )  # fmt: skip
 
     def eval(
         self,
-        tokens: list[int] | npt.NDArray[np.int64],
+        tokens: Sequence[int] | npt.NDArray[np.int64],
         cache: KVCache,
         num_batch: int = DEFAULT_NUM_BATCH,
         last_only: bool = False,
+        *,
+        probe: Probe | None = None,
+        cancelled: Callable[[], bool] | None = None,
     ) -> Array:
         """Append `tokens` to `cache`; logits (T, V) for every new token, or (1, V) last_only.
 
-        Raises ContextOverflow (before computing anything) when they do not fit.
+        Raises ContextOverflow (before computing anything) when they do not fit, and Cancelled
+        between layers once `cancelled()` is true (chunks already done stay in the cache).
         """
-        if len(tokens) == 0:
-            raise ValueError("eval needs at least one token")
         weights = self._weights_or_raise()
-        chunks = list(self._hidden(tokens, cache, num_batch))
+        chunks = list(self._hidden(tokens, cache, num_batch, probe, cancelled))
         if last_only:
             return output_logits(weights, self.config, chunks[-1][-1:], self.numerics)
         return np.concatenate(
             [output_logits(weights, self.config, h, self.numerics) for h in chunks]
         )
 
-    def logits(self, tokens: list[int] | npt.NDArray[np.int64]) -> Array:
+    def eval_many(
+        self,
+        requests: Sequence[tuple[Sequence[int], KVCache]],
+        *,
+        cancelled: Callable[[], bool] | None = None,
+    ) -> list[Array]:
+        """One forward over the new tokens of several sequences, each extending its own cache.
+
+        Returns each request's logits (1, V) for its last new token. The rows of every sequence
+        are exactly what `eval` computes for it alone (the forward pass is row-wise but for
+        attention, which is per sequence), so batching never changes a request's bytes. The
+        caches must be distinct. Raises ContextOverflow before computing anything when one
+        does not fit.
+        """
+        weights = self._weights_or_raise()
+        segments = [self._segment(tokens, cache) for tokens, cache in requests]
+        if len({id(s.cache) for s in segments}) != len(segments):
+            raise ValueError("eval_many: each request needs its own cache")
+        for seg in segments:
+            seg.cache.reserve(len(seg.tokens))
+        hidden = forward(
+            weights, self.config, self.ropes, segments, self.numerics, cancelled=cancelled
+        )
+        ends = np.cumsum([len(s.tokens) for s in segments]) - 1
+        logits = output_logits(weights, self.config, hidden[ends], self.numerics)
+        return [logits[i : i + 1] for i in range(len(segments))]
+
+    def logits(self, tokens: Sequence[int] | npt.NDArray[np.int64]) -> Array:
         """Logits (T, V) for a fresh sequence."""
         return self.eval(tokens, self.new_cache(max(len(tokens), 1)))
 
-    def embed(self, tokens: list[int] | npt.NDArray[np.int64]) -> Array:
+    def embed(self, tokens: Sequence[int] | npt.NDArray[np.int64]) -> Array:
         """Final-normed hidden states (T, D) of a fresh sequence (pooled by the server)."""
         if len(tokens) == 0:
             raise ValueError("embed needs at least one token")

@@ -30,10 +30,27 @@ def tiny(tiny_path: Path) -> Model:
     return engine.load(tiny_path)
 
 
-def test_capacity_is_whole_key_blocks(tiny: Model) -> None:
-    cache = tiny.new_cache(KEY_BLOCK + 1)
-    assert cache.k.shape[2] == 2 * KEY_BLOCK and cache.num_ctx == KEY_BLOCK + 1
-    assert cache.n_past == 0 and cache.n_free == KEY_BLOCK + 1
+def test_capacity_grows_in_whole_key_blocks_up_to_num_ctx(tiny: Model) -> None:
+    cache = tiny.new_cache(5 * KEY_BLOCK + 1)
+    assert cache.capacity == KEY_BLOCK and cache.num_ctx == 5 * KEY_BLOCK + 1
+    assert cache.n_past == 0 and cache.n_free == 5 * KEY_BLOCK + 1
+    tiny.eval(list(range(3, 3 + KEY_BLOCK)), cache)
+    assert cache.capacity == KEY_BLOCK  # exactly full: no growth yet
+    tiny.eval([7], cache)
+    assert cache.capacity == 2 * KEY_BLOCK  # doubled
+    tiny.eval(list(range(3, 3 + 2 * KEY_BLOCK)), cache)
+    assert cache.capacity == 4 * KEY_BLOCK
+    tiny.eval(list(range(3, 3 + 2 * KEY_BLOCK)), cache)
+    assert cache.capacity == 6 * KEY_BLOCK and cache.n_free == 0  # capped at num_ctx's blocks
+    assert cache.nbytes == cache.k.nbytes + cache.v.nbytes
+
+
+def test_grown_cache_computes_what_a_full_size_one_does(tiny: Model) -> None:
+    ids = [(7 * i) % 60 + 3 for i in range(3 * KEY_BLOCK)]
+    grown = tiny.new_cache(4 * KEY_BLOCK)
+    steps = [tiny.eval(ids[i : i + 50], grown) for i in range(0, len(ids), 50)]
+    whole = tiny.eval(ids, tiny.new_cache(3 * KEY_BLOCK))
+    np.testing.assert_array_equal(np.concatenate(steps), whole)
 
 
 def test_truncate_then_continue_equals_fresh_sequence(tiny: Model) -> None:

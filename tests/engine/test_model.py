@@ -21,7 +21,13 @@ import pytest
 import engine
 from engine.attention import attention
 from engine.config import ModelConfig
-from engine.errors import ContextOverflow, GGUFError, ModelTooLarge, UnsupportedArchitecture
+from engine.errors import (
+    Cancelled,
+    ContextOverflow,
+    GGUFError,
+    ModelTooLarge,
+    UnsupportedArchitecture,
+)
 from engine.gguf import GGUFFile
 from engine.kvcache import KEY_BLOCK
 from engine.model import Model
@@ -219,6 +225,69 @@ def test_long_sequence_chunking_across_key_blocks(
     m.eval(ids[:-2], cache, num_batch=KEY_BLOCK + 1)
     np.testing.assert_array_equal(m.eval(ids[-2:-1], cache), full[-2:-1])
     np.testing.assert_array_equal(m.eval(ids[-1:], cache), full[-1:])
+
+
+@pytest.mark.parametrize("variant", ["llama", "gemma3"])
+def test_batched_sequences_get_their_solo_bytes(tiny_paths: dict[str, Path], variant: str) -> None:
+    # Three sequences at different positions (one prefill chunk, two decode steps) in one forward
+    # give each exactly what it gets alone, in any order of the batch.
+    m = engine.load(tiny_paths[variant])
+    rng = np.random.default_rng(2)
+    prompts = [[int(t) for t in rng.integers(3, m.n_vocab, n)] for n in (5, KEY_BLOCK + 9, 40)]
+    new = [[11, 12, 13, 14], [9], [21]]
+    solo = []
+    for prompt, extra in zip(prompts, new, strict=True):
+        cache = m.new_cache(2 * KEY_BLOCK)
+        m.eval(prompt, cache)
+        solo.append(m.eval(extra, cache, last_only=True))
+    for order in ([0, 1, 2], [2, 0, 1]):
+        caches = {i: m.new_cache(2 * KEY_BLOCK) for i in order}
+        for i in order:
+            m.eval(prompts[i], caches[i])
+        out = m.eval_many([(new[i], caches[i]) for i in order])
+        for i, logits in zip(order, out, strict=True):
+            np.testing.assert_array_equal(logits, solo[i])
+            assert caches[i].tokens == prompts[i] + new[i]
+
+
+def test_eval_many_refuses_a_shared_cache(tiny: Model) -> None:
+    cache = tiny.new_cache(16)
+    with pytest.raises(ValueError, match="its own cache"):
+        tiny.eval_many([([5], cache), ([6], cache)])
+
+
+def test_cancelled_evaluation_keeps_only_finished_chunks(tiny: Model) -> None:
+    cache = tiny.new_cache(64)
+    tiny.eval([5, 6, 7], cache)
+    n_layer = tiny.config.n_layer
+    calls = []
+
+    def cancelled() -> bool:
+        calls.append(1)
+        return len(calls) > n_layer + 1  # true before the second chunk's second layer
+
+    with pytest.raises(Cancelled):
+        tiny.eval(list(range(10, 40)), cache, num_batch=8, cancelled=cancelled)
+    assert cache.tokens == [5, 6, 7, *range(10, 18)] and len(calls) == n_layer + 2
+    np.testing.assert_array_equal(
+        tiny.eval([8], cache), tiny.eval([5, 6, 7, *range(10, 18), 8], tiny.new_cache(16))[-1:]
+    )
+
+
+def test_probe_sees_every_layer_and_changes_nothing(tiny: Model) -> None:
+    ids = [5, 6, 7, 8, 9]
+    seen: dict[tuple[int, str], np.ndarray] = {}
+
+    def probe(layer: int, name: str, value: np.ndarray) -> None:
+        seen[layer, name] = value.copy()
+
+    probed = tiny.eval(ids, tiny.new_cache(8), probe=probe)
+    np.testing.assert_array_equal(probed, tiny.logits(ids))
+    n_layer = tiny.config.n_layer
+    names = {"attn_in", "q", "k", "v", "attn_out", "ffn_out", "residual"}
+    assert set(seen) == {(-1, "embedding")} | {(il, n) for il in range(n_layer) for n in names}
+    assert seen[0, "q"].shape == (len(ids), tiny.config.n_head, tiny.config.head_dim)
+    np.testing.assert_array_equal(seen[1, "attn_in"].shape, (len(ids), tiny.config.n_embd))
 
 
 _DIGEST_SCRIPT = """
