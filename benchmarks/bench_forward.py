@@ -127,7 +127,7 @@ def _model_path(name: str, tmp: Path) -> str:
         return str(write_tiny_model(tmp / "tiny.gguf", "llama"))
     if Path(name).exists():
         return name
-    from engine.fetch import model_path
+    from engine.gguf.fetch import model_path
 
     return str(model_path(name))
 

@@ -25,10 +25,10 @@ import time
 import numpy as np
 from _machine import machine_line
 
-from engine.fetch import model_path
-from engine.gguf import GGUFFile
+from engine.gguf.fetch import model_path
+from engine.gguf.reader import GGUFFile
 from engine.grammar import CompiledGrammar, GrammarConstraint, compute_mask, parse_gbnf, trie_for
-from engine.json_schema import JSON_OBJECT_GBNF, schema_to_grammar
+from engine.grammar.json_schema import JSON_OBJECT_GBNF, schema_to_grammar
 from engine.tokenizer import Tokenizer
 
 DOCUMENT = {

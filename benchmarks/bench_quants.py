@@ -1,14 +1,14 @@
-"""Dequantization and quantization throughput per ggml type (engine.quants vs gguf-py, and
+"""Dequantization and quantization throughput per ggml type (engine.gguf.quants vs gguf-py, and
 llama.cpp's C reference when llama-cpp-python is installed), plus GGUF load time.
 
 Usage: OPENBLAS_NUM_THREADS=1 python benchmarks/bench_quants.py [--elements N] [--repeat R]
        python benchmarks/bench_quants.py --smoke
 
 Each type dequantizes the same random blocks (f16 scale fields set to finite values) through
-`engine.quants.dequantize`, `gguf.quants.dequantize` and libggml's `dequantize_row_*` (one C
+`engine.gguf.quants.dequantize`, `gguf.quants.dequantize` and libggml's `dequantize_row_*` (one C
 thread); the table gives the median MB/s of float32 output over R timed runs after one warm-up.
 The quantize table does the same for normal random float32 input (MB/s of input). The
-load-time table opens the Gemma 3 GGUF (262k-token vocabulary) with `engine.gguf.GGUFFile`
+load-time table opens the Gemma 3 GGUF (262k-token vocabulary) with `engine.gguf.reader.GGUFFile`
 and `gguf.GGUFReader`.
 """
 
@@ -28,9 +28,9 @@ import numpy as np
 from _machine import machine_line
 from gguf import GGMLQuantizationType as GGMLType
 
-from engine import quants
-from engine.fetch import model_path
-from engine.gguf import GGUFFile
+from engine.gguf import quants
+from engine.gguf.fetch import model_path
+from engine.gguf.reader import GGUFFile
 
 ROW = 2048  # elements per tensor row; gguf-py works on groups of rows, as GGUFReader gives them
 
@@ -155,7 +155,7 @@ def bench_quantize(n_elements: int, repeat: int, lib: ctypes.CDLL | None) -> Non
 def bench_load(path: Path, repeat: int) -> None:
     print(f"\nload {path.name} ({path.stat().st_size / 1e6:.0f} MB), {repeat} runs, seconds")
     print(f"{'reader':22} {'median':>8} {'min':>8}")
-    names = ("engine.gguf.GGUFFile", "gguf.GGUFReader")
+    names = ("engine.gguf.reader.GGUFFile", "gguf.GGUFReader")
     results = time_interleaved(repeat, [(GGUFFile, (path,)), (gguf.GGUFReader, (path,))])
     for name, times in zip(names, results, strict=True):
         print(f"{name:22} {statistics.median(times):8.3f} {min(times):8.3f}")

@@ -19,8 +19,8 @@ import time
 import numpy as np
 from _machine import machine_line
 
-from engine.options import Options
-from engine.sampling import Sampler, token_logprobs
+from engine.sampling.chain import Sampler, token_logprobs
+from engine.sampling.options import Options
 
 CONFIGS: dict[str, Options] = {
     "ollama defaults": Options(seed=1),

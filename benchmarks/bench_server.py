@@ -32,9 +32,9 @@ import httpx  # noqa: E402
 from _machine import machine_line  # noqa: E402
 
 from engine import load  # noqa: E402
-from engine.fetch import model_path  # noqa: E402
 from engine.generate import generate  # noqa: E402
-from engine.options import resolve  # noqa: E402
+from engine.gguf.fetch import model_path  # noqa: E402
+from engine.sampling.options import resolve  # noqa: E402
 from server.app import create_app  # noqa: E402
 from server.store import Store  # noqa: E402
 from tests.server.live import live_server  # noqa: E402

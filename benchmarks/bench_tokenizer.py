@@ -26,8 +26,8 @@ from pathlib import Path
 import tokenizers
 from _machine import machine_line
 
-from engine.fetch import model_path
-from engine.gguf import GGUFFile
+from engine.gguf.fetch import model_path
+from engine.gguf.reader import GGUFFile
 from engine.tokenizer import Tokenizer
 
 CORPUS = Path(__file__).resolve().parents[1] / "tests" / "golden" / "tokenizer_corpus.json"

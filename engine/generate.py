@@ -11,7 +11,7 @@ context is full it is shifted keeping num_keep (+BOS) tokens. It knows nothing a
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -19,8 +19,8 @@ import numpy as np
 import numpy.typing as npt
 
 from engine.errors import ContextOverflow
-from engine.options import Options, predict_limit
-from engine.sampling import Constraint, Sampler, SampleTrace, TokenLogprobs, token_logprobs
+from engine.sampling.chain import Constraint, Sampler, SampleTrace, TokenLogprobs, token_logprobs
+from engine.sampling.options import Options, predict_limit
 from engine.tokenizer import Tokenizer
 
 
@@ -44,6 +44,8 @@ class Model(Protocol):
         cache: KVCache,
         num_batch: int,
         last_only: bool = False,
+        *,
+        cancelled: Callable[[], bool] | None = None,
     ) -> npt.NDArray[np.float32]: ...  # (T, V), or (1, V) with last_only
 
 
@@ -129,7 +131,11 @@ def _find_stop(unsent: str, piece: str, stops: Sequence[str]) -> int | None:
 
 
 def _prefill(
-    model: Model, slot: Slot, prompt: list[int], num_batch: int
+    model: Model,
+    slot: Slot,
+    prompt: list[int],
+    num_batch: int,
+    cancelled: Callable[[], bool] | None = None,
 ) -> tuple[npt.NDArray[np.float32], int]:
     """Evaluate what the slot does not hold yet; returns (last logits (V,), tokens evaluated)."""
     common = 0
@@ -139,12 +145,18 @@ def _prefill(
         common += 1
     common = min(common, len(prompt) - 1)  # the last prompt token is re-evaluated for logits
     # Reuse only rows a fresh prefill would compute bit for bit: every row is computed the same
-    # way however it was batched (engine/model.py), but keys moved by a context shift are not.
+    # way however it was batched (engine/models/decoder.py), but keys moved by a context shift are
+    # not.
     common = min(common, slot.cache.n_fresh)
     slot.cache.truncate(common)
     slot.tokens = prompt[:common]
-    logits = model.eval(prompt[common:], slot.cache, num_batch, last_only=True)
-    slot.tokens = list(prompt)
+    try:
+        logits = model.eval(
+            prompt[common:], slot.cache, num_batch, last_only=True, cancelled=cancelled
+        )
+    finally:  # a cancelled prefill keeps the chunks it finished, as reusable prefix
+        slot.tokens = list(prompt[: slot.cache.n_past])
+    return logits[-1], len(prompt) - common
     return logits[-1], len(prompt) - common
 
 
@@ -163,6 +175,7 @@ def generate(
     trace: bool = False,
     load_duration: int = 0,
     t_start: int | None = None,
+    cancelled: Callable[[], bool] | None = None,
 ) -> Iterator[Step]:
     """Generate from `prompt_ids` until a stop condition; yields one `Step` per sampled token.
 
@@ -170,6 +183,8 @@ def generate(
     slot: a cache to reuse and update in place (reset if its num_ctx differs from opts').
     truncate/shift: Ollama's request switches for prompt truncation and context shifting.
     t_start: monotonic ns when the request arrived (default: now), for total_duration.
+    cancelled: polled between layers of every evaluation; once true, engine.errors.Cancelled
+    is raised (the slot keeps what was evaluated).
     Raises ContextOverflow for an empty prompt, or one too long with truncation/shift off.
     """
     t0 = time.monotonic_ns() if t_start is None else t_start
@@ -189,7 +204,7 @@ def generate(
         slot.num_ctx, slot.cache, slot.tokens = opts.num_ctx, model.new_cache(opts.num_ctx), []
 
     t_prompt = time.monotonic_ns()
-    logits, _ = _prefill(model, slot, prompt, opts.num_batch)
+    logits, _ = _prefill(model, slot, prompt, opts.num_batch, cancelled)
     sampler = Sampler(opts, logits.shape[-1], constraint=constraint)
     sampler.accept_prompt(prompt)
     t_eval = time.monotonic_ns()
@@ -242,6 +257,7 @@ def generate(
             n_keep, n_discard = shift_amounts(slot.cache.n_past, len(prompt), opts, tok.add_bos)
             slot.cache.shift(n_keep, n_discard)
             del slot.tokens[n_keep : n_keep + n_discard]
-        logits = model.eval([token], slot.cache, opts.num_batch, last_only=True)
-        logits = logits[-1]
+        logits = model.eval(
+            [token], slot.cache, opts.num_batch, last_only=True, cancelled=cancelled
+        )[-1]
         slot.tokens.append(token)

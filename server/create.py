@@ -17,10 +17,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from engine.chat.templates import GoTemplate
 from engine.errors import GGUFError, InvalidOption, TemplateError
-from engine.gguf import GGUF_MAGIC, GGUFFile
-from engine.options import resolve
-from engine.templates import GoTemplate
+from engine.gguf.reader import GGUF_MAGIC, GGUFFile
+from engine.sampling.options import resolve
 from server.errors import InvalidName, InvalidRequest, ServerError, Unsupported
 from server.manifest import (
     MEDIA_ADAPTER,

@@ -11,7 +11,7 @@ import anyio
 import numpy as np
 import numpy.typing as npt
 
-from engine.options import Options
+from engine.sampling.options import Options
 from server.errors import InvalidRequest
 from server.events import Metrics, float32_list
 from server.preflight import acquire_runner, gguf_facts, request_options

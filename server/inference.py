@@ -2,9 +2,9 @@
 §5.2, §6).
 
 `prepare_generate` and `prepare_chat` run Ollama's checks in Ollama's order (server/preflight.py),
-load the model, build the message list, render it with the model's template (engine/templates.py,
-dropping old history to fit num_ctx), tokenize, compile `format` into a grammar, and return a
-`server.job.Job` whose events the app streams; None for a load-only request.
+load the model, build the message list, render it with the model's template
+(engine/chat/templates.py, dropping old history to fit num_ctx), tokenize, compile `format` into a
+grammar, and return a `server.job.Job` whose events the app streams; None for a load-only request.
 """
 
 from __future__ import annotations
@@ -15,9 +15,7 @@ from typing import Any
 
 import anyio
 
-from engine.json_schema import grammar_for_format
-from engine.options import Options
-from engine.templates import (
+from engine.chat.templates import (
     ChatTemplate,
     GoTemplate,
     JinjaTemplate,
@@ -28,8 +26,10 @@ from engine.templates import (
     render_chat,
     render_generate,
 )
-from engine.thinking import ThinkingParser
-from engine.tools import ChatOutputParser, ToolCall, ToolCallParser
+from engine.chat.thinking import ThinkingParser
+from engine.chat.tools import ChatOutputParser, ToolCall, ToolCallParser
+from engine.grammar.json_schema import grammar_for_format
+from engine.sampling.options import Options
 from server.errors import InvalidRequest, go_quote
 from server.job import Job
 from server.preflight import (

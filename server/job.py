@@ -16,12 +16,12 @@ from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from engine.chat.tools import ChatOutputParser, Delta, ToolCall
 from engine.errors import EngineError
 from engine.generate import Step, generate
 from engine.grammar.constraint import GrammarConstraint, trie_for
-from engine.options import Options
-from engine.sampling import SampleTrace, dist_interval
-from engine.tools import ChatOutputParser, Delta, ToolCall
+from engine.sampling.chain import SampleTrace, dist_interval
+from engine.sampling.options import Options
 from server.events import Metrics, chat_event, generate_event, logprob_entry
 from server.scheduler import Runner, Scheduler
 

@@ -10,7 +10,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from engine.gguf import GGUFFile
+from engine.gguf.reader import GGUFFile
 from server import gojson
 
 MEDIA_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"

@@ -12,9 +12,9 @@ from typing import Any
 import numpy as np
 from gguf import GGUFValueType
 
+from engine.chat.templates import load_template
 from engine.errors import TemplateError
-from engine.gguf import GGUFFile
-from engine.templates import load_template
+from engine.gguf.reader import GGUFFile
 from server.store import ModelRecord
 
 
@@ -56,7 +56,7 @@ def gguf_facts(path: Path) -> GGUFFacts:
 def template_capabilities(go_template: str | None, jinja_template: str | None) -> tuple[str, ...]:
     """`tools`, `insert`, `thinking` from the template the model is served with (§11.2.3, 5).
 
-    That is the TEMPLATE layer, else the GGUF's Jinja chat template (engine/templates.py).
+    That is the TEMPLATE layer, else the GGUF's Jinja chat template (engine/chat/templates.py).
     """
     try:
         return load_template(go_template, jinja_template).capabilities

@@ -18,13 +18,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from engine.errors import InvalidOption
-from engine.gguf import GGUFFile
-from engine.options import Options, resolve
-from engine.templates import (
+from engine.chat.templates import (
     ChatTemplate,
     load_template,
 )
+from engine.errors import InvalidOption
+from engine.gguf.reader import GGUFFile
+from engine.sampling.options import Options, resolve
 from server.errors import InvalidRequest, ServerError, go_quote
 from server.routes_models import capabilities
 from server.scheduler import Runner, Scheduler
@@ -114,7 +114,7 @@ def request_options(record: ModelRecord, options: dict[str, Any]) -> Options:
 
     A value of the wrong JSON type fails as Ollama fails it: 500 `option "k" must be of type
     ...` (§2.3). A well-typed value outside the range this engine accepts is a 400 carrying
-    engine/options.py's explanation (Ollama checks no ranges; llama-server would reject or
+    engine/sampling/options.py's explanation (Ollama checks no ranges; llama-server would reject or
     silently clamp them).
     """
     env_ctx = int(os.environ.get("OLLAMA_CONTEXT_LENGTH") or 0)
@@ -138,7 +138,7 @@ class OptionTypeError(ServerError):
     """An option of the wrong JSON type: Ollama answers 500 (spec §2.3)."""
 
 
-# engine/options.py's `allowed` texts for type errors -> the Go type Ollama names.
+# engine/sampling/options.py's `allowed` texts for type errors -> the Go type Ollama names.
 _OPTION_TYPES = {
     "an integer": "integer",
     "a float32 number": "float32",

@@ -24,8 +24,8 @@ from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
 from engine.errors import EngineError, GGUFError
-from engine.gguf import GGUFFile
-from engine.quantize import quantize_gguf
+from engine.gguf.quantize import quantize_gguf
+from engine.gguf.reader import GGUFFile
 from server import oci
 from server.body import parse_body
 from server.create import Quantizer, original_case, parse_create, run_create

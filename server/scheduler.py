@@ -26,7 +26,7 @@ from typing import Any
 import anyio
 
 from engine.generate import Slot
-from engine.gguf import GGUFFile
+from engine.gguf.reader import GGUFFile
 from server.errors import ServerError
 from server.schemas import FOREVER, parse_keep_alive
 from server.store import ModelRecord

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from engine.gguf import GGUFFile
+from engine.gguf.reader import GGUFFile
 from server import gojson
 from server.errors import ModelNotFound, ServerError
 from server.manifest import (

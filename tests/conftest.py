@@ -15,7 +15,7 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import pytest
 
-from engine.fetch import llama_cpp_models_dir, model_path
+from engine.gguf.fetch import llama_cpp_models_dir, model_path
 
 HAVE_LLAMA_CPP = importlib.util.find_spec("llama_cpp") is not None
 needs_oracle = pytest.mark.skipif(not HAVE_LLAMA_CPP, reason="llama_cpp is not importable")

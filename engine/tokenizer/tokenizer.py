@@ -22,7 +22,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from engine.errors import TokenizerError
-from engine.gguf import GGUFFile
+from engine.gguf.reader import GGUFFile
 from engine.tokenizer import hf
 from engine.tokenizer.vocab import SPECIAL, Attr, Vocab, load_vocab
 

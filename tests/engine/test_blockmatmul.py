@@ -1,4 +1,6 @@
-"""engine/blockmatmul.py: integer block planes, kernel-independent products; numerics' exp."""
+"""engine/models/blockmatmul.py: integer block planes, kernel-independent products; numerics'
+exp.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +10,8 @@ import numpy as np
 import pytest
 from gguf import GGMLQuantizationType as T
 
-from engine.blockmatmul import (
+from engine.gguf.quants import QUANTIZERS, TYPE_SIZES, dequantize, quantize
+from engine.models.blockmatmul import (
     _PLANES,
     QuantMatrix,
     matmul,
@@ -16,9 +19,8 @@ from engine.blockmatmul import (
     output_columns,
     rounded_matmul,
 )
-from engine.numerics import exp_f32, round_activations, tanh_f32
-from engine.quants import QUANTIZERS, TYPE_SIZES, dequantize, quantize
-from engine.rope import _decimal_trig, _round_trig
+from engine.models.numerics import exp_f32, round_activations, tanh_f32
+from engine.models.rope import _decimal_trig, _round_trig
 
 K, N = 512, 48
 RNG = np.random.default_rng(7)

@@ -1,4 +1,4 @@
-"""Same bits on every machine: the determinism matrix of engine/model.py's policy.
+"""Same bits on every machine: the determinism matrix of engine/models/decoder.py's policy.
 
 Each cell is a fresh Python process with one OPENBLAS_CORETYPE (the BLAS kernel family: the
 kernels of another CPU generation, simulated on this one), OPENBLAS_NUM_THREADS and NumPy SIMD
@@ -29,8 +29,8 @@ _SCRIPT = r"""
 import hashlib, json, sys
 import numpy as np
 from engine.generate import generate
-from engine.model import load
-from engine.options import Options
+from engine.models.decoder import load
+from engine.sampling.options import Options
 
 text = "<|im_start|>user\nWrite one sentence about the sea.<|im_end|>\n<|im_start|>assistant\n"
 out = {}
@@ -49,8 +49,8 @@ for name, path in json.loads(sys.argv[1]).items():
         def new_cache(self, n):
             return model.new_cache(n)
 
-        def eval(self, tokens, cache, num_batch, last_only=False):
-            x = model.eval(tokens, cache, num_batch, last_only=last_only)
+        def eval(self, tokens, cache, num_batch, last_only=False, cancelled=None):
+            x = model.eval(tokens, cache, num_batch, last_only=last_only, cancelled=cancelled)
             self.sha.update(x.tobytes())
             return x
 

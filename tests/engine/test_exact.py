@@ -1,4 +1,4 @@
-"""Tests for engine/exact.py: the emulated kernels on hand-derived cases, and bit-exactness
+"""Tests for engine/exact/llama.py: the emulated kernels on hand-derived cases, and bit-exactness
 against llama.cpp's token-by-token logits on SmolLM2.
 
 Golden data: tests/golden/forward_smollm2_tokenwise.json (tests/golden/make_exact_golden.py),
@@ -19,10 +19,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from engine import exact
 from engine.errors import UnsupportedArchitecture, UnsupportedQuantType
-from engine.exact import ExactModel
-from engine.exact_gemma3 import Gemma3ExactModel
+from engine.exact import llama as exact
+from engine.exact.gemma3 import Gemma3ExactModel
+from engine.exact.llama import ExactModel
 from tests.conftest import needs_oracle
 from tests.golden.oracle_build import isa_mismatch
 from tests.tiny_model import write_tiny_model
@@ -30,7 +30,7 @@ from tests.tiny_model import write_tiny_model
 GOLDEN = Path(__file__).resolve().parents[1] / "golden" / "forward_smollm2_tokenwise.json"
 # "What is 2+2?" (chat-wrapped, 47 positions), "Paris is the capital of" (36 positions)
 GOLDEN_CASES = (0, 21)
-EMULATED_ISA = "avx512"  # the llama.cpp build engine/exact.py and exact_gemma3.py reproduce
+EMULATED_ISA = "avx512"  # the llama.cpp build engine/exact/llama.py and exact_gemma3.py reproduce
 F32 = np.float32
 
 
@@ -219,7 +219,7 @@ def assert_bit_identical_to_live(
 ) -> None:
     """Whole logit vectors equal a live llama.cpp's over `text`, then `greedy_steps` steps.
 
-    The exact engines emulate llama.cpp's AVX512 code path (engine/exact.py); an AVX2 build of
+    The exact engines emulate llama.cpp's AVX512 code path (engine/exact/llama.py); an AVX2 build of
     llama.cpp sums in another order, so against it there is nothing bit-exact to check.
     """
     import llama_cpp

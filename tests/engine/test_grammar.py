@@ -22,10 +22,10 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from engine.errors import GrammarError
-from engine.gguf import GGUFFile
+from engine.gguf.reader import GGUFFile
 from engine.grammar import GrammarConstraint, TokenTrie, compile_grammar, parse_gbnf, trie_for
 from engine.grammar.gbnf import Elem, Grammar
-from engine.json_schema import JSON_OBJECT_GBNF, schema_to_grammar
+from engine.grammar.json_schema import JSON_OBJECT_GBNF, schema_to_grammar
 from engine.tokenizer import Tokenizer
 from tests.conftest import needs_oracle
 from tests.engine.test_json_schema import char_class, random_sentence, rule_alternatives

@@ -1,4 +1,4 @@
-"""JSON schema -> GBNF (engine/json_schema.py).
+"""JSON schema -> GBNF (engine/grammar/json_schema.py).
 
 Hypothesis builds schemas; a small random walker draws sentences from each compiled grammar;
 every sentence must be accepted by the matcher, parse as JSON and validate with `jsonschema`.
@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from engine.errors import GrammarError, InvalidFormat
 from engine.grammar import compile_grammar, parse_gbnf
 from engine.grammar.gbnf import Elem, Grammar
-from engine.json_schema import (
+from engine.grammar.json_schema import (
     JSON_OBJECT_GBNF,
     grammar_for_format,
     integer_range,

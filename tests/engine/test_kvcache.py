@@ -1,4 +1,4 @@
-"""Tests for engine/kvcache.py (truncate, context shift) and the RoPE it re-applies."""
+"""Tests for engine/models/kvcache.py (truncate, context shift) and the RoPE it re-applies."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ import pytest
 
 import engine
 from engine.errors import ContextOverflow
-from engine.kvcache import KEY_BLOCK
-from engine.model import Model
-from engine.rope import Rope
+from engine.models.decoder import Model
+from engine.models.kvcache import KEY_BLOCK
+from engine.models.rope import Rope
 from tests.conftest import needs_oracle
 from tests.tiny_model import write_tiny_model
 

@@ -1,7 +1,7 @@
 """llama.cpp's own tokenizer suite: every case of every `ggml-vocab-*.gguf` with `.inp`/`.out`.
 
-The files come from the pinned llama-cpp-python sdist (engine.fetch.llama_cpp_models_dir). As in
-llama.cpp's `tests/test-tokenizer-0.cpp`, the `.inp` file holds texts separated by
+The files come from the pinned llama-cpp-python sdist (engine.gguf.fetch.llama_cpp_models_dir). As
+in llama.cpp's `tests/test-tokenizer-0.cpp`, the `.inp` file holds texts separated by
 `\\n__ggml_vocab_test__\\n` and the `.out` file one line of ids per text, tokenized without
 BOS/EOS and with special tokens read as plain text.
 """
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from engine.gguf import GGUFFile
+from engine.gguf.reader import GGUFFile
 from engine.tokenizer import Tokenizer
 
 _SEPARATOR = "\n__ggml_vocab_test__\n"

@@ -1,4 +1,5 @@
-"""Tests for engine/model.py: config, API shapes, determinism, and agreement with llama.cpp.
+"""Tests for engine/models/decoder.py: config, API shapes, determinism, and agreement with
+llama.cpp.
 
 Agreement with llama.cpp uses tests/golden/forward_*.json (tests/golden/make_forward_golden.py):
 each golden case's prompt + continuation[:-1] goes through one prefill, and tests/agreement.py
@@ -19,8 +20,6 @@ import numpy as np
 import pytest
 
 import engine
-from engine.attention import attention
-from engine.config import ModelConfig
 from engine.errors import (
     Cancelled,
     ContextOverflow,
@@ -28,10 +27,12 @@ from engine.errors import (
     ModelTooLarge,
     UnsupportedArchitecture,
 )
-from engine.gguf import GGUFFile
-from engine.kvcache import KEY_BLOCK
-from engine.model import Model
-from engine.numerics import Numerics
+from engine.gguf.reader import GGUFFile
+from engine.models.attention import attention
+from engine.models.config import ModelConfig
+from engine.models.decoder import Model
+from engine.models.kvcache import KEY_BLOCK
+from engine.models.numerics import Numerics
 from tests.agreement import compare, summarize
 from tests.conftest import needs_oracle
 from tests.golden.oracle_build import isa_mismatch
@@ -143,7 +144,7 @@ def test_shapes_with_and_without_cache(tiny: Model) -> None:
 
 
 def test_embed_is_the_input_of_the_output_layer(tiny: Model) -> None:
-    from engine.model import output_logits
+    from engine.models.decoder import output_logits
 
     ids = tiny.tokenize(CHAT)
     hidden = tiny.embed(ids)
@@ -353,7 +354,7 @@ def _agreement(model: Model, name: str) -> tuple[float, float, int, int]:
 #   gemma3   one batch 99.19% / 21, token by token 97.63% / 13.
 # Re-quantizing activations before every matmul makes last-bit differences grow into visible
 # logit differences, so no engine that computes each row one way is held to more here (bit-exact
-# agreement in one regime is engine/exact.py's job, tests/engine/test_exact.py). Measured for
+# agreement in one regime is engine/exact/llama.py's job, tests/engine/test_exact.py). Measured for
 # this engine (default numerics): SmolLM2 top-1 97.1%, mean KL 2.7e-3, greedy 13/30; gemma3
 # 97.9%, 3.5e-3, 13/30. A wrong RoPE pairing or a missing norm drops top-1 far below these bounds.
 TOP1_MIN, KL_MAX, GREEDY_MIN_FRACTION = 0.965, 1e-2, 0.35
@@ -370,7 +371,7 @@ def test_real_models_agree_with_llama_cpp(name: str, request: pytest.FixtureRequ
 
 # The tiny golden runs llama.cpp with an F32 KV cache, so ours keeps k, v, q and p in float32
 # too. Float32 variants then agree to float rounding; the quantized llama variant has its
-# activations rounded like llama.cpp's (engine/numerics.py), but sums in another order.
+# activations rounded like llama.cpp's (engine/models/numerics.py), but sums in another order.
 F32_KV = Numerics(quantize_activations=True, kv_f16=False)
 _TINY_TOLERANCE = {"gemma3": 1e-2}
 

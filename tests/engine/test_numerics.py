@@ -1,4 +1,6 @@
-"""engine/numerics.py: round_f16 (bits for large arrays, the cast for small) equals the cast."""
+"""engine/models/numerics.py: round_f16 (bits for large arrays, the cast for small) equals the
+cast.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +8,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engine.numerics import round_f16
+from engine.models.numerics import round_f16
 
 F32 = np.float32
 U32 = np.uint32

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from engine.errors import InvalidOption
-from engine.options import DEFAULT_NUM_CTX, Options, predict_limit, resolve
+from engine.sampling.options import DEFAULT_NUM_CTX, Options, predict_limit, resolve
 
 
 def test_defaults_are_ollamas() -> None:
@@ -98,7 +98,7 @@ def test_values_with_clamp_equivalent_meaning_are_accepted() -> None:
 
 
 def test_unknown_keys_are_skipped_with_a_log(caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.WARNING, logger="engine.options"):
+    with caplog.at_level(logging.WARNING, logger="engine.sampling.options"):
         o = resolve({"mirostat": 2}, {"penalize_newline": True, "top_k": 2})
     assert o.top_k == 2
     assert "penalize_newline" in caplog.text and "mirostat" in caplog.text

@@ -1,4 +1,5 @@
-"""engine.quants.quant and engine.quantize: reference quantizers and whole-file re-quantization.
+"""engine.gguf.quants.quant and engine.gguf.quantize: reference quantizers and whole-file
+re-quantization.
 
 Oracles: gguf-py's `quantize` (legacy types, BF16), llama.cpp's `ggml_quantize_chunk` and
 `llama_model_quantize` (live when llama_cpp is importable), and golden digests made by
@@ -20,10 +21,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from engine import quants
 from engine.errors import InvalidOption, UnsupportedQuantType
-from engine.gguf import GGUFFile
-from engine.quantize import llama_cpp_order, plan, quantize_gguf, should_quantize, use_more_bits
+from engine.gguf import quants
+from engine.gguf.quantize import (
+    llama_cpp_order,
+    plan,
+    quantize_gguf,
+    should_quantize,
+    use_more_bits,
+)
+from engine.gguf.reader import GGUFFile
 from tests.conftest import needs_oracle
 from tests.golden.make_quant_golden import (
     FILE_TYPES_TESTED,

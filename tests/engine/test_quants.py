@@ -1,4 +1,4 @@
-"""engine.quants: every kernel against gguf-py's dequantize (the oracle), bit for bit."""
+"""engine.gguf.quants: every kernel against gguf-py's dequantize (the oracle), bit for bit."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ from gguf import GGMLQuantizationType as GGMLType
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engine import quants
 from engine.errors import UnsupportedQuantType
-from engine.gguf import GGUFFile
+from engine.gguf import quants
+from engine.gguf.reader import GGUFFile
 from tests.conftest import needs_oracle
 from tests.engine.test_gguf import gguf_reader
 

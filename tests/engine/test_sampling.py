@@ -10,11 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engine import stdsort
-from engine.libm import expf, logf
-from engine.options import Options
-from engine.rng import StdMT19937, resolve_seed
-from engine.sampling import (
+from engine.sampling import stdsort
+from engine.sampling.chain import (
     CHAIN,
     Candidates,
     Sampler,
@@ -29,6 +26,9 @@ from engine.sampling import (
     softmax,
     token_logprobs,
 )
+from engine.sampling.libm import expf, logf
+from engine.sampling.options import Options
+from engine.sampling.rng import StdMT19937, resolve_seed
 from tests.conftest import needs_oracle
 from tests.golden.make_sampling_golden import (
     GOLDEN,
@@ -95,7 +95,7 @@ def test_seed_resolution() -> None:
     assert len(draws) > 1  # fresh random seeds
 
 
-# --- glibc expf/logf (engine/libm.py) ----------------------------------------------------
+# --- glibc expf/logf (engine/sampling/libm.py) ----------------------------------------------------
 
 _LIBM = ctypes.CDLL(ctypes.util.find_library("m"))
 _LIBM.expf.restype = _LIBM.logf.restype = ctypes.c_float

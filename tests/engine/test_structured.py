@@ -18,9 +18,9 @@ from hypothesis import strategies as st
 
 from engine.generate import Slot, generate
 from engine.grammar import GrammarConstraint, compile_grammar, trie_for
-from engine.json_schema import grammar_for_format, schema_to_grammar
-from engine.model import Model, load
-from engine.options import Options
+from engine.grammar.json_schema import grammar_for_format, schema_to_grammar
+from engine.models.decoder import Model, load
+from engine.sampling.options import Options
 
 NUM_PREDICT = 32
 NUM_CTX = 256

@@ -2,7 +2,7 @@
 (from the pinned llama-cpp-python sdist), each rendered with five conversations.
 
 The conversations go in as an Ollama client sends them (`/api/chat` JSON through the server's
-own request parsing and message conversion) and are rendered by engine.templates.JinjaTemplate.
+own request parsing and message conversion) and are rendered by engine.chat.templates.JinjaTemplate.
 The reference is the renderer transformers' `apply_chat_template` runs, rebuilt here from jinja2
 with the same environment and globals (transformers itself is not installed: it is heavy and
 needs torch): an immutable sandbox with `trim_blocks`, `lstrip_blocks`, loop controls and
@@ -27,8 +27,8 @@ import jinja2.ext
 import jinja2.sandbox
 import pytest
 
+from engine.chat.templates import JinjaTemplate
 from engine.errors import TemplateError
-from engine.templates import JinjaTemplate
 from server.inference import _message
 from server.schemas import ChatRequest
 

@@ -1,4 +1,5 @@
-"""Tests for engine/gotemplate.py, goexec.py, govalues.py and templates.py (spec §6, checklist T*).
+"""Tests for engine/chat/gotemplate.py, goexec.py, govalues.py and templates.py (spec §6, checklist
+T*).
 
 Expected prompts are worked out by hand from the spec's rules; the well-known templates below are
 Ollama's ChatML, Llama 3, Mistral and Gemma 3 templates, retyped.
@@ -10,11 +11,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engine import gotemplate as go
-from engine.errors import TemplateError
-from engine.gguf import GGUFFile
-from engine.goexec import BUILTINS, execute
-from engine.templates import (
+from engine.chat import gotemplate as go
+from engine.chat.goexec import BUILTINS, execute
+from engine.chat.templates import (
     DEFAULT_TEMPLATE,
     GoTemplate,
     JinjaTemplate,
@@ -27,7 +26,9 @@ from engine.templates import (
     render_generate,
     think_values,
 )
-from engine.tools import ToolCall
+from engine.chat.tools import ToolCall
+from engine.errors import TemplateError
+from engine.gguf.reader import GGUFFile
 from tests.conftest import needs_oracle
 
 

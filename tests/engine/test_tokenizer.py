@@ -20,7 +20,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from engine.errors import TokenizerError
-from engine.gguf import GGUFFile
+from engine.gguf.reader import GGUFFile
 from engine.tokenizer import StreamDetokenizer, Tokenizer
 from tests.conftest import HAVE_LLAMA_CPP, needs_oracle
 

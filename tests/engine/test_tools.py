@@ -1,4 +1,5 @@
-"""Tests for engine/tools.py and engine/thinking.py (spec ollama-api.md §7, §8; checklist K*).
+"""Tests for engine/chat/tools.py and engine/chat/thinking.py (spec ollama-api.md §7, §8; checklist
+K*).
 
 Expected splits are worked out by hand from the spec's parser rules.
 """
@@ -12,9 +13,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engine import gotemplate as go
-from engine.thinking import ThinkingParser, infer_thinking_tags, split_thinking
-from engine.tools import ChatOutputParser, ToolCall, ToolCallParser, new_call_id, tool_call_tag
+from engine.chat import gotemplate as go
+from engine.chat.thinking import ThinkingParser, infer_thinking_tags, split_thinking
+from engine.chat.tools import ChatOutputParser, ToolCall, ToolCallParser, new_call_id, tool_call_tag
 
 
 def feed(parser: ToolCallParser, pieces: list[str]) -> tuple[list[ToolCall], str]:

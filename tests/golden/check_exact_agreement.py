@@ -21,8 +21,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from engine.exact_gemma3 import load_exact  # noqa: E402
-from engine.fetch import model_path  # noqa: E402
+from engine.exact.gemma3 import load_exact  # noqa: E402
+from engine.gguf.fetch import model_path  # noqa: E402
 from tests.agreement import compare, summarize  # noqa: E402
 
 GOLDEN = Path(__file__).resolve().parent

@@ -7,7 +7,7 @@ Same 30 prompts per model as make_forward_golden.py (the model's chat-wrapped QU
 TEXTS) and the same record per case (prompt ids, greedy continuation of CONTINUATION tokens,
 argmax and top-TOP_K ids/logits at every position of prompt + continuation[:-1]), but every token
 is evaluated alone (`llm.eval([tok])`, one-token decode steps, also for the prompt): the regime
-engine/exact.py and engine/exact_gemma3.py emulate bit for bit. llama.cpp runs with n_ctx=512,
+engine/exact/llama.py and engine/exact/gemma3.py emulate bit for bit. llama.cpp runs with n_ctx=512,
 n_threads=2, F16 KV cache, no flash attention.
 
 Output: tests/golden/forward_{smollm2,gemma3}_tokenwise.json, one case per line.
@@ -21,7 +21,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from engine.fetch import MODELS  # noqa: E402
+from engine.gguf.fetch import MODELS  # noqa: E402
 from tests.golden.make_forward_golden import (  # noqa: E402
     CHAT,
     CONTINUATION,

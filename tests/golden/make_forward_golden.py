@@ -31,7 +31,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from engine.fetch import MODELS, model_path  # noqa: E402
+from engine.gguf.fetch import MODELS, model_path  # noqa: E402
 from tests.golden.oracle_build import oracle_build  # noqa: E402
 from tests.tiny_model import VARIANTS, write_tiny_model  # noqa: E402
 

@@ -3,10 +3,10 @@
 Run (needs llama_cpp): python tests/golden/make_quant_golden.py
 It builds the model (`build_model`, seeded, so every run writes the same bytes), quantizes it
 with `llama_model_quantize` (llama-cpp-python's low-level API, one thread, no imatrix) to every
-file type engine.quantize supports, and records the sha256 of each output file and the type
+file type engine.gguf.quantize supports, and records the sha256 of each output file and the type
 and sha256 of every output tensor's bytes in tests/golden/quant_golden.json. BF16 and F32
 copies of the model get whole-file digests for q8_0 and q4_K_M.
-tests/engine/test_quantize.py compares engine.quantize.quantize_gguf with those digests, and
+tests/engine/test_quantize.py compares engine.gguf.quantize.quantize_gguf with those digests, and
 redoes the llama.cpp run live when llama_cpp is importable.
 """
 
@@ -22,9 +22,9 @@ import gguf
 import numpy as np
 from gguf import GGMLQuantizationType as GGMLType
 
-from engine import quants
-from engine.gguf import GGUFFile
-from engine.quantize import FILE_TYPES
+from engine.gguf import quants
+from engine.gguf.quantize import FILE_TYPES
+from engine.gguf.reader import GGUFFile
 
 GOLDEN = Path(__file__).with_name("quant_golden.json")
 FILE_TYPES_TESTED = ("q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "q4_K_S", "q4_K_M", "q6_K")

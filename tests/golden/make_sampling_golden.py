@@ -24,8 +24,8 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
-from engine.options import Options
-from engine.sampling import Candidates, Sampler
+from engine.sampling.chain import Candidates, Sampler
+from engine.sampling.options import Options
 
 GOLDEN = Path(__file__).with_name("sampling_golden.json")
 N_CASES = 1000  # small-vocabulary chains; about 11,500 sampled tokens with the large ones

@@ -30,8 +30,8 @@ from gguf import GGUFValueType, GGUFWriter
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from engine.fetch import model_path  # noqa: E402
-from engine.gguf import GGUFFile  # noqa: E402
+from engine.gguf.fetch import model_path  # noqa: E402
+from engine.gguf.reader import GGUFFile  # noqa: E402
 
 GOLDEN = Path(__file__).with_name("tokenizer_golden.json")
 CORPUS = Path(__file__).with_name("tokenizer_corpus.json")

@@ -29,7 +29,7 @@ import pytest
 from gguf import GGUFWriter
 from starlette.applications import Starlette
 
-from engine.gguf import GGUFFile
+from engine.gguf.reader import GGUFFile
 from server.routes_models import model_routes
 from server.store import Store
 from tests.server.live import live_server

@@ -14,7 +14,7 @@ import pytest
 from starlette.applications import Starlette
 
 from engine.generate import generate
-from engine.options import resolve
+from engine.sampling.options import resolve
 from server.app import create_app
 from tests.server.live import SYSTEM, api_store
 

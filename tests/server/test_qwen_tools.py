@@ -19,7 +19,7 @@ import ollama
 import pytest
 from starlette.applications import Starlette
 
-from engine.gguf import GGUFFile
+from engine.gguf.reader import GGUFFile
 from server.app import create_app
 from server.store import Store
 from tests.conftest import needs_oracle

@@ -18,8 +18,8 @@ import numpy as np
 import ollama
 import pytest
 
-from engine.gguf import GGUFFile
-from engine.quantize import quantize_gguf
+from engine.gguf.quantize import quantize_gguf
+from engine.gguf.reader import GGUFFile
 from server.app import create_app
 from server.cli.main import main as cli_main
 from server.manifest import MEDIA_SYSTEM

@@ -16,7 +16,7 @@ activations, F16 k/v/q/probabilities) turns a last-bit difference into a whole q
 now and then; such flips grow layer by layer (0.05-0.2 on the tiny model with mixed types or an
 F16 cache). llama.cpp shows the same growth against itself when it batches rows differently
 (tests/golden/llama_cpp_self_agreement.py). Bit-exact agreement needs llama.cpp's own summation
-order: engine/exact.py emulates it, slowly, for one-token evaluation.
+order: engine/exact/llama.py emulates it, slowly, for one-token evaluation.
 
 Each function here is row-wise (a row's result never depends on other rows), so the forward
 pass keeps its batch-shape independence. References: ggml-cpu `quantize_row_q8_0/q8_1` (x86
@@ -176,9 +176,9 @@ def round_activations(x: Array, rounding: Rounding) -> Array:
 
 
 # exp in float32 from IEEE operations only (NumPy's own exp differs by SIMD path, see
-# engine/blockmatmul.py): x = n ln2 + r with |r| <= ln2/2 (Cody-Waite: _LN2_HI has 9 significant
-# bits, so n * _LN2_HI is exact), e^r by its degree-7 Taylor polynomial (truncation < 1.1e-8
-# relative), times 2**n. Within 2 ulp of the true value on every input checked.
+# engine/models/blockmatmul.py): x = n ln2 + r with |r| <= ln2/2 (Cody-Waite: _LN2_HI has 9
+# significant bits, so n * _LN2_HI is exact), e^r by its degree-7 Taylor polynomial (truncation <
+# 1.1e-8 relative), times 2**n. Within 2 ulp of the true value on every input checked.
 _LOG2E = F32(1.4426950408889634)
 _LN2_HI = F32(0.693359375)
 _LN2_LO = F32(-2.1219444005469057e-4)

@@ -14,8 +14,8 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from engine.gotemplate import Action, Branch, Field, Node, Text
-from engine.thinking import GO_SPACE, ThinkingParser
+from engine.chat.gotemplate import Action, Branch, Field, Node, Text
+from engine.chat.thinking import GO_SPACE, ThinkingParser
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ import numpy.typing as npt
 from gguf import GGMLQuantizationType as GGMLType
 
 from engine.errors import UnsupportedQuantType
-from engine.quants.types import TYPE_SIZES
+from engine.gguf.quants.types import TYPE_SIZES
 
 Kernel = Callable[[npt.NDArray[np.uint8]], npt.NDArray[np.float32]]
 

@@ -2,7 +2,7 @@
 
 Which tensors are quantized and to which type follows llama.cpp's `llama_tensor_get_type` as
 ported by Ollama (server/quantization.go; spec gguf-and-models.md 3.6 and 3.7). Tensor bytes
-come from the reference quantizers in engine/quants/quant.py. Tensors and metadata are written
+come from the reference quantizers in engine/gguf/quants/quant.py. Tensors and metadata are written
 in llama.cpp's order, so for F16, BF16 and F32 sources the whole output file equals
 `llama_model_quantize`'s byte for byte (tests/engine/test_quantize.py). The file is written
 with gguf-py's GGUFWriter into a temporary file next to `dst`, synced, then renamed over `dst`:
@@ -24,9 +24,9 @@ import numpy as np
 from gguf import GGMLQuantizationType as GGMLType
 from gguf import GGUFValueType, GGUFWriter, LlamaFileType
 
-from engine import quants
 from engine.errors import InvalidOption, UnsupportedQuantType
-from engine.gguf import GGUFFile
+from engine.gguf import quants
+from engine.gguf.reader import GGUFFile
 
 log = logging.getLogger(__name__)
 

@@ -3,7 +3,7 @@
 Layout as written by gguf-py / read by llama.cpp's `ggml/src/gguf.cpp` (spec: gguf-and-models.md
 section 1). GGUF lists a tensor's dims innermost-first (`ne[0]` is the row length); they are
 reversed here, once, so `TensorInfo.shape` is the C-ordered NumPy shape. No math happens here:
-`GGUFFile.tensor` hands the raw bytes to `engine.quants.dequantize`.
+`GGUFFile.tensor` hands the raw bytes to `engine.gguf.quants.dequantize`.
 
 Metadata is parsed with `struct` over one `mmap`; numeric arrays become NumPy arrays read straight
 from the map and string arrays Python lists, which keeps a 262k-token vocabulary cheap to load.
@@ -22,7 +22,6 @@ import numpy.typing as npt
 from gguf import GGMLQuantizationType as GGMLType
 from gguf import GGUFValueType
 
-from engine import quants
 from engine.errors import (
     BadMagic,
     GGUFError,
@@ -31,6 +30,7 @@ from engine.errors import (
     UnknownTensorType,
     UnsupportedVersion,
 )
+from engine.gguf import quants
 
 GGUF_MAGIC = b"GGUF"
 DEFAULT_ALIGNMENT = 32

@@ -4,9 +4,9 @@ The public entry points are `dequantize(raw, ggml_type, shape)` and `quantize(va
 `TYPE_SIZES` gives each type's (elements, bytes) per block.
 """
 
-from engine.quants.dequant import CHUNK_ELEMENTS, QUANTS, dequantize
-from engine.quants.quant import QUANTIZERS, quantize
-from engine.quants.types import (
+from engine.gguf.quants.dequant import CHUNK_ELEMENTS, QUANTS, dequantize
+from engine.gguf.quants.quant import QUANTIZERS, quantize
+from engine.gguf.quants.types import (
     F16_SCALE_OFFSETS,
     TYPE_SIZES,
     block_elements,

@@ -23,12 +23,12 @@ import jinja2.meta
 import jinja2.nodes as jn
 import jinja2.sandbox
 
-from engine import gotemplate as go
-from engine import govalues as gv
+from engine.chat import gotemplate as go
+from engine.chat import govalues as gv
+from engine.chat.goexec import execute
+from engine.chat.thinking import GO_SPACE, ThinkingParser, infer_thinking_tags
+from engine.chat.tools import ToolCall, tool_call_tag
 from engine.errors import TemplateError
-from engine.goexec import execute
-from engine.thinking import GO_SPACE, ThinkingParser, infer_thinking_tags
-from engine.tools import ToolCall, tool_call_tag
 
 DEFAULT_TEMPLATE = "{{ .Prompt }}"  # what a model without any template gets (spec §6.1)
 THINK_LEVELS = ("high", "medium", "low", "max")

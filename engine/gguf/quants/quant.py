@@ -6,7 +6,7 @@ gguf-and-models.md section 3). Each takes float32 blocks (n_blocks, block_elemen
 the block bytes (n_blocks, block_bytes); they vectorize across blocks but walk the positions
 inside a block in ggml's order, because float32 sums must be accumulated sequentially (NumPy's
 pairwise `sum` rounds differently). Everything stays float32, as in C: no float64 intermediates.
-Whole files are re-quantized by engine/quantize.py.
+Whole files are re-quantized by engine/gguf/quantize.py.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import numpy.typing as npt
 from gguf import GGMLQuantizationType as GGMLType
 
 from engine.errors import UnsupportedQuantType
-from engine.quants.types import TYPE_SIZES
+from engine.gguf.quants.types import TYPE_SIZES
 
 F32 = np.float32
 U8 = npt.NDArray[np.uint8]

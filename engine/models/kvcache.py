@@ -1,13 +1,13 @@
 """One sequence's key/value cache: arrays that grow with the sequence, its tokens, context shift.
 
 Keys are stored after RoPE, values as computed, in float32 arrays; with `f16` (llama.cpp's
-default F16 cache, see engine/numerics.py) the model stores F16-rounded values, and shift()
+default F16 cache, see engine/models/numerics.py) the model stores F16-rounded values, and shift()
 rounds re-rotated keys again, as llama.cpp writes them back into its F16 cache. Cache index ==
 position: position p of the sequence lives at index p of every layer. The arrays hold whole
 `KEY_BLOCK`s, because attention sums its softmax denominator in fixed-size key blocks
-(engine/attention.py); `reserve` grows them (doubling, up to `num_ctx` rounded up to a block), so
-a short request on a large num_ctx holds only what it uses. Slots at or past `n_past` are never
-read unmasked. This is the only mutable object in the forward pass.
+(engine/models/attention.py); `reserve` grows them (doubling, up to `num_ctx` rounded up to a
+block), so a short request on a large num_ctx holds only what it uses. Slots at or past `n_past`
+are never read unmasked. This is the only mutable object in the forward pass.
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ from collections.abc import Iterable
 import numpy as np
 
 from engine.errors import ContextOverflow
-from engine.numerics import round_f16
-from engine.rope import Rope
+from engine.models.numerics import round_f16
+from engine.models.rope import Rope
 
 KEY_BLOCK = 128  # keys per attention block; fixed so every row's arithmetic is batch-independent
 
@@ -48,7 +48,7 @@ class KVCache:
         self.tokens: list[int] = []  # the token at each cached position
         # Positions 0 .. n_fresh-1 have not moved since they were computed, so they hold exactly
         # what a fresh evaluation of those tokens computes (rows do not depend on how they were
-        # batched, engine/model.py); positions moved by shift() hold re-rotated keys.
+        # batched, engine/models/decoder.py); positions moved by shift() hold re-rotated keys.
         self.n_fresh = 0
 
     @property

@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from enum import Enum
 
-from engine.gotemplate import Action, Branch, Chain, Command, Field, Node, Pipe, Text
+from engine.chat.gotemplate import Action, Branch, Chain, Command, Field, Node, Pipe, Text
 
 
 def infer_thinking_tags(nodes: Sequence[Node]) -> tuple[str, str]:

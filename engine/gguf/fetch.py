@@ -6,9 +6,9 @@ chunks and Qwen2.5-Coder in six, joined in order), checked against a pinned sha2
 `$REFLLAMA_CACHE` (default `~/.cache/refllama`). Writes go to a temporary file that is renamed
 into place only after its digest matched, so an interrupted fetch never leaves a bad model.
 
-    python -m engine.fetch            # all models, prints their paths
-    python -m engine.fetch smollm2
-    python -m engine.fetch llama.cpp-models   # llama.cpp's vocab and template test files
+    python -m engine.gguf.fetch            # all models, prints their paths
+    python -m engine.gguf.fetch smollm2
+    python -m engine.gguf.fetch llama.cpp-models   # llama.cpp's vocab and template test files
 
 The last is the `vendor/llama.cpp/models` directory of llama-cpp-python's sdist (its tokenizer
 test vocabularies with `.inp`/`.out` cases, and 70 real chat templates): 68 MB of vocab files,

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from engine.errors import GGUFError, UnsupportedArchitecture
-from engine.rope import Rope
+from engine.models.rope import Rope
 
 
 @dataclass(frozen=True)

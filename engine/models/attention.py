@@ -1,13 +1,13 @@
 """Causal attention over a KV cache, the same bits whatever the batch, chunking, BLAS or CPU.
 
-q.k and p.v are exactly rounded dot products (engine/blockmatmul.py `rounded_matmul`): their
+q.k and p.v are exactly rounded dot products (engine/models/blockmatmul.py `rounded_matmul`): their
 value does not depend on how BLAS orders the sum, nor on which keys a call covers beyond the
 visible ones (masked probabilities are exact zeros). The softmax denominator is summed in float64
 per fixed block of KEY_BLOCK positions (NumPy's pairwise sum over a fixed length) and the blocks
 are added in position order, so a row's denominator is the same whichever query chunk it came in;
-fully masked blocks add exact zeros. exp is engine/numerics.py's `exp_f32`. Follows llama.cpp's
-non-flash `build_attn_mha` (spec: gguf-and-models.md section 4.3): softmax(scale * q.k) with the
-probabilities rounded to F16 before p.v when `f16_probs`.
+fully masked blocks add exact zeros. exp is engine/models/numerics.py's `exp_f32`. Follows
+llama.cpp's non-flash `build_attn_mha` (spec: gguf-and-models.md section 4.3): softmax(scale * q.k)
+with the probabilities rounded to F16 before p.v when `f16_probs`.
 """
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ from __future__ import annotations
 import numpy as np
 import numpy.typing as npt
 
-from engine.blockmatmul import rounded_matmul
-from engine.kvcache import KEY_BLOCK
-from engine.numerics import exp_f32, round_f16
+from engine.models.blockmatmul import rounded_matmul
+from engine.models.kvcache import KEY_BLOCK
+from engine.models.numerics import exp_f32, round_f16
 
 F32 = np.float32
 F64 = np.float64

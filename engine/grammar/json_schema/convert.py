@@ -1,4 +1,6 @@
-"""JSON schema -> GBNF: the converter (see engine/json_schema/__init__.py for what it covers)."""
+"""JSON schema -> GBNF: the converter (see engine/grammar/json_schema/__init__.py for what it
+covers).
+"""
 
 from __future__ import annotations
 
@@ -10,8 +12,8 @@ from typing import Any
 
 from engine.errors import GrammarError, InvalidFormat
 from engine.grammar.gbnf import parse_gbnf
-from engine.json_schema.pattern import JSON_CHAR, pattern_rule
-from engine.json_schema.ranges import integer_range
+from engine.grammar.json_schema.pattern import JSON_CHAR, pattern_rule
+from engine.grammar.json_schema.ranges import integer_range
 
 # Ollama's fixed grammar for `format: "json"` on the completion path (spec/sampling.md §7.2):
 # llama.cpp's grammars/json.gbnf with an object at the root and unbounded whitespace.

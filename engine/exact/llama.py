@@ -7,8 +7,8 @@ rounding, so the logits agree bit for bit. Scope: the llama architecture with Q4
 matrices, a Q8_0 token embedding (tied output or Q8_0 output), F32 norms, F16 KV cache, no
 flash attention, no RoPE scaling: SmolLM2-135M-Instruct Q4_1. Anything else raises
 UnsupportedArchitecture / UnsupportedQuantType naming what is missing. gemma3 (Gemma 3 270M
-Q4_K_M: Q5_0, Q4_K, Q6_K kernels) is emulated in engine/exact_gemma3.py;
-`engine.exact_gemma3.load_exact(path)` returns the emulator for a GGUF's architecture.
+Q4_K_M: Q5_0, Q4_K, Q6_K kernels) is emulated in engine/exact/gemma3.py;
+`engine.exact.gemma3.load_exact(path)` returns the emulator for a GGUF's architecture.
 
 Kernels emulated (ggml/src/ggml-cpu, file: function):
 - get_rows Q8_0 (`dequantize_row_q8_0`): d * q, exact.
@@ -51,9 +51,9 @@ import numpy as np
 import numpy.typing as npt
 from gguf import GGMLQuantizationType as GGMLType
 
-from engine.config import ModelConfig
 from engine.errors import ContextOverflow, UnsupportedArchitecture, UnsupportedQuantType
-from engine.gguf import GGUFFile
+from engine.gguf.reader import GGUFFile
+from engine.models.config import ModelConfig
 
 F32 = np.float32
 F64 = np.float64
@@ -359,7 +359,7 @@ class ExactModel:
         f = GGUFFile(path)
         cfg = ModelConfig.from_gguf(f.metadata)
         if cfg.arch != "llama":
-            raise UnsupportedArchitecture(f"{cfg.arch} (engine.exact emulates llama only)")
+            raise UnsupportedArchitecture(f"{cfg.arch} (engine.exact.llama emulates llama only)")
         if cfg.rope_freq_scale != 1.0 or cfg.rope_yarn or cfg.n_rot != cfg.head_dim:
             raise UnsupportedArchitecture("llama with RoPE scaling or partial rotary dims")
         if "rope_freqs.weight" in f.tensors:

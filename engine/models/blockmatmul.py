@@ -5,10 +5,10 @@ thread count: the same row gave other bits with OPENBLAS_CORETYPE=Haswell vs San
 2 threads). So BLAS is only ever asked for sums that have one possible value:
 
 * Quantized weights (`QuantMatrix`), as llama.cpp computes them: the activation row is rounded to
-  the weight type's Q8 type (engine/numerics.py), so both sides are small integers times per-block
-  scales. BLAS computes each block's integer dot product, Σ q_act * q_w over B elements, in
-  float32. Every product and every partial sum is an integer below 2**24 (the bound is checked per
-  type in `_PLANES`), so each is exact and the block sums are the same in any order, on any
+  the weight type's Q8 type (engine/models/numerics.py), so both sides are small integers times
+  per-block scales. BLAS computes each block's integer dot product, Σ q_act * q_w over B elements,
+  in float32. Every product and every partial sum is an integer below 2**24 (the bound is checked
+  per type in `_PLANES`), so each is exact and the block sums are the same in any order, on any
   kernel. The scales are then applied and the blocks added by NumPy elementwise operations in an
   order this module fixes (`tree_sum`), each correctly rounded IEEE float32: d_w * S, times d_act,
   plus Q4_1/Q5_1's min term m_w * s_act, then the blocks pairwise, as llama.cpp's per-block
@@ -39,14 +39,14 @@ import numpy.typing as npt
 from gguf import GGMLQuantizationType as GGMLType
 
 from engine.errors import UnsupportedQuantType
-from engine.numerics import (
+from engine.gguf.quants import TYPE_SIZES, dequantize
+from engine.models.numerics import (
     Rounding,
     quantize_q8_block32,
     quantize_q8_k,
     round_activations,
     vec_dot_rounding,
 )
-from engine.quants import TYPE_SIZES, dequantize
 
 F32 = np.float32
 F64 = np.float64

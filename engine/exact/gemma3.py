@@ -1,6 +1,6 @@
 """Bit-exact emulation of llama.cpp's one-token decode pass for gemma3 (Gemma 3 270M Q4_K_M).
 
-Companion of engine/exact.py (llama / SmolLM2), whose float32 helpers it reuses (the FMA
+Companion of engine/exact/llama.py (llama / SmolLM2), whose float32 helpers it reuses (the FMA
 emulation, lane sums, hsum8, Q8_0 matmul, rms_norm, RoPE cache, F16 q.k / p.v, soft_max): read
 that docstring first. Same build (x86-64, -march=native with AVX512F/VL/BW/DQ/VNNI, FMA, F16C,
 GCC contracting scalar a*b + c into FMA), same regime: every token evaluated alone, F16 KV
@@ -56,10 +56,10 @@ import numpy as np
 import numpy.typing as npt
 from gguf import GGMLQuantizationType as GGMLType
 
-from engine import exact
-from engine.config import ModelConfig
 from engine.errors import ContextOverflow, UnsupportedArchitecture, UnsupportedQuantType
-from engine.gguf import GGUFFile
+from engine.exact import llama as exact
+from engine.gguf.reader import GGUFFile
+from engine.models.config import ModelConfig
 
 F32 = np.float32
 F64 = np.float64
@@ -330,7 +330,7 @@ class Gemma3ExactModel:
         f = GGUFFile(path)
         cfg = ModelConfig.from_gguf(f.metadata)
         if cfg.arch != "gemma3":
-            raise UnsupportedArchitecture(f"{cfg.arch} (engine.exact_gemma3 emulates gemma3)")
+            raise UnsupportedArchitecture(f"{cfg.arch} (engine.exact.gemma3 emulates gemma3)")
         if cfg.rope_freq_scale != 1.0 or cfg.rope_yarn or cfg.n_rot != cfg.head_dim:
             raise UnsupportedArchitecture("gemma3 with RoPE scaling or partial rotary dims")
         if cfg.final_softcap:

@@ -20,11 +20,11 @@ language instead, so every complete output validates:
 - `oneOf` is treated like `anyOf`, as in llama.cpp: overlapping branches can violate it.
 """
 
-from engine.json_schema.convert import (
+from engine.grammar.json_schema.convert import (
     JSON_OBJECT_GBNF,
     grammar_for_format,
     schema_to_grammar,
 )
-from engine.json_schema.ranges import integer_range
+from engine.grammar.json_schema.ranges import integer_range
 
 __all__ = ["JSON_OBJECT_GBNF", "grammar_for_format", "integer_range", "schema_to_grammar"]

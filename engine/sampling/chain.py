@@ -3,9 +3,9 @@
 Every stage is a pure function over a `Candidates` array (llama_token_data_array: ids, logits,
 probabilities and a `sorted` flag) and follows src/llama-sampler.cpp as described in
 spec/sampling.md §1-§5: float32 arithmetic with sequential sums (float64 only in dist's total),
-glibc's `expf`/`logf` results, libstdc++'s order for tied logits (engine/stdsort.py), and the
-std::mt19937 draw of engine/rng.py. A `Sampler` holds the per-request state: the RNG, the
-penalty window and an optional grammar constraint (resampled as llama-server does).
+glibc's `expf`/`logf` results, libstdc++'s order for tied logits (engine/sampling/stdsort.py), and
+the std::mt19937 draw of engine/sampling/rng.py. A `Sampler` holds the per-request state: the RNG,
+the penalty window and an optional grammar constraint (resampled as llama-server does).
 """
 
 from __future__ import annotations
@@ -19,10 +19,10 @@ from typing import ParamSpec, Protocol, TypeVar
 import numpy as np
 import numpy.typing as npt
 
-from engine import stdsort
-from engine.libm import expf, logf
-from engine.options import Options
-from engine.rng import StdMT19937, resolve_seed
+from engine.sampling import stdsort
+from engine.sampling.libm import expf, logf
+from engine.sampling.options import Options
+from engine.sampling.rng import StdMT19937, resolve_seed
 
 F32 = np.float32
 P = ParamSpec("P")

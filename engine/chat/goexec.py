@@ -14,8 +14,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from engine.errors import TemplateError
-from engine.gotemplate import (
+from engine.chat.gotemplate import (
     Action,
     Branch,
     Break,
@@ -32,7 +31,8 @@ from engine.gotemplate import (
     Text,
     Variable,
 )
-from engine.govalues import Struct, format_value, go_float, go_json, truth, type_name
+from engine.chat.govalues import Struct, format_value, go_float, go_json, truth, type_name
+from engine.errors import TemplateError
 
 # ---------------------------------------------------------------- execution
 

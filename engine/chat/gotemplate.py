@@ -4,7 +4,7 @@ Follows Go's text/template/parse lexer and parser: `{{- ` / ` -}}` trim markers,
 `if`/`else if`/`range`/`with`/`else`/`end`, `break`/`continue`, variables, pipelines, parentheses
 and literals. Errors carry Go's message shape (`template: :LINE: …`). `define`, `template` and
 `block` are not supported: Ollama's stored templates never use them. Execution lives in
-engine/goexec.py, the value model in engine/govalues.py.
+engine/chat/goexec.py, the value model in engine/chat/govalues.py.
 """
 
 from __future__ import annotations

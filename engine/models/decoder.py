@@ -4,16 +4,16 @@ Follows llama.cpp's `src/models/{llama,qwen2,qwen3,gemma3}.cpp` (spec: gguf-and-
 section 4). Weights are dequantized once at load into float32, QKV and gate/up fused.
 
 Weight orientation: every matrix is held (in, out), so a layer is `y = x @ W` (the transpose of
-GGUF's NumPy shape (out, in), done once at load), as engine/blockmatmul.py's `QuantMatrix`
+GGUF's NumPy shape (out, in), done once at load), as engine/models/blockmatmul.py's `QuantMatrix`
 (integers and block scales) or `FloatMatrix`. When the output matrix is tied to `token_embd`,
 token lookup reads its columns.
 
 Determinism: a request's numbers are a function of the model file and the tokens only, never of
 the BLAS kernel, thread count, SIMD dispatch, CPU, batch shape or prompt chunking:
-* weight products are engine/blockmatmul.py's: exact integer block sums from BLAS, scales and
+* weight products are engine/models/blockmatmul.py's: exact integer block sums from BLAS, scales and
   block order applied by NumPy elementwise in a fixed order (float weights: exactly rounded);
-* attention's q.k and p.v are exactly rounded dot products (engine/attention.py);
-* exp/tanh are engine/numerics.py's IEEE-only versions, RoPE tables engine/rope.py's;
+* attention's q.k and p.v are exactly rounded dot products (engine/models/attention.py);
+* exp/tanh are engine/models/numerics.py's IEEE-only versions, RoPE tables engine/models/rope.py's;
 * norms and softmax sums reduce along a fixed-length axis (NumPy's pairwise sum, the same code
   on every CPU);
 * every function is row-wise, so a row is computed the same in a prefill of any chunking and in
@@ -22,12 +22,13 @@ tests/engine/test_determinism.py checks this across OPENBLAS_CORETYPE, OPENBLAS_
 NPY_DISABLE_CPU_FEATURES in subprocesses.
 
 Precision: float32 throughout, except the RMSNorm sum of squares (float64, as ggml), RoPE angles
-(float64, see engine/rope.py) and the exactly rounded dot products. By default (numerics=LLAMA_CPP)
-activations are rounded to the weight type's llama.cpp dot-product type and k, v, q and attention
-probabilities to F16, as llama.cpp does; numerics=FLOAT32 keeps plain float32 (spec section 4.9).
-The order in which block sums are combined is ours, not llama.cpp's (which differs between its
-AVX2 and AVX512 builds), so logits agree with llama.cpp as closely as llama.cpp agrees with itself
-across batch regimes, not bit for bit (engine/exact.py is the bit-exact, slow emulation).
+(float64, see engine/models/rope.py) and the exactly rounded dot products. By default
+(numerics=LLAMA_CPP) activations are rounded to the weight type's llama.cpp dot-product type and k,
+v, q and attention probabilities to F16, as llama.cpp does; numerics=FLOAT32 keeps plain float32
+(spec section 4.9). The order in which block sums are combined is ours, not llama.cpp's (which
+differs between its AVX2 and AVX512 builds), so logits agree with llama.cpp as closely as llama.cpp
+agrees with itself across batch regimes, not bit for bit (engine/exact/llama.py is the bit-exact,
+slow emulation).
 """
 
 from __future__ import annotations
@@ -44,8 +45,10 @@ from typing import Protocol
 import numpy as np
 import numpy.typing as npt
 
-from engine.attention import attention
-from engine.blockmatmul import (
+from engine.errors import Cancelled, GGUFError, ModelTooLarge
+from engine.gguf.reader import GGUFFile
+from engine.models.attention import attention
+from engine.models.blockmatmul import (
     FloatMatrix,
     Matrix,
     matmul,
@@ -53,11 +56,9 @@ from engine.blockmatmul import (
     output_columns,
     rounded_matmul,
 )
-from engine.config import ModelConfig
-from engine.errors import Cancelled, GGUFError, ModelTooLarge
-from engine.gguf import GGUFFile
-from engine.kvcache import KEY_BLOCK, KVCache
-from engine.numerics import (
+from engine.models.config import ModelConfig
+from engine.models.kvcache import KEY_BLOCK, KVCache
+from engine.models.numerics import (
     LLAMA_CPP,
     Numerics,
     exp_f32,
@@ -66,7 +67,7 @@ from engine.numerics import (
     round_f16,
     tanh_f32,
 )
-from engine.rope import Rope
+from engine.models.rope import Rope
 from engine.tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
@@ -81,7 +82,7 @@ DEFAULT_NUM_BATCH = 512
 @dataclass(frozen=True)
 class Linear:
     """y = x @ W, W (in, out) stored as column parts, one per GGML weight type (each has its own
-    activation rounding and block layout; engine/blockmatmul.py)."""
+    activation rounding and block layout; engine/models/blockmatmul.py)."""
 
     parts: tuple[Matrix, ...]  # outputs concatenated
 
@@ -208,7 +209,7 @@ def load_weights(gguf: GGUFFile, config: ModelConfig) -> Weights:
 
 
 def linear(x: Array, w: Linear, numerics: Numerics) -> Array:
-    """(T, K) @ (K, N) -> (T, N), part by part (engine/blockmatmul.py)."""
+    """(T, K) @ (K, N) -> (T, N), part by part (engine/models/blockmatmul.py)."""
     outs = []
     for part in w.parts:
         if numerics.quantize_activations:
@@ -520,12 +521,21 @@ class Model:
         """Logits (T, V) for a fresh sequence."""
         return self.eval(tokens, self.new_cache(max(len(tokens), 1)))
 
-    def embed(self, tokens: Sequence[int] | npt.NDArray[np.int64]) -> Array:
-        """Final-normed hidden states (T, D) of a fresh sequence (pooled by the server)."""
+    def embed(
+        self,
+        tokens: Sequence[int] | npt.NDArray[np.int64],
+        *,
+        cancelled: Callable[[], bool] | None = None,
+    ) -> Array:
+        """Final-normed hidden states (T, D) of a fresh sequence (pooled by the server).
+
+        Raises Cancelled between layers once `cancelled()` is true.
+        """
         if len(tokens) == 0:
             raise ValueError("embed needs at least one token")
         cache = self.new_cache(len(tokens))
-        return np.concatenate(list(self._hidden(tokens, cache, DEFAULT_NUM_BATCH)))
+        chunks = self._hidden(tokens, cache, DEFAULT_NUM_BATCH, cancelled=cancelled)
+        return np.concatenate(list(chunks))
 
 
 def load(
@@ -541,7 +551,7 @@ def load(
     The bytes needed (weights, a KV cache of `num_ctx_hint` positions, load scratch) are
     computed first; ModelTooLarge is raised when they exceed `memory_budget` (default:
     DEFAULT_MEMORY_FRACTION of the memory available now). `numerics` picks llama.cpp's
-    roundings (the default, engine/numerics.py) or plain float32.
+    roundings (the default, engine/models/numerics.py) or plain float32.
     """
     path = Path(path)
     t0 = time.perf_counter()
