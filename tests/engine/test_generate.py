@@ -1,13 +1,13 @@
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
 import pytest
 
-from engine.errors import ContextOverflow
+from engine.errors import Cancelled, ContextOverflow
 from engine.generate import Slot, generate, shift_amounts, truncate_prompt
 from engine.gguf.reader import GGUFFile
 from engine.sampling.options import Options
@@ -63,8 +63,12 @@ class ScriptedModel:
         cache: ScriptedCache,
         num_batch: int,
         last_only: bool = False,
+        *,
+        cancelled: Callable[[], bool] | None = None,
     ) -> npt.NDArray[np.float32]:
         assert cache.n_past + len(tokens) <= cache.num_ctx
+        if cancelled is not None and cancelled():
+            raise Cancelled("evaluation cancelled")
         if cache.n_fresh == cache.n_past:
             cache.n_fresh += len(tokens)
         cache._n += len(tokens)
@@ -196,6 +200,19 @@ def test_slot_reuses_the_common_prefix(tok: Tokenizer) -> None:
     assert steps[-1].stats is not None and steps[-1].stats.prompt_eval_count == 5
     run(m, [7, 8, 9, 11, 12], dataclass_replace(GREEDY, num_ctx=32), slot=slot)
     assert m.calls[-1] == [12]  # fully cached: the last token is evaluated again
+
+
+def test_cancelled_generation_stops_and_the_slot_keeps_what_was_evaluated(tok: Tokenizer) -> None:
+    m = ScriptedModel(tok, [20, 21, 22, 23])
+    slot = Slot.new(m, 32)
+    opts = dataclass_replace(GREEDY, num_ctx=32, num_predict=10)
+    steps = generate(m, [7, 8, 9], opts, slot=slot, cancelled=lambda: len(m.calls) >= 3)
+    with pytest.raises(Cancelled):
+        for _ in steps:
+            pass
+    assert m.calls == [[7, 8, 9], [20], [21]]  # the fourth call, for 22, saw the flag
+    assert slot.tokens == [7, 8, 9, 20, 21]
+    assert slot.cache.n_past == 5
 
 
 def test_slot_reuses_the_previous_answer(tok: Tokenizer) -> None:
