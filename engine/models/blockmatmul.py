@@ -55,6 +55,7 @@ Array64 = npt.NDArray[np.float64]
 
 # Elements of the (blocks, rows, N) block-sum array per call: keeps it within the CPU caches.
 CHUNK_ELEMENTS = 1 << 20
+_LOAD_ROWS = 4096  # weight outputs converted at a time while loading: bounds the scratch memory
 _U = 2.0**-53  # float64 unit roundoff
 
 
@@ -141,8 +142,8 @@ def _with_fields(
 def matrix_from_gguf(raws: list[tuple[npt.NDArray[np.uint8], GGMLType, tuple[int, int]]]) -> Matrix:
     """Stack GGUF (out, in) tensors of one type along `out` into a (in, sum of outs) Matrix.
 
-    Integers come from the library's own dequantizer run on a copy of the blocks whose scales
-    are set to 1 (and mins to 0): every value it then produces is an exact small integer.
+    The integers (`_block_integers`) are written into the (nb, N, B) layout a chunk of outputs at
+    a time, so loading needs no full-size scratch copy of the matrix.
     """
     types = {t for _, t, _ in raws}
     if len(types) != 1:
@@ -154,34 +155,36 @@ def matrix_from_gguf(raws: list[tuple[npt.NDArray[np.uint8], GGMLType, tuple[int
     planes = _PLANES.get(ggml_type)
     if planes is None:
         raise UnsupportedQuantType(ggml_type.name)
-    ints, scales, add_mins, min_ints, dmins = [], [], [], [], []
+    block, size = TYPE_SIZES[ggml_type]
+    K = raws[0][2][1]
+    N = sum(shape[0] for _, _, shape in raws)
+    B = planes.sum_block
+    q = np.empty((K // B, N, B), F32)  # (nb, N, B), filled a chunk of outputs at a time
+    scales, add_mins, min_ints, dmins = [], [], [], []
+    n0 = 0
     for raw, _, shape in raws:
         n_out, k = shape
-        block, size = TYPE_SIZES[ggml_type]
-        blocks = raw.reshape(-1, size)
-        one = _F32_ONE if planes.d_f32 else _F16_ONE
-        unit = {planes.d_at: one}
-        if planes.add_min_at is not None:
-            unit[planes.add_min_at] = np.zeros(2, np.uint8)
-        if planes.dmin_at is not None:
-            unit[planes.dmin_at] = np.zeros(2, np.uint8)
-        ints.append(dequantize(_with_fields(blocks, unit).reshape(-1), ggml_type, shape))
+        blocks = raw.reshape(n_out, k // block, size)
+        for r0 in range(0, n_out, _LOAD_ROWS):
+            rows = blocks[r0 : r0 + _LOAD_ROWS]  # (n, K/block, size)
+            n = len(rows)
+            ints = _block_integers(rows.reshape(-1, size), ggml_type, planes, (n, k))  # (n, K)
+            q[:, n0 + r0 : n0 + r0 + n] = ints.reshape(n, k // B, B).transpose(1, 0, 2)
+        flat = blocks.reshape(-1, size)
         if planes.d_f32:
-            d = blocks[:, planes.d_at : planes.d_at + 4].copy().view("<f4")[:, 0]
+            d = flat[:, planes.d_at : planes.d_at + 4].copy().view("<f4")[:, 0]
         else:
-            d = _f16_field(blocks, planes.d_at)
-        per = block // planes.sum_block  # exact-sum blocks per quant block
+            d = _f16_field(flat, planes.d_at)
+        per = block // B  # exact-sum blocks per quant block
         scales.append(np.repeat(d.reshape(n_out, k // block), per, axis=1))  # (out, nb)
         if planes.add_min_at is not None:
-            add_mins.append(_f16_field(blocks, planes.add_min_at).reshape(n_out, k // 32))
+            add_mins.append(_f16_field(flat, planes.add_min_at).reshape(n_out, k // 32))
         if planes.dmin_at is not None:
             zero_d = {planes.d_at: np.zeros(2, np.uint8), planes.dmin_at: _F16_ONE}
-            neg = dequantize(_with_fields(blocks, zero_d).reshape(-1), ggml_type, shape)
+            neg = dequantize(_with_fields(flat, zero_d).reshape(-1), ggml_type, shape)
             min_ints.append(-neg[:, :: planes.min_group])  # (out, K/G): y = -1 * mn there
-            dmins.append(_f16_field(blocks, planes.dmin_at).reshape(n_out, k // 256))
-    q = np.concatenate(ints)  # (N, K)
-    N, K = q.shape
-    B = planes.sum_block
+            dmins.append(_f16_field(flat, planes.dmin_at).reshape(n_out, k // 256))
+        n0 += n_out
     add_min = None if not add_mins else np.ascontiguousarray(np.concatenate(add_mins).T)
     min_q = dmin = None
     if min_ints:
@@ -191,12 +194,31 @@ def matrix_from_gguf(raws: list[tuple[npt.NDArray[np.uint8], GGMLType, tuple[int
         dmin = np.ascontiguousarray(np.concatenate(dmins).T)
     return QuantMatrix(
         rounding=vec_dot_rounding(ggml_type),
-        q=np.ascontiguousarray(q.reshape(N, K // B, B).transpose(1, 0, 2)),
+        q=q,
         d=np.ascontiguousarray(np.concatenate(scales).T),
         add_min=add_min,
         min_q=min_q,
         dmin=dmin,
     )
+
+
+def _block_integers(
+    blocks: npt.NDArray[np.uint8], ggml_type: GGMLType, planes: _Planes, shape: tuple[int, int]
+) -> Array:
+    """The integers of `blocks` (n * K/block, size) as float32 (n, K), sub-block scales folded in.
+
+    Q8_0 stores them as its int8 bytes. Other types go through the library's own dequantizer
+    on a copy whose block scales are 1 (and mins 0): every value it produces is then an exact
+    small integer.
+    """
+    if ggml_type is GGMLType.Q8_0:
+        return blocks[:, 2:].view(np.int8).astype(F32).reshape(shape)
+    unit = {planes.d_at: _F32_ONE if planes.d_f32 else _F16_ONE}
+    if planes.add_min_at is not None:
+        unit[planes.add_min_at] = np.zeros(2, np.uint8)
+    if planes.dmin_at is not None:
+        unit[planes.dmin_at] = np.zeros(2, np.uint8)
+    return dequantize(_with_fields(blocks, unit).reshape(-1), ggml_type, shape)
 
 
 def _col_norm(w: Array64) -> Array64:

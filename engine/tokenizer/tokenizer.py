@@ -81,7 +81,8 @@ def _pieces(vocab: Vocab) -> list[bytes]:
         pieces = [_gpt2_piece(t) for t in tokens]
     else:
         pieces = [t.replace(hf.SPACE_MARK, " ").encode() for t in tokens]
-    verbatim, normal = SPECIAL | Attr.USER_DEFINED, int(Attr.NORMAL)
+    # plain int masks: int & int, ~10x faster than Attr's own & over a 262k-token vocabulary
+    verbatim, normal = int(SPECIAL | Attr.USER_DEFINED), int(Attr.NORMAL)
     for i in [i for i, a in enumerate(attrs) if a & verbatim or not a & normal]:
         if attrs[i] & verbatim:
             pieces[i] = tokens[i].encode()
