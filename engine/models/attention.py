@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 import numpy.typing as npt
 
-from engine.models.blockmatmul import rounded_matmul
+from engine.models.blockmatmul import quanta, rounded_matmul
 from engine.models.kvcache import KEY_BLOCK
 from engine.models.numerics import exp_f32, round_f16
 
@@ -23,7 +23,9 @@ F32 = np.float32
 F64 = np.float64
 Array = npt.NDArray[np.float32]
 
-QUERY_CHUNK = 128  # query rows per score matrix: bounds memory at (H, QUERY_CHUNK, S)
+F16_GRID = 2.0**-24  # every F16 value is a multiple of it (its smallest subnormal)
+QUERY_CHUNK = 128  # at most this many query rows per score matrix
+SCORE_ELEMENTS = 1 << 21  # and at most ~this many (H, rows, S) scores: memory stays flat in S
 
 
 def _norm(x: npt.NDArray[np.float64], axis: int) -> npt.NDArray[np.float64]:
@@ -47,7 +49,11 @@ def _attend(
     q64 = q.transpose(1, 0, 2, 3).reshape(Hkv, T * G, Dh).astype(F64)  # (Hkv, T*G, Dh)
     k64 = k_cache[:, lo:hi].astype(F64)  # (Hkv, S, Dh)
     v64 = v_cache[:, lo:hi].astype(F64)  # (Hkv, S, Dv)
-    scores = rounded_matmul(q64, k64.transpose(0, 2, 1), _norm(q64, -1), _norm(k64, -1))
+    qq = kq = None
+    if f16_probs:  # F16 q, k, v: exact float64 sums are recognised (blockmatmul._drop_exact)
+        qq, kq = quanta(q64, -1), quanta(k64, -1)
+    kt = k64.transpose(0, 2, 1)
+    scores = rounded_matmul(q64, kt, _norm(q64, -1), _norm(k64, -1), qq, kq)
     scores = scores.reshape(Hkv, T, G, hi - lo) * F32(scale)  # (Hkv, T, G, S)
     q_pos = np.arange(pos0, pos0 + T)[:, None]  # (T, 1)
     k_pos = np.arange(lo, hi)[None, :]  # (1, S)
@@ -68,7 +74,8 @@ def _attend(
         p = round_f16(p)
     p64 = p.reshape(Hkv, T * G, hi - lo).astype(F64)
     # |p.v| <= sum(p) * max|v|: a tighter bound than the norms, since p >= 0 sums to ~1
-    out = rounded_matmul(p64, v64, p64.sum(axis=-1), np.abs(v64).max(axis=1))
+    pq, vq = (F16_GRID, quanta(v64, 1)) if f16_probs else (None, None)
+    out = rounded_matmul(p64, v64, p64.sum(axis=-1), np.abs(v64).max(axis=1), pq, vq)
     return out.reshape(Hkv, T, G, Dv).transpose(1, 0, 2, 3)
 
 
@@ -90,7 +97,9 @@ def attention(
     Hkv, Dv = v_cache.shape[0], v_cache.shape[2]
     qg = np.ascontiguousarray(q).reshape(T, Hkv, H // Hkv, Dh)
     out = np.empty((T, Hkv, H // Hkv, Dv), F32)
-    for t in range(0, T, QUERY_CHUNK):
-        end = min(T, t + QUERY_CHUNK)
+    keys = min(pos0 + T, window) if window else pos0 + T
+    rows = max(1, min(QUERY_CHUNK, SCORE_ELEMENTS // (H * keys)))  # rows never affect values
+    for t in range(0, T, rows):
+        end = min(T, t + rows)
         out[t:end] = _attend(qg[t:end], k_cache, v_cache, pos0 + t, window, scale, f16_probs)
     return out.reshape(T, H, Dv)

@@ -18,7 +18,9 @@ thread count: the same row gave other bits with OPENBLAS_CORETYPE=Haswell vs San
   in float64; BLAS's float64 sum is within n * 2**-53 * |a| * |b| (Cauchy-Schwarz) of the exact
   sum in any order, so where the whole interval rounds to one float32 that value is the answer,
   and the rare element whose interval straddles a float32 rounding boundary is recomputed
-  exactly (`math.fsum`). The answer never depends on how the sum was ordered.
+  exactly (`math.fsum`), unless the inputs' quanta prove BLAS's sum was exact in any order
+  (`_drop_exact`: F16 data, where such elements are mostly exact ties). The answer never
+  depends on how the sum was ordered.
 
 Elementwise NumPy arithmetic (+, -, *, /, sqrt, rint, comparisons, casts) is IEEE correctly rounded
 and so identical under every SIMD dispatch; NumPy's transcendental functions are not (its float64
@@ -287,11 +289,21 @@ def quant_matmul(x: Array, w: QuantMatrix) -> Array:
     return out
 
 
-def rounded_matmul(a: Array64, b: Array64, a_norm: Array64, b_norm: Array64) -> Array:
+def rounded_matmul(
+    a: Array64,
+    b: Array64,
+    a_norm: Array64,
+    b_norm: Array64,
+    a_quantum: Array64 | float | None = None,
+    b_quantum: Array64 | float | None = None,
+) -> Array:
     """float32 of the exactly rounded float64 (..., M, K) @ (..., K, N), for float32 inputs.
 
-    a_norm (..., M) and b_norm (..., N) bound the Euclidean norms of a's rows and b's columns.
-    See the module docstring for why the result does not depend on BLAS.
+    a_norm (..., M) and b_norm (..., N) bound a's rows and b's columns so that their product
+    bounds the sum of |a_ik * b_kj| (Euclidean norms do, by Cauchy-Schwarz). a_quantum and
+    b_quantum, when given, are powers of two dividing every element of a's row / b's column
+    (`quanta`; 2**-24 for any F16 value): see the module docstring for why the result does not
+    depend on BLAS, and `_exact` for what the quanta add.
     """
     r = np.matmul(a, b)
     K = a.shape[-1]
@@ -299,9 +311,44 @@ def rounded_matmul(a: Array64, b: Array64, a_norm: Array64, b_norm: Array64) -> 
     bound += np.abs(r) * 2.0**-50  # the interval must contain r's float64 neighbours
     unsure = ((r - bound).astype(F32) != (r + bound).astype(F32)) & np.isfinite(r)
     result = r.astype(F32)
+    if unsure.any() and a_quantum is not None and b_quantum is not None:
+        _drop_exact(unsure, a_norm, b_norm, a_quantum, b_quantum)
     if unsure.any():
         _settle(a, b, unsure, result)
     return result
+
+
+def quanta(x: Array64, axis: int) -> Array64:
+    """The largest power of two dividing every element of x along `axis` (inf where all are 0)."""
+    m, e = np.frexp(x)  # x = m * 2**e, 0.5 <= |m| < 1
+    ints = np.abs(m * 2.0**53).astype(np.int64)  # the 53-bit integer significands, exactly
+    low = (ints & -ints).astype(F64)  # each one's lowest set bit
+    q = np.where(x != 0, np.ldexp(low, e - 53), np.inf)
+    return q.min(axis=axis)
+
+
+def _drop_exact(
+    unsure: npt.NDArray[np.bool_],
+    a_norm: Array64,
+    b_norm: Array64,
+    a_quantum: Array64 | float,
+    b_quantum: Array64 | float,
+) -> None:
+    """Clear `unsure` where BLAS's float64 sum was exact, so r's float32 rounding is the answer.
+
+    Every product a_ik * b_kj is a multiple of Q = a_quantum_i * b_quantum_j, and so is every
+    partial sum, in whatever order BLAS adds them (FMA included). Each partial sum is at most
+    the sum of |a_ik * b_kj| <= a_norm_i * b_norm_j, so when that is below 2**53 * Q every partial
+    sum is an integer multiple of Q below 2**53 of them: representable, hence exact. With F16
+    inputs (as attention's q, k, v and F16 probabilities are) this settles the exact ties that
+    the interval test above cannot.
+    """
+    idx = np.nonzero(unsure)
+    rows, cols = (*idx[:-1],), (*idx[:-2], idx[-1])
+    qa = np.broadcast_to(a_quantum, a_norm.shape)[rows]
+    qb = np.broadcast_to(b_quantum, b_norm.shape)[cols]
+    exact = a_norm[rows] * b_norm[cols] < 2.0**53 * (qa * qb)
+    unsure[tuple(i[exact] for i in idx)] = False
 
 
 def _settle(a: Array64, b: Array64, unsure: npt.NDArray[np.bool_], result: Array) -> None:

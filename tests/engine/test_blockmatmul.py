@@ -17,6 +17,7 @@ from engine.models.blockmatmul import (
     matmul,
     matrix_from_gguf,
     output_columns,
+    quanta,
     rounded_matmul,
 )
 from engine.models.numerics import exp_f32, round_activations, tanh_f32
@@ -136,3 +137,32 @@ def test_rope_trig_rounds_from_the_exact_value() -> None:
         np.testing.assert_array_equal(_round_trig(theta, 1.0, cos), np.float32(exact))
         ref = np.cos(theta) if cos else np.sin(theta)
         np.testing.assert_array_equal(np.float64(exact), ref)  # libm agrees at these points
+
+
+def test_quanta_are_the_largest_power_of_two_dividing_a_row() -> None:
+    x = np.array([[0.75, 0.5, 0.0], [3.0, -6.0, 12.0], [0.0, 0.0, 0.0], [2.0**-24, 1.0, 0.5]])
+    assert quanta(x, -1).tolist() == [0.25, 1.0, np.inf, 2.0**-24]
+
+
+def test_exact_f16_ties_are_settled_by_the_quanta_to_the_correctly_rounded_value() -> None:
+    # 1 + 2**-24 is exactly halfway between two float32 values: ties to even gives 1.0.
+    a = np.array([[1.0, 2.0**-24]])
+    b = np.array([[1.0], [1.0]])
+    norm_a, norm_b = np.sqrt((a * a).sum(-1)), np.sqrt((b * b).sum(0))
+    got = rounded_matmul(a, b, norm_a, norm_b, quanta(a, -1), quanta(b, 0))
+    assert got.dtype == np.float32 and got[0, 0] == np.float32(1.0)
+
+
+def test_rounded_matmul_with_quanta_is_the_float32_of_the_exact_sum() -> None:
+    rng = np.random.default_rng(7)
+    # F16 values over a wide range of exponents, as attention's q, k, v and probabilities are
+    a = (rng.standard_normal((40, 96)) * 2.0 ** rng.integers(-12, 4, (40, 96))).astype(np.float16)
+    b = (rng.standard_normal((96, 30)) * 2.0 ** rng.integers(-12, 4, (96, 30))).astype(np.float16)
+    a64, b64 = a.astype(np.float64), b.astype(np.float64)
+    na, nb = np.sqrt((a64 * a64).sum(-1)), np.sqrt((b64 * b64).sum(0))
+    got = rounded_matmul(a64, b64, na, nb, quanta(a64, -1), quanta(b64, 0))
+    want = np.array(
+        [[np.float32(math.fsum(a64[i] * b64[:, j])) for j in range(30)] for i in range(40)]
+    )
+    assert np.array_equal(got, want)
+    assert np.array_equal(got, rounded_matmul(a64, b64, na, nb))  # the quanta change no value
