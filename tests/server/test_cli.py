@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import http.server
 import io
 import json
 import os
@@ -13,6 +14,7 @@ import socket
 import subprocess
 import sys
 import termios
+import threading
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -302,3 +304,37 @@ def test_interactive_session_on_a_terminal(url):
         term.proc.kill()
         term.proc.wait()
         os.close(term.fd)
+
+
+class _PlainHTTP(http.server.BaseHTTPRequestHandler):
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_registry_errors_say_what_to_do(url, monkeypatch, capsys):
+    """Plain-http registry without --insecure, an unknown host, a missing FROM file: a message
+    naming the cause and the fix, not a raw OpenSSL or resolver error (issue 21, point 8)."""
+    monkeypatch.setenv("OLLAMA_HOST", url)
+    registry = http.server.HTTPServer(("127.0.0.1", 0), _PlainHTTP)
+    threading.Thread(target=registry.serve_forever, daemon=True).start()
+    try:
+        assert _main("pull", f"127.0.0.1:{registry.server_port}/library/m") == 1
+    finally:
+        registry.shutdown()
+        registry.server_close()
+    err = capsys.readouterr().err
+    assert "server gave HTTP response to HTTPS client" in err and "--insecure" in err
+    assert "SSL" not in err
+
+    assert _main("pull", "nosuch.invalid/library/m") == 1  # .invalid never resolves (RFC 6761)
+    err = capsys.readouterr().err
+    assert "lookup nosuch.invalid: no such host" in err and "Errno" not in err
+
+
+def test_from_a_missing_file_says_so(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "Modelfile").write_text("FROM /no/such/file.gguf\n")
+    assert _main("create", "m") == 1
+    err = capsys.readouterr().err
+    assert "FROM /no/such/file.gguf: no such file or directory" in err
+    assert "invalid model name" not in err
