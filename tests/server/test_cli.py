@@ -9,8 +9,10 @@ import io
 import json
 import os
 import pty
+import re
 import select
 import socket
+import struct
 import subprocess
 import sys
 import termios
@@ -252,8 +254,9 @@ def _own_terminal() -> None:
 class _PTY:
     """`refllama run` on a pseudo-terminal (stdlib pty), read until an expected text."""
 
-    def __init__(self, argv: list[str], env: dict[str, str]) -> None:
+    def __init__(self, argv: list[str], env: dict[str, str], columns: int = 80) -> None:
         self.fd, child = pty.openpty()
+        fcntl.ioctl(self.fd, termios.TIOCSWINSZ, struct.pack("HHHH", 24, columns, 0, 0))
         self.proc = subprocess.Popen(
             argv, env=env, stdin=child, stdout=child, stderr=child, preexec_fn=_own_terminal
         )
@@ -269,6 +272,19 @@ class _PTY:
             self.seen += os.read(self.fd, 4096).decode("utf-8", "replace")
         before, _, self.seen = self.seen.partition(text)
         return before
+
+    def read_to_end(self, timeout: float = 60) -> str:
+        """Everything the child writes until it closes the terminal (exits)."""
+        deadline = time.monotonic() + timeout
+        while select.select([self.fd], [], [], max(0.0, deadline - time.monotonic()))[0]:
+            try:
+                data = os.read(self.fd, 4096)
+            except OSError:  # EIO: the child's side is closed
+                break
+            if not data:
+                break
+            self.seen += data.decode("utf-8", "replace")
+        return self.seen
 
     def send(self, data: str) -> None:
         os.write(self.fd, data.encode())
@@ -338,3 +354,94 @@ def test_from_a_missing_file_says_so(tmp_path, monkeypatch, capsys):
     err = capsys.readouterr().err
     assert "FROM /no/such/file.gguf: no such file or directory" in err
     assert "invalid model name" not in err
+
+
+def _post(url: str, path: str, body: dict) -> dict:
+    data = json.dumps({**body, "stream": False}).encode()
+    with urllib.request.urlopen(url + path, data=data) as r:
+        return json.loads(r.read())
+
+
+def _render(raw: str) -> list[str]:
+    """The lines a terminal shows for `raw`: cursor-left (ESC[nD), erase-to-end (ESC[K)."""
+    lines, line, col = [], [], 0
+    for token in re.findall(r"\x1b\[(\d*)([DK])|(\r\n|\n)|(.)", raw, flags=re.S):
+        count, code, newline, ch = token
+        if newline:
+            lines.append("".join(line))
+            line, col = [], 0
+        elif code == "D":
+            col = max(0, col - int(count or 1))
+        elif code == "K":
+            del line[col:]
+        else:
+            line[col : col + 1] = [ch]
+            col += 1
+    return [*lines, "".join(line)]
+
+
+def test_word_wrap_on_a_narrow_terminal(url):
+    """`run` on a 30-column terminal breaks lines before 25 columns without losing a character;
+    --nowordwrap prints the answer as the API gives it."""
+    _post(url, "/api/create", {"model": "long", "from": "short", "parameters": {"num_predict": 40}})
+    question = [{"role": "user", "content": "Say hi."}]
+    answer = _post(url, "/api/chat", {"model": "long", "messages": question})["message"]["content"]
+    assert len(answer) > 30  # long enough to need a break
+    env = {**os.environ, "OLLAMA_HOST": url}
+    for flags in ([], ["--nowordwrap"]):
+        term = _PTY([*REFLLAMA, "run", "long", *flags, "Say hi."], env, columns=30)
+        try:
+            raw = term.read_to_end()
+            assert term.proc.wait(timeout=60) == 0
+        finally:
+            os.close(term.fd)
+        if flags:
+            assert raw == answer.replace("\n", "\r\n") + "\r\n"
+            continue
+        shown = _render(raw)
+        assert len(shown) > 2 and all(len(line) <= 25 for line in shown)
+        assert "".join("".join(shown).split()) == "".join(answer.split())
+
+
+def test_save_and_load_a_session(url):
+    env = {**os.environ, "OLLAMA_HOST": url}
+    term = _PTY([*REFLLAMA, "run", "short"], env)
+    try:
+        term.expect(">>> ")
+        term.send("/set system Be brief.\r")
+        term.expect("Set system message.")
+        term.send("Hello\r")
+        term.expect(">>> ")
+        term.send("/save bad name!\r")
+        term.expect("Usage:")
+        term.send("/save Bad:na:me\r")
+        term.expect("error: The model name 'Bad:na:me' is invalid")
+        term.send("/save kept\r")
+        term.expect("Created new model 'kept'")
+        term.send("/load nope\r")
+        term.expect("Couldn't find model 'nope'")
+        term.send("/load kept\r")
+        term.expect("Loading model 'kept'")
+        term.send("/set nowordwrap\r")
+        term.expect("Set 'nowordwrap' mode.")
+        term.send("\x04")
+        assert term.proc.wait(timeout=30) == 0
+    finally:
+        term.proc.kill()
+        term.proc.wait()
+        os.close(term.fd)
+    shown = _post(url, "/api/show", {"model": "kept"})
+    assert shown["system"] == "Be brief."
+    roles = [m["role"] for m in shown["messages"]]
+    assert roles == ["system", "user", "assistant"] and shown["messages"][1]["content"] == "Hello"
+
+    term = _PTY([*REFLLAMA, "run", "kept"], env)  # a saved session shows where it left off
+    try:
+        term.expect(">>> Hello")
+        term.expect(">>> ")
+        term.send("\x04")
+        assert term.proc.wait(timeout=30) == 0
+    finally:
+        term.proc.kill()
+        term.proc.wait()
+        os.close(term.fd)
