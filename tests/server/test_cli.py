@@ -22,12 +22,17 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
+import gguf
+import numpy as np
 import pytest
 
+from engine.gguf.quantize import quantize_gguf
+from server import create
 from server.app import create_app
 from server.cli import client as cli_client
 from server.cli import main as cli
 from server.store import Store
+from tests.server.conftest import write_tiny_gguf
 from tests.server.live import live_server
 from tests.tiny_model import write_tiny_model
 
@@ -445,3 +450,28 @@ def test_save_and_load_a_session(url):
         term.proc.kill()
         term.proc.wait()
         os.close(term.fd)
+
+
+def test_quantize_reports_progress_per_tensor(tmp_path):
+    """`create -q` progress: `completed` grows tensor by tensor (the quantizer's callback), stays
+    below the file size until the end, then equals it. Each tensor is slowed by 0.3 s so the
+    half-second progress lines fall between tensors."""
+    f16 = write_tiny_gguf(tmp_path / "f16.gguf", file_type=1, dtype=np.float16, width=256)
+    tensor_bytes = sum(int(t.n_bytes) for t in gguf.GGUFReader(f16).tensors)  # gguf-py's view
+
+    def slow_quantizer(src, dst, target, progress):
+        def tensor_done(n: int) -> None:
+            progress(n)
+            time.sleep(0.3)
+
+        quantize_gguf(src, dst, target, progress=tensor_done)
+
+    total = f16.stat().st_size
+    line = {"status": "quantizing F16 model to Q8_0", "digest": "0" * 19}
+    events = list(
+        create._run_quantizer(slow_quantizer, f16, tmp_path / "q.gguf", "Q8_0", line, total)
+    )
+    done = [e.get("completed", 0) for e in events]
+    assert done == sorted(done) and done[-1] == total
+    partial = [d for d in done[:-1] if d]
+    assert len(set(partial)) >= 2 and all(d <= tensor_bytes < total for d in partial)
