@@ -31,6 +31,7 @@ from server import create
 from server.app import create_app
 from server.cli import client as cli_client
 from server.cli import main as cli
+from server.cli import models as cli_models
 from server.store import Store
 from tests.server.conftest import write_tiny_gguf
 from tests.server.live import live_server
@@ -475,3 +476,33 @@ def test_quantize_reports_progress_per_tensor(tmp_path):
     assert done == sorted(done) and done[-1] == total
     partial = [d for d in done[:-1] if d]
     assert len(set(partial)) >= 2 and all(d <= tensor_bytes < total for d in partial)
+
+
+def test_progress_bar_layout():
+    """Ollama's bar layout, by hand for 80 columns (one left free): 11 status + 1 + 4 percent
+    + 5 (` ▕`, `▏ `) + 13 sizes + 18 (no rate yet) leaves 27 bar columns, a quarter filled."""
+    progress = cli_models.Progress(io.StringIO(), columns=80)
+    line = progress.bar_line("pulling abc", 250_000, 1_000_000, "d")
+    assert line == "pulling abc  25% ▕" + "█" * 6 + " " * 21 + "▏ 250 KB/1.0 MB" + " " * 18
+    narrow = cli_models.Progress(io.StringIO(), columns=40)
+    line = narrow.bar_line("copying file sha256:" + "ab" * 32, 1_000_000, 1_000_000, "d")
+    assert len(line) <= 39 and "100% ▕██████████▏ 1.0 MB" in line
+
+
+def test_create_progress_fits_the_terminal(url, tmp_path):
+    """`create -q` on a 60-column terminal: no drawn line is wider than 59 columns, so nothing
+    wraps and every \\r redraw lands on its own line (issue 21, point 9)."""
+    f16 = write_tiny_gguf(tmp_path / "f16.gguf", file_type=1, dtype=np.float16, width=256)
+    (tmp_path / "Modelfile").write_text(f"FROM {f16}\n")
+    env = {**os.environ, "OLLAMA_HOST": url}
+    argv = [*REFLLAMA, "create", "q8", "-q", "q8_0", "-f", str(tmp_path / "Modelfile")]
+    term = _PTY(argv, env, columns=60)
+    try:
+        raw = term.read_to_end()
+        assert term.proc.wait(timeout=120) == 0
+    finally:
+        os.close(term.fd)
+    drawn = re.split(r"\r\x1b\[K|\r?\n", raw)
+    assert any("copying file sha256:" in d for d in drawn)
+    assert any("100% ▕" in d for d in drawn) and drawn[-2] == "success"
+    assert max(len(d) for d in drawn) <= 59
