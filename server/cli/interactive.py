@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import termios
 import unicodedata
 from dataclasses import dataclass, field
 from typing import Any, TextIO
@@ -181,6 +182,95 @@ _SHOW_HELP = """Available Commands:
 """
 
 
+PLACEHOLDER = "Send a message (/? for help)"
+ALT_PLACEHOLDER = "Press Enter to send"
+
+
+class LineReader:
+    """input() with GNU readline (editing, in-memory history) and Ollama's placeholder.
+
+    On a terminal the prompt is shown with the placeholder in grey; the first key read in
+    cbreak mode erases it and is handed to readline as the line's start (an Up arrow recalls
+    the last line; other editing keys do nothing on an empty line). Keys typed ahead or pasted
+    with newlines are kept and read as lines, in order. Off a terminal it is plain input().
+    """
+
+    def __init__(self) -> None:
+        try:
+            import readline
+        except ImportError:  # no GNU readline: plain input(), still with the placeholder
+            readline = None  # type: ignore[assignment]
+        self.readline = readline
+        self.pending = ""
+        self.tty = sys.stdin.isatty() and sys.stdout.isatty()
+        self.history = True
+
+    def set_history(self, on: bool) -> None:
+        self.history = on
+        if self.readline is not None:
+            self.readline.set_auto_history(on)
+
+    def read(self, prompt: str, placeholder: str) -> str:
+        if not self.tty:
+            return input(prompt)
+        if not self.pending:
+            self.pending = self._first_keys(prompt, placeholder)
+        line, newline, rest = self.pending.partition("\n")
+        if newline:
+            self.pending = rest
+            sys.stdout.write(f"{prompt}{line}\n")
+            if self.history and self.readline is not None and line.strip():
+                self.readline.add_history(line)  # as if typed through readline
+            return line
+        self.pending = ""
+        return self._input(prompt, line)
+
+    def _first_keys(self, prompt: str, placeholder: str) -> str:
+        """Show prompt and placeholder, read what the first key sends, erase the line."""
+        fd = sys.stdin.fileno()
+        saved = termios.tcgetattr(fd)
+        raw = termios.tcgetattr(fd)
+        raw[3] &= ~(termios.ICANON | termios.ECHO)  # lflags; ISIG stays: Ctrl-C is SIGINT
+        raw[6][termios.VMIN], raw[6][termios.VTIME] = 1, 0
+        try:
+            termios.tcsetattr(fd, termios.TCSANOW, raw)  # before the prompt: no key echoes
+            sys.stdout.write(f"{prompt}\x1b[90m{placeholder}\x1b[0m\x1b[{len(placeholder)}D")
+            sys.stdout.flush()
+            data = os.read(fd, 4096)
+            while True:
+                try:
+                    keys = data.decode("utf-8").replace("\r", "\n")
+                    break
+                except UnicodeDecodeError:  # a character split across reads
+                    data += os.read(fd, 4096)
+        finally:
+            termios.tcsetattr(fd, termios.TCSANOW, saved)
+            sys.stdout.write("\r\x1b[K")
+            sys.stdout.flush()
+        if keys == "\x04":
+            raise EOFError
+        if keys in ("\x1b[A", "\x1bOA"):
+            return self._last_history()
+        if keys.startswith("\x1b") or (len(keys) == 1 and keys < " " and keys != "\n"):
+            return ""
+        return keys
+
+    def _last_history(self) -> str:
+        if self.readline is None or not self.readline.get_current_history_length():
+            return ""
+        return self.readline.get_history_item(self.readline.get_current_history_length()) or ""
+
+    def _input(self, prompt: str, start: str) -> str:
+        if not start or self.readline is None:
+            return (start + input(prompt + start)) if start else input(prompt)
+        readline = self.readline
+        readline.set_startup_hook(lambda: readline.insert_text(start))
+        try:
+            return input(prompt)
+        finally:
+            readline.set_startup_hook(None)
+
+
 @dataclass
 class Session:
     """What `/set` changes: the request fields, the system message and the display modes."""
@@ -193,6 +283,7 @@ class Session:
     history: list[dict[str, Any]] = field(default_factory=list)
     system: str = ""
     loaded: list[dict[str, Any]] = field(default_factory=list)  # the model's own MESSAGEs
+    reader: LineReader = field(default_factory=LineReader)
 
 
 def interactive(
@@ -212,9 +303,9 @@ def interactive(
             print(f"{message['content']}\n")
     while True:
         try:
-            line = input(">>> ")
+            line = session.reader.read(">>> ", PLACEHOLDER)
             if line.startswith('"""'):
-                line = _multiline(line)
+                line = _multiline(session.reader, line)
         except EOFError:
             print()
             return 0
@@ -239,10 +330,10 @@ def interactive(
         print()
 
 
-def _multiline(first: str) -> str:
+def _multiline(reader: LineReader, first: str) -> str:
     parts = [first[3:]]
     while not parts[-1].rstrip().endswith('"""'):
-        parts.append(input("... "))
+        parts.append(reader.read("... ", ALT_PLACEHOLDER))
     return "\n".join(parts).rstrip()[:-3]
 
 
@@ -284,7 +375,8 @@ def _set(session: Session, line: str, words: list[str]) -> None:
     what = words[1]
     base = session.base
     if what in ("history", "nohistory"):
-        return  # input() keeps no history file; Ollama prints nothing for these either
+        session.reader.set_history(what == "history")  # Ollama prints nothing for these either
+        return
     if what in _MODES:
         if what in ("verbose", "quiet"):
             session.verbose = what == "verbose"

@@ -506,3 +506,37 @@ def test_create_progress_fits_the_terminal(url, tmp_path):
     assert any("copying file sha256:" in d for d in drawn)
     assert any("100% ▕" in d for d in drawn) and drawn[-2] == "success"
     assert max(len(d) for d in drawn) <= 59
+
+
+def test_prompt_placeholder_and_line_editing(url):
+    """The grey "Send a message (/? for help)" placeholder, erased by the first key, which
+    starts the line readline goes on editing; Up recalls the last line; `...` lines have
+    "Press Enter to send"."""
+    env = {**os.environ, "OLLAMA_HOST": url}
+    term = _PTY([*REFLLAMA, "run", "short"], env)
+    try:
+        term.expect(">>> \x1b[90mSend a message (/? for help)\x1b[0m")
+        term.send("/set sys")  # the first key(s) alone, then the rest through readline
+        term.expect("\r\x1b[K")  # placeholder erased
+        time.sleep(0.3)
+        term.send("tem Two parts.\r")
+        term.expect("Set system message.")
+        term.expect("Send a message (/? for help)")
+        term.send("/show system\r")
+        term.expect("Two parts.")
+        term.expect("Send a message (/? for help)")
+        term.send("\x1b[A")  # Up: the last line again
+        time.sleep(0.3)
+        term.send("\r")
+        term.expect("/show system")
+        term.expect("Two parts.")
+        term.send('"""\r')
+        term.expect("Press Enter to send")
+        term.send('/set"""\r')
+        term.expect(">>> ")
+        term.send("\x04")
+        assert term.proc.wait(timeout=30) == 0
+    finally:
+        term.proc.kill()
+        term.proc.wait()
+        os.close(term.fd)
