@@ -53,7 +53,8 @@ QUANTIZE_TYPES = {
 QUANTIZABLE_SOURCES = ("F32", "F16", "BF16")
 QUANTIZE_DIGEST = "0" * 19  # the placeholder digest Ollama puts on quantize progress lines
 
-Quantizer = Callable[[Path, Path, str], None]  # quantize_gguf(src, dst, file_type)
+# quantize_gguf(src, dst, file_type, progress=...): progress(n) after each tensor of n bytes
+Quantizer = Callable[..., None]
 
 
 @dataclass
@@ -400,15 +401,18 @@ def _raw_file_type(path: Path) -> str:
 def _run_quantizer(
     quantizer: Quantizer, src: Path, dst: Path, target: str, progress: dict[str, Any], total: int
 ) -> Iterator[dict[str, Any]]:
-    """Run the quantizer in a thread, repeating the progress line every half second.
-
-    The quantizer reports no progress of its own, so `completed` appears only at the end.
-    """
+    """Run the quantizer in a thread; every half second a progress line with the source bytes
+    of the tensors it has finished (the quantizer's per-tensor callback), below `total` (the
+    GGUF's size, metadata included) until the end, as Ollama reports it."""
     errors: list[BaseException] = []
+    done = [0]
+
+    def tensor_done(n_bytes: int) -> None:
+        done[0] += n_bytes
 
     def work() -> None:
         try:
-            quantizer(src, dst, target)
+            quantizer(src, dst, target, progress=tensor_done)
         except BaseException as e:  # re-raised in the generator's thread below
             errors.append(e)
 
@@ -417,7 +421,8 @@ def _run_quantizer(
     while thread.is_alive():
         thread.join(0.5)
         if thread.is_alive():
-            yield {**progress, "total": total}
+            completed = min(done[0], total - 1)
+            yield {**progress, "total": total, **({"completed": completed} if completed else {})}
     if errors:
         raise errors[0]
     yield {**progress, "total": total, "completed": total}

@@ -277,6 +277,14 @@ def _digest_map(path: Path, uploads: dict[str, Path]) -> dict[str, str]:
     return out
 
 
+def _looks_like_path(text: str) -> bool:
+    """A FROM value no model name can be: a path start or a weight file's extension (Ollama
+    sends it to the server as a name, which answers a bare "invalid model name")."""
+    return text.startswith(("/", "./", "../", "~", ".\\")) or text.lower().endswith(
+        (".gguf", ".safetensors", ".bin")
+    )
+
+
 def create_request(commands: list[Command], relative_dir: Path) -> CreatePlan:
     """Map commands to a /api/create body as Ollama's CLI does (§15.2)."""
     plan = CreatePlan({})
@@ -288,6 +296,11 @@ def create_request(commands: list[Command], relative_dir: Path) -> CreatePlan:
         if c.name == "model":
             path = expand_path(c.args, relative_dir)
             if not path.exists():
+                if _looks_like_path(c.args):
+                    raise ModelfileError(
+                        f"FROM {c.args}: no such file or directory (FROM takes an existing GGUF "
+                        "file, a model directory, or a model name such as llama3.2)"
+                    )
                 req["from"] = c.args
                 continue
             req.setdefault("files", {}).update(_digest_map(path, plan.uploads))

@@ -18,6 +18,8 @@ import json
 import logging
 import os
 import re
+import socket
+import ssl
 import threading
 import time
 import urllib.parse
@@ -108,7 +110,7 @@ class Registry:
             resp = conn.getresponse()
         except OSError as e:
             conn.close()
-            raise RegistryError(f"{method} {url}: {e}") from e
+            raise RegistryError(f"{method} {url}: {network_error(parts, e)}") from e
         return _Response(resp.status, resp.headers, resp, urllib.parse.urlunsplit(parts), conn)
 
     def request(
@@ -164,6 +166,45 @@ class Registry:
             raise RegistryError(f"{resp.status}: {resp.read_text()}")
         data = json.loads(resp.read() or b"{}")
         self.token = data.get("token") or data.get("access_token") or ""
+
+
+# OpenSSL's reasons when an https request meets a plain-http server (1.1 and 3.x spellings).
+_PLAIN_HTTP_REASONS = {"WRONG_VERSION_NUMBER", "RECORD_LAYER_FAILURE", "PACKET_LENGTH_TOO_LONG",
+                       "HTTP_REQUEST", "UNKNOWN_PROTOCOL"}  # fmt: skip
+
+
+def network_error(parts: urllib.parse.SplitResult, e: OSError) -> str:
+    """What went wrong reaching a registry and what to do, instead of a raw OS error: Go's
+    wording for the cause (what Ollama prints), then a hint."""
+    host = parts.hostname or parts.netloc
+    if isinstance(e, ssl.SSLCertVerificationError):
+        return (
+            f"tls: failed to verify certificate: {e.verify_message} "
+            "(for a registry without a trusted certificate use --insecure, which uses plain http)"
+        )
+    if isinstance(e, ssl.SSLError) and (e.reason in _PLAIN_HTTP_REASONS):
+        return (
+            "http: server gave HTTP response to HTTPS client "
+            "(the registry speaks plain http: pull or push with --insecure)"
+        )
+    if isinstance(e, socket.gaierror):
+        if e.errno == socket.EAI_AGAIN:
+            return (
+                f"dial tcp: lookup {host}: temporary failure in name resolution "
+                "(check your network connection and DNS, then try again)"
+            )
+        return (
+            f"dial tcp: lookup {host}: no such host "
+            "(check the registry name in the model name, and your network connection)"
+        )
+    if isinstance(e, ConnectionRefusedError):
+        return (
+            f"dial tcp {parts.netloc}: connect: connection refused "
+            "(is the registry running, and on this port?)"
+        )
+    if isinstance(e, TimeoutError | socket.timeout):
+        return f"dial tcp {parts.netloc}: i/o timeout (check your network connection)"
+    return str(e)
 
 
 def _error(prefix: str, resp: _Response) -> RegistryError:
@@ -469,7 +510,9 @@ def _patch_part(
         raw = conn.getresponse()
     except OSError as e:
         conn.close()
-        raise RegistryError(f"PATCH {location}: {e}") from e
+        raise RegistryError(
+            f"PATCH {location}: {network_error(urllib.parse.urlsplit(location), e)}"
+        ) from e
     resp = _Response(raw.status, raw.headers, raw, location, conn)
     if resp.status >= 400:
         raise _error("", resp)

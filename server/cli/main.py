@@ -105,11 +105,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         words = [piped, *words] if piped else words
     if words:
         prompt = " ".join(words)
-        return chat_once(client, base, prompt, args.verbose, args.hidethinking)
+        return chat_once(client, base, prompt, args.verbose, args.hidethinking, not args.nowordwrap)
     if not is_tty:
         return 0
     client.post("/api/chat", {**base, "messages": [], "stream": False})  # load, as `ollama run`
-    return interactive(client, base, args.verbose, args.hidethinking)
+    return interactive(client, base, args.verbose, args.hidethinking, not args.nowordwrap)
 
 
 def _show_or_pull(client: Client, model: str, insecure: bool) -> None:
@@ -225,6 +225,9 @@ def build_parser() -> Parser:
     )
     p.add_argument("--hidethinking", action="store_true", help="Hide thinking output")
     p.add_argument("--insecure", action="store_true", help="Use an insecure registry")
+    p.add_argument(
+        "--nowordwrap", action="store_true", help="Don't wrap words to the next line automatically"
+    )
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("ps", help="List running models", env=CLIENT_ENV)

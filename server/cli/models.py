@@ -9,7 +9,9 @@ stderr; tables and show's text go to stdout.
 from __future__ import annotations
 
 import argparse
+import io
 import json
+import os
 import sys
 import time
 import urllib.error
@@ -71,26 +73,74 @@ def human_bytes(n: float) -> str:
     return f"{int(n)} B"
 
 
-class Progress:
-    """Renders a progress stream: a bar per digest, one line per status."""
+def _duration(seconds: float) -> str:
+    """Go's Duration.String rounded to seconds, capped at two units, as Ollama's bar shows it."""
+    s = int(round(seconds))
+    if s >= 100 * 3600:
+        return "99h+"
+    if s >= 3600:
+        return f"{s // 3600}h{s % 3600 // 60}m"
+    return f"{s // 60}m{s % 60}s" if s >= 60 else f"{s}s"
 
-    def __init__(self, out: TextIO) -> None:
+
+class Progress:
+    """Renders a progress stream: a bar per digest (redrawn in place), one line per status.
+
+    A bar line is laid out as Ollama's progress.Bar: `status  42% ▕███   ▏ 1.2 MB/2.9 MB
+    3.1 MB/s  1s`, the bar taking what the terminal width leaves; a status too long for the
+    width is cut so the line never wraps (a wrapped line could not be redrawn with \\r); so are
+    status lines without a bar.
+    `columns` fixes the width (else the terminal's, or 80 when `out` is no terminal).
+    """
+
+    def __init__(self, out: TextIO, columns: int | None = None) -> None:
         self.out = out
         self.current = ""
+        self.columns = columns
+        self.started: dict[str, tuple[float, int]] = {}  # digest -> (time, completed) first seen
+
+    def width(self) -> int:
+        if self.columns is not None:
+            return self.columns
+        try:
+            return os.get_terminal_size(self.out.fileno()).columns
+        except (OSError, ValueError, AttributeError, io.UnsupportedOperation):
+            return 80
+
+    def bar_line(self, status: str, done: int, total: int, digest: str = "") -> str:
+        done = min(done, total)
+        now = time.monotonic()
+        t0, v0 = self.started.setdefault(digest, (now, done))
+        rate = (done - v0) / (now - t0) if now - t0 >= 1 else 0.0
+        if done < total:
+            sizes = f"{human_bytes(done):>6}/{human_bytes(total):>6}"
+        else:
+            sizes = f"{human_bytes(total):>6}" + " " * 7
+        if done < total and rate > 0:
+            tail = f"  {human_bytes(rate):>6}/s  {_duration((total - done) / rate):>6}"
+        else:
+            tail = " " * 18
+        width = self.width() - 1  # the last column would make some terminals wrap
+        pct = f"{100 * done // total:3d}%"
+        if width - len(pct) - len(sizes + tail) - 6 < 20:  # narrow: rate and time go first
+            tail = ""
+        room = width - len(pct) - len(sizes + tail) - 6
+        status = status.strip()[: max(0, room - 10)].rstrip()  # keep 10 columns of bar
+        bar_width = max(0, width - len(status) - 1 - len(pct) - len(sizes + tail) - 5)
+        filled = bar_width * done // total
+        pre = f"{status} {pct}" if status else pct
+        return f"{pre} ▕{'█' * filled}{' ' * (bar_width - filled)}▏ {sizes}{tail}"[:width]
 
     def update(self, event: dict[str, Any]) -> None:
         status = str(event.get("status", ""))
         total = int(event.get("total") or 0)
         if total and event.get("digest"):
             done = int(event.get("completed") or 0)
-            width = 25
-            filled = width * done // total
-            bar = "█" * filled + " " * (width - filled)
-            sizes = f"{human_bytes(done)}/{human_bytes(total)}"
-            line = f"{status}: {100 * done // total:3d}% ▕{bar}▏ {sizes}"
-            self.out.write(("\r" if self.current == status else self._newline()) + line)
+            line = self.bar_line(status, done, total, str(event["digest"]))
+            start = "\r\x1b[K" if self.current == status else self._newline()
+            self.out.write(start + line)
         else:
-            self.out.write(self._newline() + status)
+            self.out.write(self._newline() + status[: self.width() - 1])
         self.current = status
         self.out.flush()
 

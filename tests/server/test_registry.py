@@ -361,12 +361,13 @@ def test_cli_push_and_pull(
         assert done.value.code == 0, argv
     out = capsys.readouterr()
     assert out.out == f"deleted '{name}'\n"
-    progress = out.err.replace("\r", "\n").splitlines()
+    progress = out.err.replace("\r\x1b[K", "\n").splitlines()  # each redraw on its own line
     assert progress[0] == "retrieving manifest" and progress[-1] == "success"
     assert "pulling manifest" in progress and "verifying sha256 digest" in progress
     digest = store.resolve(name).manifest.layers[0].digest
     size = f"{tiny_gguf.stat().st_size / 1000:.1f} KB"
-    assert f"pulling {digest[7:19]}: 100% ▕{'█' * 25}▏ {size}/{size}" in progress
+    # 80 columns (no terminal), one left free: 20 status + 1 + 4 percent + 5 + 13 + 18 -> 18 bar
+    assert f"pulling {digest[7:19]} 100% ▕{'█' * 18}▏ {size}{' ' * 25}" in progress
 
 
 def test_concurrent_pulls_of_one_model(
