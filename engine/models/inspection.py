@@ -63,6 +63,7 @@ class Inspection:
     embedding_norm: npt.NDArray[np.float64]  # (T,)
     layers: tuple[LayerView, ...]
     attention: dict[tuple[int, int], npt.NDArray[np.float64]]  # (layer, head) -> (T, T)
+    lens_pieces: dict[int, str]  # the text of every token id in a layer's lens_top
 
 
 def attention_weights(
@@ -147,6 +148,7 @@ def inspect(
         q = capture.get(il, "q")
         attention[(il, h)] = attention_weights(q, cache.k[il], 0, window, scale, h)
     embedding = capture.get(-1, "embedding").astype(np.float64)
+    lens_ids = np.unique(np.concatenate([v.lens_top.ravel() for v in layers]))
     return Inspection(
         tokens=tuple(int(t) for t in tokens),
         pieces=tuple(model.detokenize([int(t)]) for t in tokens),
@@ -154,4 +156,5 @@ def inspect(
         embedding_norm=np.linalg.norm(embedding, axis=1),
         layers=tuple(layers),
         attention=attention,
+        lens_pieces={int(i): model.detokenize([int(i)]) for i in lens_ids},
     )
