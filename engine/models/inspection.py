@@ -91,7 +91,7 @@ def attention_weights(
 
 def logit_lens(model: Model, hidden: Array) -> Array:
     """(T, D) residual stream -> (T, V) logits, through the output norm and output matrix."""
-    weights = model._weights_or_raise()  # the loaded weights; raises for a vocab-only model
+    weights = model.weights
     cfg = model.config
     normed = rms_norm(hidden, weights.output_norm, cfg.norm_eps)
     return output_logits(weights, cfg, normed, model.numerics)
