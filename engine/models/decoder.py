@@ -432,6 +432,12 @@ class Model:
             f16=self.numerics.kv_f16,
         )
 
+    @property
+    def weights(self) -> Weights:
+        """The float32 weights (engine/models/inspection.py reads them); RuntimeError for a model
+        loaded with vocab_only=True."""
+        return self._weights_or_raise()
+
     def _weights_or_raise(self) -> Weights:
         if self._weights is None:
             raise RuntimeError(f"{self.path.name} was loaded with vocab_only=True")

@@ -18,6 +18,7 @@ import time
 from datetime import datetime
 from typing import Any, NoReturn
 
+from server.cli import inspect as inspect_command
 from server.cli import models
 from server.cli.client import APIError, Client, server_url
 from server.cli.interactive import chat_once, interactive
@@ -239,6 +240,7 @@ def build_parser() -> Parser:
 
     models.add_subcommands(sub, CLIENT_ENV)
     golden_command.add_parser(sub)
+    inspect_command.add_parser(sub)
     return parser
 
 
