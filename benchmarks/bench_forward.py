@@ -3,6 +3,8 @@
     python benchmarks/bench_forward.py                 # SmolLM2, 512-token prefill, 128 decode
     python benchmarks/bench_forward.py --model gemma3 --repeat 3
     python benchmarks/bench_forward.py --smoke         # tiny model, a few tokens (CI)
+    python benchmarks/bench_forward.py --prompt-tokens 512,2000,8000 --decode-tokens 32
+                                                       # how cost grows with context
 
 Each engine runs in its own subprocess (so peak RSS is its own); llama.cpp gets n_threads =
 --threads and refllama OPENBLAS_NUM_THREADS = --blas-threads (default: --threads). refllama's decode
@@ -95,7 +97,7 @@ def _measure(engine: str, model: str, prompt_tokens: int, decode_tokens: int, re
     return {"load": load, "prefill": prefills, "decode": decodes, "rss": rss}
 
 
-def _run_engine(engine: str, args: argparse.Namespace, model: str) -> dict:
+def _run_engine(engine: str, args: argparse.Namespace, model: str, prompt_tokens: int) -> dict:
     env = {
         **os.environ,
         "OPENBLAS_NUM_THREADS": str(args.blas_threads or args.threads),
@@ -109,7 +111,7 @@ def _run_engine(engine: str, args: argparse.Namespace, model: str) -> dict:
         "--model",
         model,
         "--prompt-tokens",
-        str(args.prompt_tokens),
+        str(prompt_tokens),
         "--decode-tokens",
         str(args.decode_tokens),
         "--repeat",
@@ -135,7 +137,9 @@ def _model_path(name: str, tmp: Path) -> str:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--model", default="smollm2", help="smollm2, gemma3, tiny, or a GGUF path")
-    p.add_argument("--prompt-tokens", type=int, default=512)
+    p.add_argument(
+        "--prompt-tokens", default="512", help="prompt length, or several: 512,2000,8000"
+    )
     p.add_argument("--decode-tokens", type=int, default=128)
     p.add_argument("--repeat", type=int, default=2)
     p.add_argument("--threads", type=int, default=2, help="llama.cpp threads")
@@ -145,12 +149,13 @@ def main() -> None:
     args = p.parse_args()
     if args.child:
         result = _measure(
-            args.child, args.model, args.prompt_tokens, args.decode_tokens, args.repeat
+            args.child, args.model, int(args.prompt_tokens), args.decode_tokens, args.repeat
         )
         print(json.dumps(result))
         return
     if args.smoke:
-        args.model, args.prompt_tokens, args.decode_tokens, args.repeat = "tiny", 16, 4, 1
+        args.model, args.prompt_tokens, args.decode_tokens, args.repeat = "tiny", "16", 4, 1
+    lengths = [int(n) for n in args.prompt_tokens.split(",")]
 
     import importlib.util
 
@@ -161,24 +166,24 @@ def main() -> None:
         engines.append("llama.cpp")
     with tempfile.TemporaryDirectory() as tmp:
         model = _model_path(args.model, Path(tmp))
-        results = {e: _run_engine(e, args, model) for e in engines}
+        runs = {n: {e: _run_engine(e, args, model, n) for e in engines} for n in lengths}
 
     blas = args.blas_threads or args.threads
     print(f"model {Path(model).name}, llama.cpp {args.threads} threads, refllama OpenBLAS {blas}")
     print(machine_line())
-    print(
-        f"prompt {args.prompt_tokens} tokens, decode {args.decode_tokens} tokens, "
-        f"{args.repeat} repeats (median / best)"
-    )
+    print(f"decode {args.decode_tokens} tokens, {args.repeat} repeats (median / best)")
+    for n, results in runs.items():
+        print(f"\nprompt {n} tokens (decode runs at that context)")
+        _print_table(engines, results, n, args.decode_tokens)
+
+
+def _print_table(engines: list[str], results: dict, prompt_tokens: int, decode_tokens: int) -> None:
     header = f"{'metric':<22}" + "".join(f"{e:>24}" for e in engines)
     if len(engines) == 2:
         header += f"{'ratio':>10}"
     print(header)
     rows: list[tuple[str, list[str], float | None]] = []
-    for metric, tokens in (
-        ("prefill tok/s", args.prompt_tokens),
-        ("decode tok/s", args.decode_tokens),
-    ):
+    for metric, tokens in (("prefill tok/s", prompt_tokens), ("decode tok/s", decode_tokens)):
         key = metric.split()[0]
         cells, medians = [], []
         for e in engines:
