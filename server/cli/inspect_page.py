@@ -24,7 +24,8 @@ figure.head { margin: 0; text-align: center; font-size: 11px; }
 
 
 def _show(piece: str) -> str:
-    return escape(repr(piece)[1:-1])
+    """A token's text, escapes visible (repr) and spaces as ␣, so a space token is not blank."""
+    return escape(repr(piece)[1:-1].replace(" ", "\u2423"))
 
 
 def _lens_grid(seen: Inspection) -> list[str]:

@@ -45,6 +45,22 @@ def test_capture_keeps_smollm2_logits_bit_identical(smollm2_path: Path) -> None:
     assert seen.attention[(29, 8)].shape == (len(ids), len(ids))
 
 
+def test_gemma3_sliding_window_weights(tmp_path: Path) -> None:
+    """Gemma 3 (pre-scaled q, sliding layers with window 4): logits unchanged, window masked."""
+    model = engine.load(write_tiny_model(tmp_path / "gemma3.gguf", "gemma3"))
+    ids = model.tokenize(PROMPT)
+    plain = model.eval(ids, model.new_cache(len(ids)))
+    seen = inspect(model, ids, heads=[(0, 0), (5, 1)])
+    assert seen.logits.tobytes() == plain.tobytes()
+    T = len(ids)
+    q_pos, k_pos = np.arange(T)[:, None], np.arange(T)[None, :]
+    sliding = (k_pos <= q_pos) & (q_pos - k_pos < 4)
+    assert np.all(seen.attention[(0, 0)][~sliding] == 0)  # layer 0 slides
+    assert np.all(seen.attention[(5, 1)][k_pos > q_pos] == 0)  # layer 5 is global
+    assert np.all(seen.attention[(5, 1)][(k_pos <= q_pos) & ~sliding] > 0)
+    np.testing.assert_allclose(seen.attention[(0, 0)].sum(axis=1), 1)
+
+
 def _rope_normal(x: np.ndarray, base: float) -> np.ndarray:
     """Adjacent pairs (x[2i], x[2i+1]) rotated by pos * base^(-2i/Dh): (T, H, Dh)."""
     T, _, Dh = x.shape
