@@ -105,7 +105,7 @@ def decode_image(data: bytes) -> Pixels:
             w, h = im.size
             if w * h > MAX_IMAGE_PIXELS:
                 raise InvalidImage(
-                    f"image is {w}x{h} pixels, more than the {MAX_IMAGE_PIXELS} allowed"
+                    f"image is too large: {w}x{h} pixels, more than {MAX_IMAGE_PIXELS}"
                 )
             im.seek(0)
             rgb = im.convert("RGB")
@@ -115,7 +115,8 @@ def decode_image(data: bytes) -> Pixels:
     except UnidentifiedImageError as e:
         raise InvalidImage("image: unknown format (not PNG, JPEG, WebP, GIF, ...)") from e
     except Image.DecompressionBombError as e:
-        raise InvalidImage(f"image is too large: {e}") from e
+        # Pillow's own guard fires first above 2 x Image.MAX_IMAGE_PIXELS (179 MP)
+        raise InvalidImage(f"image is too large: more than {MAX_IMAGE_PIXELS} pixels") from e
     except (OSError, SyntaxError, ValueError) as e:
         raise InvalidImage(f"image cannot be decoded: {e}") from e
     return np.asarray(rgb, dtype=np.uint8).copy()
