@@ -143,3 +143,30 @@ def test_animated_gif_uses_its_first_frame(client: ollama.Client, tmp_path: Path
     from_gif = client.generate("tinyvision", "Colour?", images=[gif], options=GREEDY)
     from_png = client.generate("tinyvision", "Colour?", images=[first], options=GREEDY)
     assert from_gif.response == from_png.response
+
+
+def test_openai_image_url_data_url(
+    client: ollama.Client, url: str, images: tuple[Path, Path]
+) -> None:
+    import base64
+
+    import openai
+
+    oa = openai.OpenAI(base_url=f"{url}/v1", api_key="unused")
+    a = images[0]
+    data = base64.b64encode(a.read_bytes()).decode()
+    text = {"type": "text", "text": "What is this?"}
+    image = {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{data}"}}
+    kwargs = {"model": "tinyvision", "max_tokens": 4, "temperature": 0, "seed": 1}
+    both = oa.chat.completions.create(
+        messages=[{"role": "user", "content": [text, image]}], **kwargs
+    )
+    assert both.usage is not None
+    # Each part becomes its own user message; an image counts 768 tokens in history truncation
+    # (spec 6.4), so only the image's message fits the tiny model's context.
+    alone = client.chat(
+        "tinyvision", messages=[{"role": "user", "content": "", "images": [a]}], options=GREEDY
+    )
+    empty = client.chat("tinyvision", messages=[{"role": "user", "content": ""}], options=GREEDY)
+    assert both.usage.prompt_tokens == alone.prompt_eval_count
+    assert alone.prompt_eval_count == empty.prompt_eval_count + N_IMAGE_TOKENS + 2
