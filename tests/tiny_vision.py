@@ -9,10 +9,13 @@ Float32 weights, so llama.cpp computes it in float32 and is a tight oracle.
 
 from __future__ import annotations
 
+import ctypes
+import io
 from pathlib import Path
 
 import numpy as np
 from gguf import GGUFWriter
+from PIL import Image
 
 from tests.tiny_model import write_tiny_model
 
@@ -87,3 +90,106 @@ def write_tiny_mmproj(path: str | Path, seed: int = 1) -> Path:
     w.write_tensors_to_file()
     w.close()
     return path
+
+
+def encoded_image(fmt: str, size: tuple[int, int], seed: int, mode: str = "RGB") -> bytes:
+    rng = np.random.default_rng(seed)
+    w, h = size
+    # smooth gradients plus noise: resampling filters see real structure
+    yy, xx = np.mgrid[0:h, 0:w]
+    base = np.stack([xx * 255 // max(w - 1, 1), yy * 255 // max(h - 1, 1), (xx + yy) % 256], -1)
+    px = np.clip(base + rng.integers(-40, 40, (h, w, 3)), 0, 255).astype(np.uint8)
+    im = Image.fromarray(px)
+    if mode == "RGBA":
+        im = im.convert("RGBA")
+        im.putalpha(Image.fromarray(rng.integers(0, 256, (h, w)).astype(np.uint8)))
+    if fmt == "GIF":
+        im = im.convert("P")
+    buf = io.BytesIO()
+    im.save(buf, format=fmt)
+    return buf.getvalue()
+
+
+IMAGES = [  # 5 sizes and formats: exact size, up/down scaling, extreme aspect ratios, alpha
+    ("PNG", (32, 32), "RGB"),
+    ("JPEG", (50, 40), "RGB"),
+    ("WEBP", (91, 17), "RGB"),
+    ("GIF", (200, 300), "RGB"),
+    ("PNG", (64, 48), "RGBA"),
+]
+
+
+class MtmdOracle:
+    """llama.cpp's text model plus mtmd context over the tiny files."""
+
+    def __init__(self, text: Path, mmproj: Path) -> None:
+        import llama_cpp
+        import llama_cpp.mtmd_cpp as mtmd
+
+        self.llama_cpp, self.mtmd = llama_cpp, mtmd
+        self.llm = llama_cpp.Llama(
+            str(text), n_ctx=128, n_batch=128, n_ubatch=128, logits_all=True, verbose=False
+        )
+        p = mtmd.mtmd_context_params_default()
+        p.use_gpu, p.print_timings, p.n_threads, p.warmup = False, False, 1, False
+        p.flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED
+        self.ctx = mtmd.mtmd_init_from_file(str(mmproj).encode(), self.llm.model, p)
+        assert self.ctx is not None
+
+    def chunks(self, text: str, pixels: np.ndarray) -> list[tuple[str, object]]:
+        m = self.mtmd
+        h, w = pixels.shape[:2]
+        buf = (ctypes.c_uint8 * pixels.size).from_buffer_copy(
+            np.ascontiguousarray(pixels).tobytes()
+        )
+        self._bitmap = m.mtmd_bitmap_init(w, h, buf)
+        self._chunks = m.mtmd_input_chunks_init()
+        t = m.mtmd_input_text()
+        self._text = text.encode()
+        t.text, t.text_len, t.add_special, t.parse_special = self._text, len(self._text), True, True
+        arr = (m.mtmd_bitmap_p_ctypes * 1)(self._bitmap)
+        assert m.mtmd_tokenize(self.ctx, self._chunks, ctypes.byref(t), arr, 1) == 0
+        out: list[tuple[str, object]] = []
+        for i in range(m.mtmd_input_chunks_size(self._chunks)):
+            c = m.mtmd_input_chunks_get(self._chunks, i)
+            if m.mtmd_input_chunk_get_type(c) == m.MTMD_INPUT_CHUNK_TYPE_TEXT:
+                n = ctypes.c_size_t()
+                ptr = m.mtmd_input_chunk_get_tokens_text(c, ctypes.byref(n))
+                out.append(("text", [ptr[j] for j in range(n.value)]))
+            else:
+                out.append(("image", c))
+        return out
+
+    def image_embeddings(self, chunk: object) -> np.ndarray:
+        m = self.mtmd
+        n = m.mtmd_input_chunk_get_n_tokens(chunk)
+        assert m.mtmd_encode_chunk(self.ctx, chunk) == 0
+        out = m.mtmd_get_output_embd(self.ctx)
+        return np.ctypeslib.as_array(out, shape=(n * D_TEXT,)).reshape(n, D_TEXT).copy()
+
+    def prompt_logits(self, chunks: list[tuple[str, object]]) -> list[np.ndarray]:
+        """Evaluate every chunk; logits (T, V) of each text chunk after the image."""
+        llm, m = self.llm, self.mtmd
+        llm.reset()
+        llm._ctx.kv_cache_clear()
+        after, seen_image = [], False
+        for kind, value in chunks:
+            if kind == "text":
+                start = llm.n_tokens
+                llm.eval(value)
+                if seen_image:
+                    after.append(np.array(llm.scores[start : llm.n_tokens]))
+            else:
+                seen_image = True
+                new_past = self.llama_cpp.llama_pos(0)
+                rc = m.mtmd_helper_eval_chunk_single(
+                    self.ctx, llm._ctx.ctx, value, llm.n_tokens, 0, 128, False,
+                    ctypes.byref(new_past),
+                )  # fmt: skip
+                assert rc == 0
+                llm.n_tokens = new_past.value
+        return after
+
+
+LOGITS_IMAGE = ("PNG", (45, 30), "RGB")
+LOGITS_PROMPT = "<__media__>What is in the picture? The quick brown fox."
