@@ -258,18 +258,20 @@ def _row_norm(x: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
 
 
 def _attention(q: Array, k: Array, v: Array, scale: float) -> Array:
-    """Full (bidirectional) attention per head: (N, H, Dh) x3 -> (N, H*Dh)."""
+    """Full (bidirectional) attention, one head at a time to bound memory at (N, N):
+    (N, H, Dh) x3 -> (N, H*Dh)."""
     N, H, Dh = q.shape
-    q64 = q.transpose(1, 0, 2).astype(np.float64)  # (H, N, Dh)
-    k64 = k.transpose(1, 2, 0).astype(np.float64)  # (H, Dh, N)
-    v64 = v.transpose(1, 0, 2).astype(np.float64)  # (H, N, Dh)
-    norm = np.sqrt(np.square(q64).sum(-1))
-    scores = rounded_matmul(q64, k64, norm, np.sqrt(np.square(k64).sum(1))) * F32(scale)
-    e = exp_f32(scores - scores.max(axis=-1, keepdims=True))  # (H, N, N)
-    p = e * (1.0 / e.sum(axis=-1, dtype=np.float64)).astype(F32)[..., None]
-    p64 = p.astype(np.float64)
-    out = rounded_matmul(p64, v64, p64.sum(-1), np.abs(v64).max(axis=1))  # (H, N, Dh)
-    return np.ascontiguousarray(out.transpose(1, 0, 2)).reshape(N, H * Dh)
+    out = np.empty((N, H, Dh), F32)
+    for h in range(H):
+        q64 = q[:, h].astype(np.float64)  # (N, Dh)
+        k64 = k[:, h].astype(np.float64)
+        v64 = v[:, h].astype(np.float64)
+        scores = rounded_matmul(q64, k64.T, _row_norm(q64), _row_norm(k64)) * F32(scale)
+        e = exp_f32(scores - scores.max(axis=-1, keepdims=True))  # (N, N)
+        p = e * (1.0 / e.sum(axis=-1, dtype=np.float64)).astype(F32)[:, None]
+        p64 = p.astype(np.float64)
+        out[:, h] = rounded_matmul(p64, v64, p64.sum(-1), np.abs(v64).max(axis=0))
+    return out.reshape(N, H * Dh)
 
 
 class VisionEncoder:
