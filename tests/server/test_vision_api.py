@@ -170,3 +170,19 @@ def test_openai_image_url_data_url(
     empty = client.chat("tinyvision", messages=[{"role": "user", "content": ""}], options=GREEDY)
     assert both.usage.prompt_tokens == alone.prompt_eval_count
     assert alone.prompt_eval_count == empty.prompt_eval_count + N_IMAGE_TOKENS + 2
+
+
+def test_modelfile_with_two_from_lines(client: ollama.Client, url: str, tmp_path: Path) -> None:
+    """The CLI's Modelfile mapping (server/modelfile.py): FROM text.gguf + FROM mmproj.gguf give
+    one `files` map, and the created model has the projector layer."""
+    from server.modelfile import create_request, parse
+
+    write_tiny_text(tmp_path / "text.gguf")
+    write_tiny_mmproj(tmp_path / "mmproj.gguf")
+    plan = create_request(parse("FROM ./text.gguf\nFROM ./mmproj.gguf\n"), tmp_path)
+    assert sorted(plan.request["files"]) == ["mmproj.gguf", "text.gguf"]
+    for digest, path in plan.uploads.items():
+        assert client.create_blob(path) == digest
+    r = httpx.post(f"{url}/api/create", json={"model": "fromtwo", **plan.request, "stream": False})
+    assert r.status_code == 200, r.text
+    assert "vision" in (client.show("fromtwo").capabilities or [])
