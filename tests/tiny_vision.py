@@ -29,8 +29,12 @@ def write_tiny_text(path: str | Path, seed: int = 0) -> Path:
     return write_tiny_model(path, "gemma3", seed=seed, extra_control=IMAGE_MARKERS)
 
 
-def write_tiny_mmproj(path: str | Path, seed: int = 1) -> Path:
-    """A seeded SigLIP + gemma3-projector mmproj (general.architecture `clip`)."""
+def write_tiny_mmproj(path: str | Path, seed: int = 1, f16: bool = False) -> Path:
+    """A seeded SigLIP + gemma3-projector mmproj (general.architecture `clip`).
+
+    f16: matrices (patch kernel, ViT and projection weights) stored as F16, as real mmproj files
+    are, so llama.cpp rounds the activations that meet them to F16.
+    """
     path = Path(path)
     rng = np.random.default_rng(seed)
     w = GGUFWriter(str(path), "clip")
@@ -50,7 +54,7 @@ def write_tiny_mmproj(path: str | Path, seed: int = 1) -> Path:
     w.add_uint32("clip.vision.projector.scale_factor", MERGE)
     w.add_array("clip.vision.image_mean", [0.5, 0.5, 0.5])
     w.add_array("clip.vision.image_std", [0.5, 0.5, 0.5])
-    w.add_file_type(0)
+    w.add_file_type(1 if f16 else 0)
 
     def add(name: str, shape: tuple[int, ...], kind: str = "matrix", scale: float = 1.0) -> None:
         if kind == "norm":
@@ -59,7 +63,8 @@ def write_tiny_mmproj(path: str | Path, seed: int = 1) -> Path:
             data = 0.1 * rng.standard_normal(shape)
         else:
             data = scale * rng.standard_normal(shape) / np.sqrt(shape[-1])
-        w.add_tensor(name, data.astype(np.float32))
+        matrix = kind == "matrix" and name != "v.position_embd.weight"
+        w.add_tensor(name, data.astype(np.float16 if f16 and matrix else np.float32))
 
     n_patches = (IMAGE_SIZE // PATCH) ** 2
     add("v.patch_embd.weight", (D_V, 3, PATCH, PATCH))  # ggml conv kernel, ne (P, P, 3, D)

@@ -28,7 +28,14 @@ from engine.errors import EngineError, GGUFError
 from engine.gguf.reader import GGUFFile
 from engine.models.blockmatmul import matrix_from_gguf, rounded_matmul
 from engine.models.decoder import Linear, linear, rms_norm
-from engine.models.numerics import LLAMA_CPP, exp_f32, gelu_f16_table
+from engine.models.numerics import (
+    LLAMA_CPP,
+    Rounding,
+    exp_f32,
+    gelu_f16_table,
+    round_activations,
+    vec_dot_rounding,
+)
 
 F32 = np.float32
 Array = npt.NDArray[np.float32]
@@ -243,6 +250,7 @@ class VisionWeights:
     post_ln_b: Array
     soft_emb_norm: Array  # (D,)
     input_projection: Array  # (D, D_text)
+    projection_rounding: Rounding  # ggml rounds the activations to the projection's type
 
 
 def layer_norm(x: Array, w: Array, b: Array, eps: float) -> Array:
@@ -332,7 +340,9 @@ class VisionEncoder:
         k = cfg.n_merge
         pooled = x.reshape(side // k, k, side // k, k, D).mean(axis=(1, 3), dtype=np.float64)
         pooled = pooled.astype(F32).reshape(-1, D)  # (n_tokens, D)
-        normed = rms_norm(pooled, w.soft_emb_norm, cfg.eps)
+        normed = round_activations(
+            rms_norm(pooled, w.soft_emb_norm, cfg.eps), w.projection_rounding
+        )
         proj = w.input_projection.astype(np.float64)
         return rounded_matmul(
             normed.astype(np.float64),
@@ -395,5 +405,6 @@ def load_projector(path: str | Path) -> VisionEncoder:
         post_ln_b=vec("v.post_ln.bias"),
         soft_emb_norm=vec("mm.soft_emb_norm.weight"),
         input_projection=vec("mm.input_projection.weight"),
+        projection_rounding=vec_dot_rounding(tensors["mm.input_projection.weight"].ggml_type),
     )
     return VisionEncoder(path, cfg, weights)

@@ -60,6 +60,25 @@ def test_image_embeddings_match_mtmd(
 
 @pytest.mark.oracle
 @needs_oracle
+@pytest.mark.parametrize(("fmt", "size", "mode"), IMAGES[1:3])
+def test_f16_projector_embeddings_match_mtmd(
+    tmp_path: Path, fmt: str, size: tuple[int, int], mode: str
+) -> None:
+    """F16 weights, as real mmproj files: ggml's F16 activation roundings are ours too."""
+    text, mmproj = (
+        write_tiny_text(tmp_path / "t.gguf"),
+        write_tiny_mmproj(tmp_path / "m.gguf", f16=True),
+    )
+    oracle = MtmdOracle(text, mmproj)
+    pixels = decode_image(encoded_image(fmt, size, seed=sum(size), mode=mode))
+    image = next(c for kind, c in oracle.chunks("<__media__>", pixels) if kind == "image")
+    ref = oracle.image_embeddings(image)
+    ours = load_projector(mmproj).encode_pixels(pixels)
+    assert np.abs(ours - ref).max() <= 1e-4 * np.linalg.norm(ref, axis=1).max()
+
+
+@pytest.mark.oracle
+@needs_oracle
 def test_prompt_logits_after_image_match_mtmd(tiny: tuple[Path, Path], oracle: MtmdOracle) -> None:
     fmt, size, mode = LOGITS_IMAGE
     pixels = decode_image(encoded_image(fmt, size, seed=sum(size), mode=mode))
