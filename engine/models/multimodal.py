@@ -111,9 +111,11 @@ class VisionLanguageModel:
         ids = [int(t) for t in tokens]
         V = self.model.n_vocab
         if ids and ids[0] >= V:
-            _, row = self._image_of(ids[0])
-            if row > 0:  # the cache holds the first rows of this image: redo it whole
-                ids = cache.tokens[cache.n_past - row :] + ids
+            index, row = self._image_of(ids[0])
+            held = cache.tokens[cache.n_past - row :] if 0 < row <= cache.n_past else []
+            if held == list(range(ids[0] - row, ids[0])):
+                # the cache holds this image's first rows: redo the image whole, in one pass
+                ids = held + ids
                 cache.truncate(cache.n_past - row)
         outs: list[Array] = []
         start = 0

@@ -170,3 +170,23 @@ def test_bad_images_raise_invalid_image() -> None:
     Image.new("1", (10000, 5000)).save(wide, format="PNG")  # under Pillow's guard, over ours
     with pytest.raises(InvalidImage, match="10000x5000"):
         decode_image(wide.getvalue())
+
+
+def test_prompt_split_inside_an_image_is_evaluated_whole(tiny: tuple[Path, Path]) -> None:
+    """engine/models/multimodal.py: a prefill resumed in the middle of an image's rows (a
+    cancelled prefill, or a cached prefix ending there) gives the logits of one whole pass."""
+    from engine.models.multimodal import VisionLanguageModel
+
+    vlm = VisionLanguageModel(load(tiny[0]), load_projector(tiny[1]))
+    image = encoded_image("PNG", (40, 30), seed=70)
+    ids = vlm.prompt_ids("[img-0]Describe it.", [image])
+    tok = vlm.tokenizer
+    begin = tok.encode("<start_of_image>", add_special=False)
+    assert ids[: len(begin) + 1] == [tok.bos_id, *begin]
+    assert ids.count(vlm.n_vocab) == 1 and len(ids) > N_IMAGE_TOKENS + 3
+    whole = vlm.eval(ids, vlm.new_cache(128), last_only=True)
+    cache = vlm.new_cache(128)
+    vlm.eval(ids[:7], cache)  # BOS, <start_of_image>, the first 5 image rows
+    split = vlm.eval(ids[7:], cache, last_only=True)
+    np.testing.assert_array_equal(split, whole)
+    assert vlm.image_labels(image) == ids[2 : 2 + N_IMAGE_TOKENS]  # same bytes, same labels
