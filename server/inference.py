@@ -29,6 +29,7 @@ from engine.chat.templates import (
 from engine.chat.thinking import ThinkingParser
 from engine.chat.tools import ChatOutputParser, ToolCall, ToolCallParser
 from engine.grammar.json_schema import grammar_for_format
+from engine.models.vision import InvalidImage
 from engine.sampling.options import Options
 from server.errors import InvalidRequest, go_quote
 from server.job import Job
@@ -58,9 +59,17 @@ def _count_tokens(runner: Runner) -> Callable[[str], int]:
 
 
 def _tokenize_prompt(
-    runner: Runner, text: str, opts: Options, truncate: bool, shift: bool
+    runner: Runner,
+    text: str,
+    opts: Options,
+    truncate: bool,
+    shift: bool,
+    images: tuple[bytes, ...] = (),
 ) -> list[int]:
     """The prompt as the runner tokenizes it: BOS added per the model, special text parsed.
+
+    With `images` (a model with a projector), each `[img-N]` marker becomes image N's rows
+    (engine/models/multimodal.py); an image that does not decode is a 400.
 
     A rendered prompt that already starts with the BOS text (Jinja templates print
     `bos_token`) loses that copy, as Ollama strips it to avoid a double BOS (sampling.md §6.7).
@@ -68,7 +77,13 @@ def _tokenize_prompt(
     (spec §4.6); otherwise engine/generate.py truncates them as Ollama does.
     """
     tok = runner.model.tokenizer
-    ids = tok.encode(text, add_special=True, parse_special=True)
+    if images:
+        try:
+            ids = runner.model.prompt_ids(text, images)
+        except InvalidImage as e:
+            raise InvalidRequest(f"invalid image input: {e}") from e
+    else:
+        ids = tok.encode(text, add_special=True, parse_special=True)
     if tok.add_bos and len(ids) > 1 and ids[0] == ids[1] == tok.bos_id:
         ids = ids[1:]
     if len(ids) > opts.num_ctx - 1:
@@ -96,6 +111,8 @@ async def prepare_generate(
         raise InvalidRequest(f"{go_quote(req.model)} does not support generate")
     if req.suffix and "insert" not in caps:
         raise InvalidRequest(f"{record.parsed.full} does not support insert")
+    if req.images and "vision" not in caps:
+        raise InvalidRequest(f"{record.parsed.full} does not support vision")
     override = GoTemplate(req.template) if req.template else None
     fmt = check_format(req.format)
     opts = request_options(record, req.options)
@@ -109,8 +126,9 @@ async def prepare_generate(
         )
         ids = []  # _debug_render_only stops after rendering (spec §4.2 step 13)
         if not req.debug_render_only:
+            images = req.images if not req.template else ()
             ids = await anyio.to_thread.run_sync(
-                _tokenize_prompt, runner, prompt, opts, req.truncate, req.shift
+                _tokenize_prompt, runner, prompt, opts, req.truncate, req.shift, images
             )
         grammar = grammar_for_format(fmt, chat=False)
     except BaseException:
@@ -244,6 +262,8 @@ async def prepare_chat(
         raise InvalidRequest(f"{go_quote(req.model)} does not support chat")
     if req.tools and "tools" not in caps:
         raise InvalidRequest(f"{record.parsed.full} does not support tools")
+    if any(m.images for m in req.messages) and "vision" not in caps:
+        raise InvalidRequest(f"{record.parsed.full} does not support vision")
     fmt = check_format(req.format)
     opts = request_options(record, req.options)
     runner, load_ns = await acquire_runner(scheduler, record, opts, req.keep_alive, arrived)
@@ -276,8 +296,9 @@ async def prepare_chat(
         ids = []  # _debug_render_only stops after rendering (spec §5.2 step 11)
         if not req.debug_render_only:
             ids = await anyio.to_thread.run_sync(
-                _tokenize_prompt, runner, rendered.prompt, opts, req.truncate, req.shift
-            )
+                _tokenize_prompt, runner, rendered.prompt, opts, req.truncate, req.shift,
+                rendered.images,
+            )  # fmt: skip
         grammar = grammar_for_format(fmt, chat=True)
     except BaseException:
         scheduler.release(runner)
@@ -288,7 +309,8 @@ async def prepare_chat(
 
         def rethink(thought: str) -> tuple[str, list[int]]:
             prompt = render([*messages, Message("assistant", thinking=thought)]).prompt
-            return prompt, _tokenize_prompt(runner, prompt, opts, req.truncate, req.shift)
+            ids = _tokenize_prompt(runner, prompt, opts, req.truncate, req.shift, rendered.images)
+            return prompt, ids
 
     return Job(
         name=req.model,

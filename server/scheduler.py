@@ -27,6 +27,8 @@ import anyio
 
 from engine.generate import Slot
 from engine.gguf.reader import GGUFFile
+from engine.models.multimodal import VisionLanguageModel
+from engine.models.vision import load_projector
 from server.errors import ServerError
 from server.schemas import FOREVER, parse_keep_alive
 from server.store import ModelRecord
@@ -42,6 +44,16 @@ class ServerBusy(ServerError):
 
     def __init__(self) -> None:
         super().__init__("server busy, please try again.  maximum pending requests exceeded")
+
+
+def _with_projector(model: Any, record: ModelRecord) -> Any:
+    """The text model plus the record's projector layer (engine/models/multimodal.py), or bare."""
+    base = model.model if isinstance(model, VisionLanguageModel) else model
+    if not record.projectors:
+        return base
+    if isinstance(model, VisionLanguageModel) and model.encoder.path == record.projectors[0]:
+        return model
+    return VisionLanguageModel(base, load_projector(record.projectors[0]))
 
 
 @dataclass(eq=False)
@@ -135,6 +147,7 @@ class Scheduler:
                 if runner is None:
                     if model is None:
                         model = await anyio.to_thread.run_sync(self._load, record.gguf_path)
+                    model = await anyio.to_thread.run_sync(_with_projector, model, record)
                     runner = Runner(record, model, num_ctx, self.default_keep_alive)
                     with self._state:
                         old = self._runners.get(runner.key)

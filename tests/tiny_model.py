@@ -118,8 +118,13 @@ _LLAMA_TYPES = {
 }
 
 
-def write_tiny_model(path: str | Path, variant: str = "llama", seed: int = 0) -> Path:
-    """Write the tiny `variant` model to `path` (seeded, so the bytes are reproducible)."""
+def write_tiny_model(
+    path: str | Path, variant: str = "llama", seed: int = 0, extra_control: tuple[str, ...] = ()
+) -> Path:
+    """Write the tiny `variant` model to `path` (seeded, so the bytes are reproducible).
+
+    extra_control: control tokens appended to the vocabulary (e.g. Gemma 3's image markers).
+    """
     if variant not in VARIANTS:
         raise ValueError(f"unknown tiny model variant {variant!r}; expected one of {VARIANTS}")
     path = Path(path)
@@ -128,6 +133,10 @@ def write_tiny_model(path: str | Path, variant: str = "llama", seed: int = 0) ->
     keys = ("n_embd", "n_layer", "n_ff", "n_head", "n_head_kv", "head_dim")
     D, L, F, H, Hkv, Dh = (d[k] for k in keys)
     tokens, types, merges = toy_vocab()
+    tokens, types = (
+        tokens + list(extra_control),
+        types + [int(TokenType.CONTROL)] * len(extra_control),
+    )
     V = len(tokens)
     rng = np.random.default_rng(seed)
     quantized = variant == "llama"

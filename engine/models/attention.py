@@ -40,12 +40,14 @@ def _attend(
     window: int,
     scale: float,
     f16_probs: bool,
+    span: tuple[int, int] | None = None,
 ) -> Array:
     """Queries at positions pos0.. (T, Hkv, G, Dh) over the keys they may see -> (T, Hkv, G, Dv)."""
     T, Hkv, G, Dh = q.shape
     Dv = v_cache.shape[2]
     first = max(0, pos0 - window + 1) // KEY_BLOCK if window else 0
-    lo, hi = first * KEY_BLOCK, -(-(pos0 + T) // KEY_BLOCK) * KEY_BLOCK
+    last = max(pos0 + T, span[1]) if span else pos0 + T
+    lo, hi = first * KEY_BLOCK, -(-last // KEY_BLOCK) * KEY_BLOCK
     q64 = q.transpose(1, 0, 2, 3).reshape(Hkv, T * G, Dh).astype(F64)  # (Hkv, T*G, Dh)
     k64 = k_cache[:, lo:hi].astype(F64)  # (Hkv, S, Dh)
     v64 = v_cache[:, lo:hi].astype(F64)  # (Hkv, S, Dv)
@@ -58,6 +60,8 @@ def _attend(
     q_pos = np.arange(pos0, pos0 + T)[:, None]  # (T, 1)
     k_pos = np.arange(lo, hi)[None, :]  # (1, S)
     visible = k_pos <= q_pos
+    if span:  # positions inside the span see each other both ways (llama.cpp causal_attn off)
+        visible |= (span[0] <= q_pos) & (q_pos < span[1]) & (span[0] <= k_pos) & (k_pos < span[1])
     if window:
         visible &= q_pos - k_pos < window
     scores = np.where(visible[None, :, None, :], scores, F32(-np.inf))
@@ -87,11 +91,14 @@ def attention(
     window: int,
     scale: float = 1.0,
     f16_probs: bool = False,
+    span: tuple[int, int] | None = None,
 ) -> Array:
     """Causal (optionally sliding-window) attention of T new queries over positions 0..pos0+T-1.
 
     q: (T, H, Dh); k_cache: (Hkv, S_cap, Dh) after RoPE; v_cache: (Hkv, S_cap, Dv), both holding
     the new positions already. Returns (T, H, Dv). Query head h uses KV head h // (H / Hkv).
+    span: positions [start, end) that also see later positions of the span (Gemma 3's image
+    tokens); the sliding window still applies to earlier keys.
     """
     T, H, Dh = q.shape
     Hkv, Dv = v_cache.shape[0], v_cache.shape[2]
@@ -101,5 +108,5 @@ def attention(
     rows = max(1, min(QUERY_CHUNK, SCORE_ELEMENTS // (H * keys)))  # rows never affect values
     for t in range(0, T, rows):
         end = min(T, t + rows)
-        out[t:end] = _attend(qg[t:end], k_cache, v_cache, pos0 + t, window, scale, f16_probs)
+        out[t:end] = _attend(qg[t:end], k_cache, v_cache, pos0 + t, window, scale, f16_probs, span)
     return out.reshape(T, H, Dv)

@@ -250,10 +250,18 @@ class Probe(Protocol):
 
 @dataclass(frozen=True)
 class Segment:
-    """One sequence's new tokens in a forward pass, and the cache they extend."""
+    """One sequence's new tokens in a forward pass, and the cache they extend.
+
+    With `embeddings`, the rows' inputs are those vectors (image tokens from
+    engine/models/vision.py; not scaled like token embeddings, as llama.cpp) and `tokens` only
+    label the cache rows. `bidirectional` rows also see the later rows of the segment (llama.cpp's
+    non-causal decode of Gemma 3 image tokens).
+    """
 
     tokens: npt.NDArray[np.int64]  # (T,)
     cache: KVCache
+    embeddings: Array | None = None  # (T, D)
+    bidirectional: bool = False
 
 
 def _check_cancelled(cancelled: Callable[[], bool] | None) -> None:
@@ -313,11 +321,13 @@ def _layer(
         n, pos0, cache = len(seg.tokens), seg.cache.n_past, seg.cache
         cache.k[il, :, pos0 : pos0 + n] = k[row : row + n].transpose(1, 0, 2)
         cache.v[il, :, pos0 : pos0 + n] = v[row : row + n].transpose(1, 0, 2)
+        span = (pos0, pos0 + n) if seg.bidirectional else None
         outs.append(
             attention(
-                q[row : row + n], cache.k[il], cache.v[il], pos0, window, scale, numerics.kv_f16
+                q[row : row + n], cache.k[il], cache.v[il], pos0, window, scale, numerics.kv_f16,
+                span,
             )
-        )
+        )  # fmt: skip
         row += n
     a = outs[0] if len(outs) == 1 else np.concatenate(outs)
     a = linear(a.reshape(T, H * Dv), w.wo, numerics)  # (T, D)
@@ -343,6 +353,19 @@ def _layer(
     return x + f
 
 
+def _inputs(weights: Weights, cfg: ModelConfig, seg: Segment) -> Array:
+    """A segment's input rows (T, D): its embeddings, or its tokens' (scaled for gemma3)."""
+    if seg.embeddings is not None:
+        return seg.embeddings
+    if weights.token_embd is not None:
+        x = weights.token_embd[seg.tokens]
+    else:
+        x = output_columns(weights.output, seg.tokens).T  # tied: columns of the output matrix
+    if cfg.traits.embed_scale:
+        x = x * F32(math.sqrt(cfg.n_embd))
+    return x
+
+
 def forward(
     weights: Weights,
     cfg: ModelConfig,
@@ -359,13 +382,7 @@ def forward(
     is the same whichever other segments share the call. The caller checks that they fit.
     Raises Cancelled between layers once `cancelled()` is true; the caches then hold no new rows.
     """
-    tokens = np.concatenate([s.tokens for s in segments])
-    if weights.token_embd is not None:
-        x = weights.token_embd[tokens]  # (T, D)
-    else:
-        x = output_columns(weights.output, tokens).T  # tied: columns of the output matrix
-    if cfg.traits.embed_scale:
-        x = x * F32(math.sqrt(cfg.n_embd))
+    x = np.concatenate([_inputs(weights, cfg, s) for s in segments])  # (T, D)
     if probe is not None:
         probe(-1, "embedding", x)
     for il, (w, rope) in enumerate(zip(weights.layers, ropes, strict=True)):
@@ -522,6 +539,35 @@ class Model:
         ends = np.cumsum([len(s.tokens) for s in segments]) - 1
         logits = output_logits(weights, self.config, hidden[ends], self.numerics)
         return [logits[i : i + 1] for i in range(len(segments))]
+
+    def eval_embeddings(
+        self,
+        embeddings: Array,
+        labels: Sequence[int],
+        cache: KVCache,
+        *,
+        bidirectional: bool,
+        last_only: bool = True,
+        cancelled: Callable[[], bool] | None = None,
+    ) -> Array:
+        """Append rows given as input vectors (T, D) (image tokens) in one forward pass.
+
+        `labels` are the ids the cache records for them (they never index the vocabulary).
+        `bidirectional`: the rows see each other both ways. Returns logits (1, V) of the last
+        row, or (T, V) unless `last_only`.
+        """
+        weights = self._weights_or_raise()
+        T, D = embeddings.shape
+        if T == 0 or T != len(labels) or D != self.config.n_embd:
+            shape, n = embeddings.shape, self.config.n_embd
+            raise ValueError(f"embeddings {shape} do not match {len(labels)} rows of D={n}")
+        cache.reserve(T)
+        seg = Segment(np.asarray(labels, np.int64), cache, embeddings.astype(F32), bidirectional)
+        hidden = forward(
+            weights, self.config, self.ropes, [seg], self.numerics, cancelled=cancelled
+        )
+        rows = hidden[-1:] if last_only else hidden
+        return output_logits(weights, self.config, rows, self.numerics)
 
     def logits(self, tokens: Sequence[int] | npt.NDArray[np.int64]) -> Array:
         """Logits (T, V) for a fresh sequence."""

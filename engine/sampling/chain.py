@@ -370,8 +370,8 @@ class Sampler:
 
     def _push(self, token: int) -> None:
         """Penalty ring buffer accept: skipped when repeat_last_n is 0 (§3.2)."""
-        if self.opts.repeat_last_n <= 0:
-            return
+        if self.opts.repeat_last_n <= 0 or token >= len(self._counts):
+            return  # image rows (labels >= n_vocab) are not tokens: llama.cpp never samples them
         self._counts[token] += 1
         if len(self._window) == self.opts.repeat_last_n:
             self._counts[self._window.popleft()] -= 1

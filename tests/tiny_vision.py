@@ -1,0 +1,200 @@
+"""Tiny seeded Gemma 3 vision models: the text model of tests/tiny_model.py (variant gemma3, plus
+`<start_of_image>` and `<end_of_image>` control tokens) and a SigLIP mmproj GGUF written in
+llama.cpp's tensor layout (tools/mtmd/clip-impl.h names, projector type `gemma3`).
+
+The mmproj: 32x32 images, 4x4 patches (an 8x8 grid), 2 ViT blocks of width 32 (2 heads, FFN 48),
+2x2 average pooling (clip.vision.projector.scale_factor) -> 16 image tokens of width 64.
+Float32 weights, so llama.cpp computes it in float32 and is a tight oracle.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import io
+from pathlib import Path
+
+import numpy as np
+from gguf import GGUFWriter
+from PIL import Image
+
+from tests.tiny_model import write_tiny_model
+
+IMAGE_MARKERS = ("<start_of_image>", "<end_of_image>")
+IMAGE_SIZE, PATCH, D_V, F_V, H_V, L_V, MERGE, D_TEXT = 32, 4, 32, 48, 2, 2, 2, 64
+N_IMAGE_TOKENS = (IMAGE_SIZE // PATCH // MERGE) ** 2
+
+
+def write_tiny_text(path: str | Path, seed: int = 0) -> Path:
+    """The tiny gemma3 text model with the two image marker tokens."""
+    return write_tiny_model(path, "gemma3", seed=seed, extra_control=IMAGE_MARKERS)
+
+
+def write_tiny_mmproj(path: str | Path, seed: int = 1, f16: bool = False) -> Path:
+    """A seeded SigLIP + gemma3-projector mmproj (general.architecture `clip`).
+
+    f16: matrices (patch kernel, ViT and projection weights) stored as F16, as real mmproj files
+    are, so llama.cpp rounds the activations that meet them to F16.
+    """
+    path = Path(path)
+    rng = np.random.default_rng(seed)
+    w = GGUFWriter(str(path), "clip")
+    w.add_name("tiny-gemma3-mmproj")
+    w.add_bool("clip.has_vision_encoder", True)
+    w.add_bool("clip.has_text_encoder", False)
+    w.add_string("clip.projector_type", "gemma3")
+    w.add_bool("clip.use_gelu", True)
+    w.add_uint32("clip.vision.image_size", IMAGE_SIZE)
+    w.add_uint32("clip.vision.patch_size", PATCH)
+    w.add_uint32("clip.vision.embedding_length", D_V)
+    w.add_uint32("clip.vision.feed_forward_length", F_V)
+    w.add_uint32("clip.vision.block_count", L_V)
+    w.add_uint32("clip.vision.projection_dim", D_TEXT)
+    w.add_uint32("clip.vision.attention.head_count", H_V)
+    w.add_float32("clip.vision.attention.layer_norm_epsilon", 1e-6)
+    w.add_uint32("clip.vision.projector.scale_factor", MERGE)
+    w.add_array("clip.vision.image_mean", [0.5, 0.5, 0.5])
+    w.add_array("clip.vision.image_std", [0.5, 0.5, 0.5])
+    w.add_file_type(1 if f16 else 0)
+
+    def add(name: str, shape: tuple[int, ...], kind: str = "matrix", scale: float = 1.0) -> None:
+        if kind == "norm":
+            data = 1.0 + 0.1 * rng.standard_normal(shape)
+        elif kind == "bias":
+            data = 0.1 * rng.standard_normal(shape)
+        else:
+            data = scale * rng.standard_normal(shape) / np.sqrt(shape[-1])
+        matrix = kind == "matrix" and name != "v.position_embd.weight"
+        w.add_tensor(name, data.astype(np.float16 if f16 and matrix else np.float32))
+
+    n_patches = (IMAGE_SIZE // PATCH) ** 2
+    add("v.patch_embd.weight", (D_V, 3, PATCH, PATCH))  # ggml conv kernel, ne (P, P, 3, D)
+    add("v.patch_embd.bias", (D_V,), "bias")
+    add("v.position_embd.weight", (n_patches, D_V), scale=0.5)
+    for il in range(L_V):
+        p = f"v.blk.{il}."
+        for part in ("attn_q", "attn_k", "attn_v", "attn_out"):
+            add(
+                p + part + ".weight",
+                (D_V, D_V),
+            )
+            add(p + part + ".bias", (D_V,), "bias")
+        add(p + "ln1.weight", (D_V,), "norm")
+        add(p + "ln1.bias", (D_V,), "bias")
+        add(p + "ln2.weight", (D_V,), "norm")
+        add(p + "ln2.bias", (D_V,), "bias")
+        add(p + "ffn_up.weight", (F_V, D_V))
+        add(p + "ffn_up.bias", (F_V,), "bias")
+        add(p + "ffn_down.weight", (D_V, F_V))
+        add(p + "ffn_down.bias", (D_V,), "bias")
+    add("v.post_ln.weight", (D_V,), "norm")
+    add("v.post_ln.bias", (D_V,), "bias")
+    add("mm.soft_emb_norm.weight", (D_V,), "norm")
+    add("mm.input_projection.weight", (D_V, D_TEXT))  # ggml ne (D_TEXT, D_V)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path
+
+
+def encoded_image(fmt: str, size: tuple[int, int], seed: int, mode: str = "RGB") -> bytes:
+    rng = np.random.default_rng(seed)
+    w, h = size
+    # smooth gradients plus noise: resampling filters see real structure
+    yy, xx = np.mgrid[0:h, 0:w]
+    base = np.stack([xx * 255 // max(w - 1, 1), yy * 255 // max(h - 1, 1), (xx + yy) % 256], -1)
+    px = np.clip(base + rng.integers(-40, 40, (h, w, 3)), 0, 255).astype(np.uint8)
+    im = Image.fromarray(px)
+    if mode == "RGBA":
+        im = im.convert("RGBA")
+        im.putalpha(Image.fromarray(rng.integers(0, 256, (h, w)).astype(np.uint8)))
+    if fmt == "GIF":
+        im = im.convert("P")
+    buf = io.BytesIO()
+    im.save(buf, format=fmt)
+    return buf.getvalue()
+
+
+IMAGES = [  # 5 sizes and formats: exact size, up/down scaling, extreme aspect ratios, alpha
+    ("PNG", (32, 32), "RGB"),
+    ("JPEG", (50, 40), "RGB"),
+    ("WEBP", (91, 17), "RGB"),
+    ("GIF", (200, 300), "RGB"),
+    ("PNG", (64, 48), "RGBA"),
+]
+
+
+class MtmdOracle:
+    """llama.cpp's text model plus mtmd context over the tiny files."""
+
+    def __init__(self, text: Path, mmproj: Path) -> None:
+        import llama_cpp
+        import llama_cpp.mtmd_cpp as mtmd
+
+        self.llama_cpp, self.mtmd = llama_cpp, mtmd
+        self.llm = llama_cpp.Llama(
+            str(text), n_ctx=128, n_batch=128, n_ubatch=128, logits_all=True, verbose=False
+        )
+        p = mtmd.mtmd_context_params_default()
+        p.use_gpu, p.print_timings, p.n_threads, p.warmup = False, False, 1, False
+        p.flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED
+        self.ctx = mtmd.mtmd_init_from_file(str(mmproj).encode(), self.llm.model, p)
+        assert self.ctx is not None
+
+    def chunks(self, text: str, pixels: np.ndarray) -> list[tuple[str, object]]:
+        m = self.mtmd
+        h, w = pixels.shape[:2]
+        buf = (ctypes.c_uint8 * pixels.size).from_buffer_copy(
+            np.ascontiguousarray(pixels).tobytes()
+        )
+        self._bitmap = m.mtmd_bitmap_init(w, h, buf)
+        self._chunks = m.mtmd_input_chunks_init()
+        t = m.mtmd_input_text()
+        self._text = text.encode()
+        t.text, t.text_len, t.add_special, t.parse_special = self._text, len(self._text), True, True
+        arr = (m.mtmd_bitmap_p_ctypes * 1)(self._bitmap)
+        assert m.mtmd_tokenize(self.ctx, self._chunks, ctypes.byref(t), arr, 1) == 0
+        out: list[tuple[str, object]] = []
+        for i in range(m.mtmd_input_chunks_size(self._chunks)):
+            c = m.mtmd_input_chunks_get(self._chunks, i)
+            if m.mtmd_input_chunk_get_type(c) == m.MTMD_INPUT_CHUNK_TYPE_TEXT:
+                n = ctypes.c_size_t()
+                ptr = m.mtmd_input_chunk_get_tokens_text(c, ctypes.byref(n))
+                out.append(("text", [ptr[j] for j in range(n.value)]))
+            else:
+                out.append(("image", c))
+        return out
+
+    def image_embeddings(self, chunk: object) -> np.ndarray:
+        m = self.mtmd
+        n = m.mtmd_input_chunk_get_n_tokens(chunk)
+        assert m.mtmd_encode_chunk(self.ctx, chunk) == 0
+        out = m.mtmd_get_output_embd(self.ctx)
+        return np.ctypeslib.as_array(out, shape=(n * D_TEXT,)).reshape(n, D_TEXT).copy()
+
+    def prompt_logits(self, chunks: list[tuple[str, object]]) -> list[np.ndarray]:
+        """Evaluate every chunk; logits (T, V) of each text chunk after the image."""
+        llm, m = self.llm, self.mtmd
+        llm.reset()
+        llm._ctx.kv_cache_clear()
+        after, seen_image = [], False
+        for kind, value in chunks:
+            if kind == "text":
+                start = llm.n_tokens
+                llm.eval(value)
+                if seen_image:
+                    after.append(np.array(llm.scores[start : llm.n_tokens]))
+            else:
+                seen_image = True
+                new_past = self.llama_cpp.llama_pos(0)
+                rc = m.mtmd_helper_eval_chunk_single(
+                    self.ctx, llm._ctx.ctx, value, llm.n_tokens, 0, 128, False,
+                    ctypes.byref(new_past),
+                )  # fmt: skip
+                assert rc == 0
+                llm.n_tokens = new_past.value
+        return after
+
+
+LOGITS_IMAGE = ("PNG", (45, 30), "RGB")
+LOGITS_PROMPT = "<__media__>What is in the picture? The quick brown fox."
