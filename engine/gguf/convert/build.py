@@ -9,7 +9,7 @@ from there.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,8 +32,6 @@ FAMILIES = {**decoder.ARCHITECTURES, **bert.ARCHITECTURES}
 # Tensors that stay F32 whatever their rank (llama.cpp keeps them so for every file type).
 _F32_TENSORS = (gguf.MODEL_TENSOR.POS_EMBD, gguf.MODEL_TENSOR.TOKEN_TYPES)
 
-Progress = Callable[[str, int, int], None]  # (tensor name, bytes done, bytes in all)
-
 
 @dataclass
 class Conversion:
@@ -52,8 +50,11 @@ class Conversion:
     def total_bytes(self) -> int:
         return sum(len(t.data) for t in self.tensors.values())
 
-    def write(self, out: Path, progress: Progress | None = None) -> None:
-        """Write the GGUF to `out`; `progress` is called after each source tensor."""
+    def write(self, out: Path) -> Iterator[tuple[str, int, int]]:
+        """Write the GGUF to `out`, yielding (tensor name, bytes done, bytes in all) per tensor.
+
+        The file is complete only once the iterator is exhausted.
+        """
         arch = self.family.gguf_arch
         writer = gguf.GGUFWriter(str(out), arch)
         writer.add_type(gguf.GGUFType.MODEL)
@@ -67,8 +68,7 @@ class Conversion:
                 data = data.astype(_gguf_type(name, data), copy=False)
                 writer.add_tensor(name, data)
             done += len(raw.data)
-            if progress is not None:
-                progress(hf_name, done, total)
+            yield hf_name, done, total
         writer.write_header_to_file()
         writer.write_kv_data_to_file()
         writer.write_tensors_to_file()
