@@ -1,8 +1,9 @@
 """Tiny random Hugging Face directories (llama, qwen2, qwen3, gemma3) for the converter tests.
 
 Each directory holds config.json, model.safetensors (seeded random weights; F32, with the
-projection weights of `f16_arch` stored F16) and a SentencePiece tokenizer.model written here
-as protobuf bytes: <unk>, <s>, </s>, the 256 byte pieces, then a few hundred letter pieces.
+projection weights of qwen2 stored F16), a SentencePiece tokenizer.model written here as
+protobuf bytes (<unk>, <s>, </s>, the 256 byte pieces, then ▁ and letter pieces) and a
+tokenizer_config.json asking for BOS.
 Only numpy and safetensors are needed, so the oracle venv can write the same directories.
 """
 
@@ -40,7 +41,7 @@ def sentencepiece_model() -> bytes:
     pieces = [("<unk>", 0.0, 2), ("<s>", 0.0, 3), ("</s>", 0.0, 3)]
     pieces += [(f"<0x{b:02X}>", 0.0, 6) for b in range(256)]
     letters = "abcdefghijklmnopqrstuvwxyz"
-    words = [f"\u2581{a}" for a in letters] + list(letters)
+    words = ["\u2581"] + [f"\u2581{a}" for a in letters] + list(letters)
     words += [f"\u2581{a}{b}" for a in letters[:10] for b in letters[:10]]
     pieces += [(w, -1.0 - i * 0.01, 1) for i, w in enumerate(words)]
     body = b""
@@ -52,7 +53,7 @@ def sentencepiece_model() -> bytes:
     return body + _field(2, trainer) + _field(3, normalizer)
 
 
-N_VOCAB = 3 + 256 + 52 + 100
+N_VOCAB = 3 + 256 + 1 + 52 + 100
 
 
 def config(arch: str) -> dict:
@@ -115,4 +116,6 @@ def write_tiny_hf(directory: Path, arch: str) -> Path:
     (directory / "config.json").write_text(json.dumps(config(arch), indent=1))
     save_file(tensors(arch), str(directory / "model.safetensors"))
     (directory / "tokenizer.model").write_bytes(sentencepiece_model())
+    special = {"add_bos_token": True, "add_eos_token": False}
+    (directory / "tokenizer_config.json").write_text(json.dumps(special))
     return directory

@@ -110,3 +110,12 @@ def damage_directory(directory: Path, damage: str) -> Path:
     elif damage == "truncated":
         weights.write_bytes(weights.read_bytes()[:-100])
     return directory
+
+
+def test_same_directory_same_bytes(tmp_path: Path) -> None:
+    """A create of the same directory must give the same blob digest (the file is stable)."""
+    directory = write_tiny_hf(tmp_path / "qwen2", "qwen2")
+    for out in ("a.gguf", "b.gguf"):
+        for _ in open_directory(directory).write(tmp_path / out):
+            pass
+    assert (tmp_path / "a.gguf").read_bytes() == (tmp_path / "b.gguf").read_bytes()

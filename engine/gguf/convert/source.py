@@ -69,7 +69,8 @@ def read_config(directory: Path) -> dict[str, Any]:
 
 
 def read_tensors(directory: Path) -> dict[str, RawTensor]:
-    """Every tensor of the directory's `*.safetensors` files, by name.
+    """Every tensor of the directory's `*.safetensors` files, by name (files in name order,
+    tensors sorted by name within each, so the GGUF written is the same bytes every time).
 
     The safetensors package parses each file (header, offsets, coverage), so a truncated or
     malformed file fails here with its own message.
@@ -83,7 +84,7 @@ def read_tensors(directory: Path) -> dict[str, RawTensor]:
             entries = safetensors.deserialize(path.read_bytes())
         except SafetensorError as e:
             raise ConvertError(f"{path.name} is not a valid safetensors file: {e}") from None
-        for name, entry in entries:
+        for name, entry in sorted(entries, key=lambda e: e[0]):  # deserialize's order varies
             if entry["dtype"] not in _DTYPES:
                 raise ConvertError(f"tensor {name!r} has unsupported dtype {entry['dtype']}")
             if name in tensors:
