@@ -13,8 +13,8 @@ deleted once read), and its CRC32 and sha256 are checked before the rename.
 
     python -m engine.gguf.fetch            # all models, prints their paths
     python -m engine.gguf.fetch smollm2
-    python -m engine.gguf.fetch llama.cpp-models   # llama.cpp's vocab and template test files
     python -m engine.gguf.fetch minilm             # all-MiniLM-L6-v2 as a Hugging Face directory
+    python -m engine.gguf.fetch llama.cpp-models   # llama.cpp's vocab and template test files
 
 The last is the `vendor/llama.cpp/models` directory of llama-cpp-python's sdist (its tokenizer
 test vocabularies with `.inp`/`.out` cases, and 70 real chat templates): 68 MB of vocab files,

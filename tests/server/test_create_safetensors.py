@@ -143,3 +143,49 @@ def test_bad_directory_is_a_400_and_leaves_the_store_unchanged(
         client.create("broken", files=files)
     assert raised.value.status_code == 400
     assert httpx.get(f"{url}/api/tags", timeout=10).json() == {"models": []}
+
+
+def _held_out_texts(n: int) -> list[str]:
+    """Sentences of seeded random words, none from the tests' other fixtures."""
+    rng = np.random.default_rng(1616)
+    words = ("river", "quantum", "bread", "silent", "engine", "violet", "harbor", "mosaic",
+             "ledger", "orbit", "walnut", "canyon", "lantern", "fossil", "meadow", "cipher",
+             "tundra", "velvet", "anchor", "pixel", "glacier", "sonnet", "ember",
+             "atlas")  # fmt: skip
+    out = []
+    for i in range(n):
+        picked = rng.choice(words, size=3 + i % 9)
+        out.append(" ".join(picked).capitalize() + ("?" if i % 4 == 0 else "."))
+    return out
+
+
+@needs_oracle
+@pytest.mark.oracle
+@pytest.mark.slow
+def test_minilm_created_from_its_directory_embeds_as_llama_cpp(
+    served: tuple[Store, str, ollama.Client], tmp_path: Path
+) -> None:
+    """Cosine ≥ 0.99999 on 50 texts against llama.cpp on the converter's GGUF (or, without the
+    converter's venv, on the stored GGUF, whose tensors the golden record shows equal)."""
+    import llama_cpp
+
+    from engine.gguf.fetch import directory_path
+    from tests.golden.make_convert_golden import CONVERTER_PYTHON, run_converter
+
+    store, url, client = served
+    source = directory_path("minilm")
+    assert client.create("minilm", files=upload(client, source)).status == "success"
+    reference = store.resolve("minilm").gguf_path
+    if CONVERTER_PYTHON.is_file():
+        reference = tmp_path / "converter.gguf"
+        run_converter(source, reference)
+    texts = _held_out_texts(50)
+    ours = client.embed(model="minilm", input=texts).embeddings
+    llm = llama_cpp.Llama(
+        model_path=str(reference), embedding=True, n_ctx=512, n_threads=1, verbose=False
+    )
+    for text, mine in zip(texts, ours, strict=True):
+        theirs = np.asarray(llm.embed(text), dtype=np.float64)
+        mine = np.asarray(mine, dtype=np.float64)
+        cosine = mine @ theirs / (np.linalg.norm(mine) * np.linalg.norm(theirs))
+        assert cosine >= 0.99999, (text, cosine)

@@ -80,7 +80,9 @@ class Family:
         path = poolers[0].get("path") if poolers else None
         if path is None:
             return
-        pooling = read_json(self.directory / path / "config.json", required=False) or {}
+        pooling = read_json(self.directory / path / "config.json", required=False)
+        if pooling is None:  # `FROM ./dir` uploads top-level files only
+            return
         if pooling.get("pooling_mode_mean_tokens"):
             kind = gguf.PoolingType.MEAN
         elif pooling.get("pooling_mode_cls_token"):
