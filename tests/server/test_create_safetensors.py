@@ -189,3 +189,31 @@ def test_minilm_created_from_its_directory_embeds_as_llama_cpp(
         mine = np.asarray(mine, dtype=np.float64)
         cosine = mine @ theirs / (np.linalg.norm(mine) * np.linalg.norm(theirs))
         assert cosine >= 0.99999, (text, cosine)
+
+
+def test_cli_create_from_a_directory(
+    served: tuple[Store, str, ollama.Client], tmp_path: Path
+) -> None:
+    """`refllama create NAME -f Modelfile` with `FROM ./dir` uploads the directory and converts."""
+    import os
+    import subprocess
+    import sys
+
+    store, url, client = served
+    write_tiny_hf(tmp_path / "gemma", "gemma3")
+    (tmp_path / "Modelfile").write_text("FROM ./gemma\nPARAMETER temperature 0\n")
+    cli = [
+        sys.executable,
+        "-m",
+        "server.cli.main",
+        "create",
+        "g",
+        "-f",
+        str(tmp_path / "Modelfile"),
+    ]
+    done = subprocess.run(
+        cli, env={**os.environ, "OLLAMA_HOST": url}, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    assert summarize(store.resolve("g").gguf_path)["tensors"] == CASES["gemma3"]["tensors"]
+    assert client.show("g").parameters == "temperature                    0"
