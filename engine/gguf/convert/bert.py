@@ -31,12 +31,12 @@ class Bert(Family):
 
     def __init__(self, directory: Any, config: dict[str, Any]) -> None:
         super().__init__(directory, config)
-        self.n_embd = self.int("hidden_size")
-        self.n_ff = self.int("intermediate_size")
-        self.n_vocab = self.int("vocab_size")
-        self.n_ctx = self.int("max_position_embeddings")
-        self.n_types = self.int("type_vocab_size", 1)
-        self.int("num_attention_heads")
+        self.n_embd = self.positive_int("hidden_size")
+        self.n_ff = self.positive_int("intermediate_size")
+        self.n_vocab = self.positive_int("vocab_size")
+        self.n_ctx = self.positive_int("max_position_embeddings")
+        self.n_types = self.positive_int("type_vocab_size", 1)
+        self.positive_int("num_attention_heads")
 
     def skip(self, name: str) -> bool:
         name = _normalise(name)
@@ -79,7 +79,7 @@ class Bert(Family):
 
     def write_metadata(self, writer: gguf.GGUFWriter) -> None:
         self.write_common(writer)
-        if (eps := self.float("layer_norm_eps")) is not None:
+        if (eps := self.number("layer_norm_eps")) is not None:
             writer.add_layer_norm_eps(eps)
         writer.add_causal_attention(False)
         self.write_pooling(writer)

@@ -18,6 +18,7 @@ import gguf
 import numpy as np
 
 from engine.gguf.convert import bert, decoder
+from engine.gguf.convert.family import Family
 from engine.gguf.convert.source import (
     FLOAT_DTYPES,
     ConvertError,
@@ -35,11 +36,11 @@ _F32_TENSORS = (gguf.MODEL_TENSOR.POS_EMBD, gguf.MODEL_TENSOR.TOKEN_TYPES)
 
 @dataclass
 class Conversion:
-    """A checked directory, ready to write; `family` is decoder.Decoder or bert.Bert."""
+    """A checked directory, ready to write."""
 
     directory: Path
     config: dict[str, Any]
-    family: Any
+    family: Family
     tensors: dict[str, RawTensor]
 
     @property

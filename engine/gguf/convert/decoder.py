@@ -29,20 +29,24 @@ class Decoder(Family):
     has_ffn_sandwich = False  # Gemma's pre/post feed-forward norms
     permute_qk = False
     optional = frozenset({"lm_head.weight"})
-
-    def __init__(self, directory: Any, config: dict[str, Any]) -> None:
-        super().__init__(directory, config)
-        self.n_embd = self.int("hidden_size")
-        self.n_head = self.int("num_attention_heads", self.default_heads)
-        self.n_head_kv = self.int("num_key_value_heads", self.default_heads_kv or self.n_head)
-        self.head_dim = self.int("head_dim", self.default_head_dim or self.n_embd // self.n_head)
-        self.n_ff = self.int("intermediate_size")
-        self.n_vocab = self.int("vocab_size")
-        self.rope = self._rope_parameters()
-
+    # config.json values Gemma 3 may leave out (llama.cpp's defaults); others must give them
     default_heads: int | None = None
     default_heads_kv: int | None = None
     default_head_dim: int | None = None
+
+    def __init__(self, directory: Any, config: dict[str, Any]) -> None:
+        super().__init__(directory, config)
+        self.n_embd = self.positive_int("hidden_size")
+        self.n_head = self.positive_int("num_attention_heads", self.default_heads)
+        self.n_head_kv = self.positive_int(
+            "num_key_value_heads", self.default_heads_kv or self.n_head
+        )
+        self.head_dim = self.positive_int(
+            "head_dim", self.default_head_dim or self.n_embd // self.n_head
+        )
+        self.n_ff = self.positive_int("intermediate_size")
+        self.n_vocab = self.positive_int("vocab_size")
+        self.rope = self._rope_parameters()
 
     def _rope_parameters(self) -> dict[str, Any]:
         rope = self.config.get("rope_parameters") or self.config.get("rope_scaling") or {}
@@ -110,7 +114,7 @@ class Decoder(Family):
             writer.add_causal_attention(False)
         if (theta := self.rope_theta(None)) is not None:
             writer.add_rope_freq_base(theta)
-        if (eps := self.float("rms_norm_eps")) is not None:
+        if (eps := self.number("rms_norm_eps")) is not None:
             writer.add_layer_norm_rms_eps(eps)
         if "head_dim" in self.config:
             writer.add_key_length(self.head_dim)
@@ -177,7 +181,7 @@ class Gemma3(Decoder):
 
     def write_common(self, writer: gguf.GGUFWriter) -> None:
         writer.add_block_count(self.block_count)
-        writer.add_context_length(self.int("max_position_embeddings", 131072))
+        writer.add_context_length(self.positive_int("max_position_embeddings", 131072))
         writer.add_embedding_length(self.n_embd)
         writer.add_feed_forward_length(self.n_ff)
         writer.add_head_count(self.n_head)
@@ -191,13 +195,13 @@ class Gemma3(Decoder):
         local = self.config.get("rope_local_base_freq")
         if local is not None:
             writer.add_rope_freq_base_swa(float(local))
-        writer.add_layer_norm_rms_eps(self.float("rms_norm_eps", 1e-6))
+        writer.add_layer_norm_rms_eps(self.number("rms_norm_eps", 1e-6))
         writer.add_key_length(self.head_dim)
         writer.add_value_length(self.head_dim)
         if softcap := self.config.get("final_logit_softcapping"):
             writer.add_final_logit_softcapping(float(softcap))
         if self.config.get("sliding_window_pattern") != 1:
-            writer.add_sliding_window(self.int("sliding_window"))
+            writer.add_sliding_window(self.positive_int("sliding_window"))
 
     def write_vocab(self, writer: gguf.GGUFWriter) -> None:
         super().write_vocab(writer)

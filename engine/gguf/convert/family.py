@@ -26,18 +26,18 @@ class Family:
     def __init__(self, directory: Path, config: dict[str, Any]) -> None:
         self.directory = directory
         self.config = config
-        self.block_count = self.int("num_hidden_layers")
+        self.block_count = self.positive_int("num_hidden_layers")
         self.names = gguf.get_tensor_name_map(self.model_arch, self.block_count)
         self.vocab: Vocab | None = None
 
-    def int(self, key: str, default: int | None = None) -> int:
+    def positive_int(self, key: str, default: int | None = None) -> int:
         value = self.config.get(key, default)
         if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
             found = "missing" if key not in self.config else f"{value!r}"
             raise ConvertError(f"config.json {key} must be a positive integer, found {found}")
         return value
 
-    def float(self, key: str, default: float | None = None) -> float | None:
+    def number(self, key: str, default: float | None = None) -> float | None:
         value = self.config.get(key, default)
         if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
             raise ConvertError(f"config.json {key} must be a number, found {value!r}")
@@ -71,7 +71,7 @@ class Family:
             ("num_key_value_heads", writer.add_head_count_kv),
         ):
             if key in self.config:
-                add(self.int(key))
+                add(self.positive_int(key))
 
     def write_pooling(self, writer: gguf.GGUFWriter) -> None:
         """sentence-transformers' Pooling module (modules.json) as `{arch}.pooling_type`."""
