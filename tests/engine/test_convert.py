@@ -119,3 +119,43 @@ def test_same_directory_same_bytes(tmp_path: Path) -> None:
         for _ in open_directory(directory).write(tmp_path / out):
             pass
     assert (tmp_path / "a.gguf").read_bytes() == (tmp_path / "b.gguf").read_bytes()
+
+
+def test_bf16_weights_widen_then_round_to_f16(tmp_path: Path) -> None:
+    """BF16 sources are widened to F32 (the top half of its bits) and rounded to F16, as
+    llama.cpp computes them; the file is written here with a hand-made Safetensors header."""
+    import struct
+
+    import numpy as np
+    from gguf import GGUFReader
+
+    from tests.tiny_hf import tensors
+
+    directory = write_tiny_hf(tmp_path / "qwen3", "qwen3")
+    values: dict[str, np.ndarray] = {}
+    header, blobs, offset = {}, [], 0
+
+    for name, array in sorted(tensors("qwen3").items()):
+        bits = (array.astype(np.float32).view(np.uint32) >> 16).astype(np.uint16)
+        values[name] = (bits.astype(np.uint32) << 16).view(np.float32)
+        data = bits.tobytes()
+        header[name] = {"dtype": "BF16", "shape": list(array.shape),
+                        "data_offsets": [offset, offset + len(data)]}  # fmt: skip
+        blobs.append(data)
+        offset += len(data)
+    head = json.dumps(header).encode()
+    head += b" " * (-len(head) % 8)
+    (directory / "model.safetensors").write_bytes(
+        struct.pack("<Q", len(head)) + head + b"".join(blobs)
+    )
+    _convert(directory, tmp_path / "out.gguf")
+    got = {t.name: t for t in GGUFReader(tmp_path / "out.gguf").tensors}
+    q = got["blk.0.attn_q.weight"]
+    assert q.tensor_type.name == "F16"
+    expected = values["model.layers.0.self_attn.q_proj.weight"].astype(np.float16)
+    assert np.asarray(q.data).tobytes() == expected.tobytes()
+    norm = got["blk.0.attn_norm.weight"]
+    assert norm.tensor_type.name == "F32"
+    assert (
+        np.asarray(norm.data).tobytes() == values["model.layers.0.input_layernorm.weight"].tobytes()
+    )
