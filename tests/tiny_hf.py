@@ -119,3 +119,20 @@ def write_tiny_hf(directory: Path, arch: str) -> Path:
     special = {"add_bos_token": True, "add_eos_token": False}
     (directory / "tokenizer_config.json").write_text(json.dumps(special))
     return directory
+
+
+def damage_directory(directory: Path, damage: str) -> Path:
+    """Break a tiny directory one way: drop config.json, rename its class, shrink n_ff, cut."""
+    config = directory / "config.json"
+    weights = directory / "model.safetensors"
+    if damage == "no_config":
+        config.unlink()
+    elif damage == "unknown_arch":
+        data = json.loads(config.read_text())
+        config.write_text(json.dumps(data | {"architectures": ["MambaForCausalLM"]}))
+    elif damage == "shape":
+        data = json.loads(config.read_text())
+        config.write_text(json.dumps(data | {"intermediate_size": 80}))
+    elif damage == "truncated":
+        weights.write_bytes(weights.read_bytes()[:-100])
+    return directory

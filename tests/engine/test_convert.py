@@ -15,14 +15,12 @@ import pytest
 from engine.gguf.convert import ConvertError, open_directory
 from engine.gguf.fetch import directory_path
 from tests.golden.make_convert_golden import (
+    CASES,
     CONVERTER_PYTHON,
-    GOLDEN,
     run_converter,
     summarize,
 )
-from tests.tiny_hf import ARCHS, write_tiny_hf
-
-CASES = json.loads(GOLDEN.read_text())["cases"]
+from tests.tiny_hf import ARCHS, damage_directory, write_tiny_hf
 
 
 def _convert(directory: Path, out: Path) -> dict:
@@ -93,23 +91,6 @@ def test_bad_directory(tmp_path: Path, damage: str, message: str) -> None:
     directory = damage_directory(write_tiny_hf(tmp_path / "d", "llama"), damage)
     with pytest.raises(ConvertError, match=message.replace("[", r"\[").replace("]", r"\]")):
         open_directory(directory)
-
-
-def damage_directory(directory: Path, damage: str) -> Path:
-    """Break a tiny directory one way: drop config.json, rename its class, shrink n_ff, cut."""
-    config = directory / "config.json"
-    weights = directory / "model.safetensors"
-    if damage == "no_config":
-        config.unlink()
-    elif damage == "unknown_arch":
-        data = json.loads(config.read_text())
-        config.write_text(json.dumps(data | {"architectures": ["MambaForCausalLM"]}))
-    elif damage == "shape":
-        data = json.loads(config.read_text())
-        config.write_text(json.dumps(data | {"intermediate_size": 80}))
-    elif damage == "truncated":
-        weights.write_bytes(weights.read_bytes()[:-100])
-    return directory
 
 
 def test_same_directory_same_bytes(tmp_path: Path) -> None:

@@ -29,6 +29,8 @@ from engine.gguf.fetch import LLAMA_CPP_SDIST, cache_dir, directory_path, sha256
 from tests.tiny_hf import ARCHS, write_tiny_hf
 
 GOLDEN = Path(__file__).with_name("convert_golden.json")
+# the committed record, by case (read when present, so a first run can make it)
+CASES = json.loads(GOLDEN.read_text())["cases"] if GOLDEN.exists() else {}
 CONVERTER_PYTHON = Path(os.environ.get("CONVERTER_PYTHON", "/work/torchvenv/bin/python"))
 _VENDOR = "vendor/llama.cpp/"
 _CONVERTER_FILES = ("convert_hf_to_gguf.py", "conversion/", "gguf-py/")

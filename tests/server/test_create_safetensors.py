@@ -20,10 +20,9 @@ import pytest
 from server.app import create_app
 from server.store import Store
 from tests.conftest import needs_oracle
-from tests.engine.test_convert import CASES, damage_directory
-from tests.golden.make_convert_golden import summarize
+from tests.golden.make_convert_golden import CASES, summarize
 from tests.server.conftest import live_server
-from tests.tiny_hf import write_tiny_hf
+from tests.tiny_hf import damage_directory, write_tiny_hf
 
 
 @pytest.fixture
