@@ -1,4 +1,6 @@
-"""`/api/create`: build a model from uploaded GGUF blobs or an existing model (spec §11.5).
+"""`/api/create`: build a model from uploaded GGUF or Safetensors blobs, or an existing model.
+
+Spec §11.5. Safetensors directories are converted to GGUF by engine.gguf.convert.
 
 `parse_create` does the checks Ollama makes before its progress stream starts; `run_create`
 yields the progress objects (`{"status": …}`) in Ollama's order and raises ServerError subclasses
@@ -10,7 +12,10 @@ written last, so a failure or a kill never leaves a half-built model.
 from __future__ import annotations
 
 import logging
+import os
 import posixpath
+import shutil
+import tempfile
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -19,6 +24,7 @@ from typing import Any
 
 from engine.chat.templates import GoTemplate
 from engine.errors import GGUFError, InvalidOption, TemplateError
+from engine.gguf.convert import ConvertError, open_directory
 from engine.gguf.reader import GGUF_MAGIC, GGUFFile
 from engine.sampling.options import resolve
 from server.errors import InvalidName, InvalidRequest, ServerError, Unsupported
@@ -39,7 +45,7 @@ from server.manifest import (
     file_type_name,
 )
 from server.names import Name, parse_name
-from server.store import Store
+from server.store import TEMP_PREFIX, Store
 
 log = logging.getLogger(__name__)
 
@@ -284,11 +290,12 @@ def run_create(
 
 
 def _from_files(store: Store, files: dict[str, str], build: _Build) -> Iterator[dict[str, Any]]:
+    if any(name.endswith(".safetensors") for name in files):
+        yield from _from_safetensors(store, files, build)
+        return
     for filename in sorted(files):
         digest = files[filename]
         path = store.blob_path(digest)
-        if filename.endswith(".safetensors"):
-            raise Unsupported("safetensors models are not supported: import a GGUF file")
         # A `.gguf` name is parsed (and fails) as GGUF; other names must carry the GGUF magic.
         if filename.endswith(".gguf"):
             yield {"status": "parsing GGUF"}
@@ -310,6 +317,43 @@ def _from_files(store: Store, files: dict[str, str], build: _Build) -> Iterator[
             build.config = config_from_gguf(gguf)
     if sum(x.media_type == MEDIA_MODEL for x in build.layers) > 1:
         raise Unsupported("split GGUF models (several model files) are not supported")
+
+
+def _from_safetensors(
+    store: Store, files: dict[str, str], build: _Build
+) -> Iterator[dict[str, Any]]:
+    """Convert a Safetensors directory's blobs to one F16 GGUF model layer, as Ollama does.
+
+    The blobs are linked into a temporary directory under their relative names; the directory
+    is checked (config, architecture, every tensor shape, tokenizer) before the first progress
+    line, so a bad directory answers 400 and nothing is written. The GGUF enters the store only
+    when complete.
+    """
+    with tempfile.TemporaryDirectory(dir=store.blobs_dir, prefix=TEMP_PREFIX) as tmp:
+        root = Path(tmp) / "model"
+        for name, digest in files.items():
+            blob = store.blob_path(digest)
+            if not blob.is_file():
+                raise InvalidRequest(f"blob {digest} for {name} does not exist: upload it first")
+            target = root / name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                os.link(blob, target)
+            except OSError:
+                shutil.copyfile(blob, target)
+        try:
+            conversion = open_directory(root)
+        except ConvertError as e:
+            raise InvalidRequest(f"convert safetensors: {e}") from e
+        yield {"status": "converting model"}
+        out = Path(tmp) / "model.gguf"
+        for _, done, total in conversion.write(out):
+            yield {"status": "converting model", "total": total, "completed": done}
+        yield {"status": "parsing GGUF"}
+        gguf = GGUFFile(out)
+        digest, created = store.add_blob_file(out)
+    build.append(Layer(MEDIA_MODEL, digest, gguf.size), created)
+    build.config = config_from_gguf(gguf)
 
 
 def _magic(path: Path) -> bytes:

