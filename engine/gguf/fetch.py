@@ -436,7 +436,7 @@ def llama_cpp_models_dir() -> Path:
 
 
 def main(argv: list[str] | None = None) -> None:
-    names = (argv if argv is not None else sys.argv[1:]) or [*MODELS, *ZIPPED_MODELS]
+    names = (argv if argv is not None else sys.argv[1:]) or [*MODELS, *ZIPPED_MODELS, *DIRECTORIES]
     for name in names:
         if name == "llama.cpp-models":
             sys.stdout.write(f"{llama_cpp_models_dir()}\n")
