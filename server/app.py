@@ -363,7 +363,9 @@ class Endpoints:
             job = await self._chat_job(native, arrived, tr.relax_thinking)
         else:
             job = await self._generate_job(native, arrived)
-        if isinstance(job, dict):
+        if isinstance(job, dict):  # a load request: one event, streamed when asked for
+            if tr.stream:
+                return Response(tr.frames(job), media_type="text/event-stream")
             return JSONBody(tr.answer(job))
         if not job.stream or job.single:
             try:

@@ -113,6 +113,16 @@ def test_stream_events(client):
     assert len({e.item_id for e in deltas} | {events[2].item.id}) == 1
 
 
+def test_no_input_loads_the_model(client):
+    out = client.responses.create(model="smollm2", input=[])
+    assert out.output_text == "" and out.usage.output_tokens == 0
+    events = list(client.responses.create(model="smollm2", input=[], stream=True))
+    assert [e.type for e in events] == [
+        "response.created", "response.in_progress", "response.completed"
+    ]  # fmt: skip
+    assert events[-1].response.output == []
+
+
 def test_json_schema_output_validates(client):
     out = client.responses.create(
         model="smollm2", input="A big city and its population.", temperature=0,
