@@ -30,7 +30,7 @@ from engine import load
 from engine.errors import ContextOverflow, EngineError, GrammarError, InvalidOption, TokenizerError
 from server import embeddings, inference
 from server.body import parse_body, parse_bytes, read_body
-from server.compat import anthropic, openai
+from server.compat import anthropic, openai, responses
 from server.errors import InvalidRequest, ModelNotFound, ServerError, go_quote
 from server.events import chat_event, dumps, generate_event, local_timestamp, ndjson_line
 from server.guard import OriginAndHostGuard
@@ -338,6 +338,9 @@ class Endpoints:
     async def v1_completions(self, request: Request) -> Response:
         return await self._translated(openai.Completions(await read_body(request)), request)
 
+    async def v1_responses(self, request: Request) -> Response:
+        return await self._translated(responses.Responses(await read_body(request)), request)
+
     async def v1_messages(self, request: Request) -> Response:
         return await self._translated(anthropic.Messages(await read_body(request)), request)
 
@@ -360,7 +363,9 @@ class Endpoints:
             job = await self._chat_job(native, arrived, tr.relax_thinking)
         else:
             job = await self._generate_job(native, arrived)
-        if isinstance(job, dict):
+        if isinstance(job, dict):  # a load request: one event, streamed when asked for
+            if tr.stream:
+                return Response(tr.frames(job), media_type="text/event-stream")
             return JSONBody(tr.answer(job))
         if not job.stream or job.single:
             try:
@@ -406,7 +411,7 @@ def _pull_hint(raw: str) -> str:
     return f"model {go_quote(raw)} not found, try pulling it first"
 
 
-Translation = openai.ChatCompletions | openai.Completions | anthropic.Messages
+Translation = openai.ChatCompletions | openai.Completions | responses.Responses | anthropic.Messages
 
 
 def _in_shape(
@@ -435,6 +440,7 @@ def _v1_routes(ep: Endpoints) -> list[BaseRoute]:
         Route("/v1/embeddings", _in_shape(ep.v1_embeddings, oa), methods=["POST"]),
         Route("/v1/models", _in_shape(ep.v1_models, oa), methods=["GET"]),
         Route("/v1/models/{model}", _in_shape(ep.v1_model, oa), methods=["GET"]),
+        Route("/v1/responses", _in_shape(ep.v1_responses, oa), methods=["POST"]),
         Route("/v1/messages", _in_shape(ep.v1_messages, an), methods=["POST"]),
     ]
 

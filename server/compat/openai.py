@@ -104,7 +104,7 @@ def _sampling_options(f: Fields) -> dict[str, Any]:
 # /v1/chat/completions
 
 
-def _image(url: Any) -> str:
+def image_data(url: Any) -> str:
     """A data URL's base64 payload (checked); remote URLs are refused as Ollama refuses them."""
     if not isinstance(url, str):
         raise InvalidRequest("invalid message format")
@@ -207,7 +207,7 @@ def _content_part(part: Any) -> dict[str, Any]:
         url = part.get("image_url")
         if isinstance(url, dict):
             url = url.get("url")
-        return {"images": [_image(url)]}
+        return {"images": [image_data(url)]}
     raise InvalidRequest("invalid message format")
 
 
@@ -227,7 +227,13 @@ def _format(f: Fields) -> Any:
 
 def _think(f: Fields) -> bool | str | None:
     reasoning = f.object("reasoning", "*openai.Reasoning")
-    effort = reasoning.str("effort") if reasoning is not None else f.str("reasoning_effort")
+    return think_level(
+        reasoning.str("effort") if reasoning is not None else f.str("reasoning_effort")
+    )
+
+
+def think_level(effort: str | None) -> bool | str | None:
+    """A reasoning effort as the native `think` value (None when no effort is given)."""
     if not effort:
         return None
     if effort not in _EFFORT_THINK:

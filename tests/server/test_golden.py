@@ -47,7 +47,7 @@ PROMPTS = [
 ]
 
 
-def _corpus_lines() -> list[dict[str, object]]:
+def corpus_lines() -> list[dict[str, object]]:
     """20 greedy cases: 10 /api/generate prompts, then the same 10 as /api/chat messages.
 
     Same-prompt cases are not adjacent: a server request whose whole prompt is still in the
@@ -83,7 +83,7 @@ def store(work: Path, smollm2_path: Path) -> Store:
 @pytest.fixture(scope="module")
 def corpus(work: Path) -> Path:
     path = work / "corpus.jsonl"
-    path.write_text("".join(json.dumps(line) + "\n" for line in _corpus_lines()))
+    path.write_text("".join(json.dumps(line) + "\n" for line in corpus_lines()))
     return path
 
 
@@ -112,7 +112,7 @@ def test_golden_format(golden: Path, store: Store) -> None:
     assert header["model_digest"] == f"sha256:{store.resolve('smollm2').digest}"
     assert header["cases"] == 20 and len(cases) == 20
     assert [c["index"] for c in cases] == list(range(20))
-    assert [c["id"] for c in cases] == [line["id"] for line in _corpus_lines()]
+    assert [c["id"] for c in cases] == [line["id"] for line in corpus_lines()]
     for case in cases:
         assert case["greedy"] is True
         assert case["prompt"].endswith("<|im_start|>assistant\n")
@@ -175,7 +175,7 @@ def test_record_refuses_a_golden_of_another_corpus(golden: Path, work: Path, sto
 def test_ray_record_is_byte_identical(work: Path, store: Store) -> None:
     pytest.importorskip("ray", reason="the ray extra is not installed")
     small = work / "corpus-4.jsonl"
-    small.write_text("".join(json.dumps(line) + "\n" for line in _corpus_lines()[:4]))
+    small.write_text("".join(json.dumps(line) + "\n" for line in corpus_lines()[:4]))
     local, on_ray = work / "small-local.jsonl", work / "small-ray.jsonl"
     record(small, "smollm2", local, store_root=store.root, workers=1)
     record(small, "smollm2", on_ray, store_root=store.root, workers=2, ray_address="local")
@@ -256,11 +256,15 @@ def test_compare_against_llama_cpp_server(
     assert all(c.error is None for c in result.cases)
     s = result.summary()
     assert s["greedy_cases"] == 20 and s["errors"] == 0
-    # A second engine on the same weights: the same first token nearly everywhere, agreement
-    # well above chance, small logprob differences at agreed positions.
-    assert result.greedy_agreement > 0.5
-    assert sum(c.first_divergence != 0 for c in result.cases) >= 15
-    assert 0 <= s["mean_logprob_diff"] < 0.5 and s["mean_kl"] < 0.1
+    # A second engine on the same weights. Measured (llama-cpp-python 0.3.36, AVX512 build,
+    # AMD EPYC; tests/golden/llama_cpp_server_agreement.py): 14/20 identical, first token
+    # different in 2 cases, token agreement 0.82, |logprob diff| mean 0.051 / max 0.22, KL over
+    # the shared top-k mean 0.0029 / max 0.011. The bounds leave a margin for other builds.
+    assert result.greedy_agreement >= 0.6
+    assert s["greedy_identical"] >= 10
+    assert sum(c.first_divergence != 0 for c in result.cases) >= 16
+    assert 0 <= s["mean_logprob_diff"] < 0.15 and s["max_logprob_diff"] < 0.6
+    assert s["mean_kl"] < 0.01 and s["max_kl"] < 0.05
     for c in result.cases:
         if c.identical:
             assert c.golden_pieces == c.backend_pieces
