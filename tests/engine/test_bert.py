@@ -92,6 +92,16 @@ def test_attention_sees_later_tokens(tiny: Path):
     assert not np.array_equal(a[0], b[0])
 
 
+def test_batched_rows_equal_solo_rows(tiny: Path):
+    model = load(tiny)
+    seqs = [model.tokenize(t, parse_special=False) for t in TINY_TEXTS]
+    batched = model.embed_many(seqs)
+    assert [b.shape[0] for b in batched] == [len(s) for s in seqs]
+    for ids, rows in zip(seqs, batched, strict=True):
+        assert np.array_equal(rows, model.embed(ids))  # bit for bit
+    assert model.embed_many([]) == []
+
+
 @pytest.mark.oracle
 @needs_oracle
 def test_tiny_matches_llama_cpp(tiny: Path):
