@@ -83,6 +83,13 @@ def test_inputs_keep_their_order(http):  # E2, E8
     assert both["prompt_eval_count"] == single + b["prompt_eval_count"]
 
 
+def test_encoder_batch_equals_single_inputs(http):  # one forward pass over every input
+    a = embed(http, model="nomic", input="alpha")["embeddings"][0]
+    b = embed(http, model="nomic", input="a longer second input")["embeddings"][0]
+    both = embed(http, model="nomic", input=["alpha", "a longer second input"])
+    assert both["embeddings"] == [a, b]
+
+
 def test_errors_and_empty_input(http):  # E3, E4, E9
     r = http.post("/api/embed", json={"model": "smollm2", "input": [1]})
     assert (r.status_code, r.json()) == (400, {"error": "invalid input type"})
