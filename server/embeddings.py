@@ -11,6 +11,7 @@ import anyio
 import numpy as np
 import numpy.typing as npt
 
+from engine import BertModel
 from engine.sampling.options import Options
 from server.errors import InvalidRequest
 from server.events import Metrics, float32_list
@@ -44,11 +45,14 @@ async def embed(
 
 
 def _embed_all(runner: Runner, req: EmbedRequest, opts: Options) -> tuple[list[list[float]], int]:
-    """Spec §10.1 step 7 for every input, in order; returns the vectors and the token total."""
+    """Spec §10.1 step 7 for every input, in order; returns the vectors and the token total.
+
+    An encoder (BertModel) embeds all inputs in one forward pass; its vectors are the same
+    bytes as one input at a time (engine/models/bert.py `embed_many`)."""
     model, tok = runner.model, runner.model.tokenizer
     pooling = gguf_facts(runner.record.gguf_path).pooling_type
     ctx = min(opts.num_ctx, model.config.n_ctx_train)
-    vectors, total = [], 0
+    batch: list[list[int]] = []
     for text in req.input:
         ids = tok.encode(text, add_special=False, parse_special=False)
         limit = ctx - int(not ids or ids[0] != tok.bos_id) - int(not ids or ids[-1] != tok.eos_id)
@@ -60,15 +64,20 @@ def _embed_all(runner: Runner, req: EmbedRequest, opts: Options) -> tuple[list[l
             text = tok.decode(ids[:limit])
         ids = tok.encode(text, add_special=True, parse_special=False)
         if not ids:
-            raise InvalidRequest(f"input {len(vectors)} has no tokens to embed")
-        with runner.lock:
-            hidden = model.embed(ids)  # (T, D)
-        vector = normalize(pool(hidden, pooling))
+            raise InvalidRequest(f"input {len(batch)} has no tokens to embed")
+        batch.append(ids)
+    with runner.lock:
+        if isinstance(model, BertModel):
+            hidden = model.embed_many(batch)  # (T_i, D) each
+        else:
+            hidden = [model.embed(ids) for ids in batch]
+    vectors = []
+    for h in hidden:
+        vector = normalize(pool(h, pooling))
         if 0 < req.dimensions < vector.size:
             vector = normalize(vector[: req.dimensions])
         vectors.append(float32_list(vector))
-        total += len(ids)
-    return vectors, total
+    return vectors, sum(len(ids) for ids in batch)
 
 
 def pool(hidden: npt.NDArray[np.float32], pooling_type: int) -> npt.NDArray[np.float32]:

