@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 import anyio
@@ -23,14 +24,19 @@ log = logging.getLogger(__name__)
 
 
 async def embed(
-    record: ModelRecord, req: EmbedRequest, scheduler: Scheduler, arrived: int
+    record: ModelRecord,
+    req: EmbedRequest,
+    scheduler: Scheduler,
+    arrived: int,
+    cancelled: Callable[[], bool] | None = None,
 ) -> dict[str, Any]:
+    """/api/embed (spec §10.1); `cancelled` (the client left) stops it between layers."""
     opts = request_options(record, req.options)
     runner, load_ns = await acquire_runner(scheduler, record, opts, req.keep_alive, arrived)
     try:
         if not req.input:
             return {"model": req.model, "embeddings": []}
-        vectors, count = await anyio.to_thread.run_sync(_embed_all, runner, req, opts)
+        vectors, count = await anyio.to_thread.run_sync(_embed_all, runner, req, opts, cancelled)
     finally:
         scheduler.release(runner)
     body: dict[str, Any] = {"model": req.model, "embeddings": vectors}
@@ -43,7 +49,9 @@ async def embed(
     return body
 
 
-def _embed_all(runner: Runner, req: EmbedRequest, opts: Options) -> tuple[list[list[float]], int]:
+def _embed_all(
+    runner: Runner, req: EmbedRequest, opts: Options, cancelled: Callable[[], bool] | None
+) -> tuple[list[list[float]], int]:
     """Spec §10.1 step 7 for every input, in order; returns the vectors and the token total."""
     model, tok = runner.model, runner.model.tokenizer
     pooling = gguf_facts(runner.record.gguf_path).pooling_type
@@ -61,8 +69,7 @@ def _embed_all(runner: Runner, req: EmbedRequest, opts: Options) -> tuple[list[l
         ids = tok.encode(text, add_special=True, parse_special=False)
         if not ids:
             raise InvalidRequest(f"input {len(vectors)} has no tokens to embed")
-        with runner.lock:
-            hidden = model.embed(ids)  # (T, D)
+        hidden = model.embed(ids, cancelled=cancelled)  # (T, D)
         vector = normalize(pool(hidden, pooling))
         if 0 < req.dimensions < vector.size:
             vector = normalize(vector[: req.dimensions])
@@ -91,21 +98,27 @@ def normalize(v: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
 
 
 async def embeddings(
-    record: ModelRecord, req: EmbeddingsRequest, scheduler: Scheduler
+    record: ModelRecord,
+    req: EmbeddingsRequest,
+    scheduler: Scheduler,
+    cancelled: Callable[[], bool] | None = None,
 ) -> dict[str, Any]:
-    """Legacy /api/embeddings: one raw pooled vector as float64, no normalisation (§10.2)."""
+    """Legacy /api/embeddings: one raw pooled vector as float64, no normalisation (§10.2);
+    `cancelled` (the client left) stops it between layers."""
     opts = request_options(record, req.options)
     runner, _ = await acquire_runner(scheduler, record, opts, req.keep_alive)
     try:
         if not req.prompt:
             return {"embedding": []}
-        vector = await anyio.to_thread.run_sync(_embed_one, runner, req.prompt, opts)
+        vector = await anyio.to_thread.run_sync(_embed_one, runner, req.prompt, opts, cancelled)
     finally:
         scheduler.release(runner)
     return {"embedding": vector.astype(np.float64).tolist()}
 
 
-def _embed_one(runner: Runner, text: str, opts: Options) -> npt.NDArray[np.float32]:
+def _embed_one(
+    runner: Runner, text: str, opts: Options, cancelled: Callable[[], bool] | None
+) -> npt.NDArray[np.float32]:
     """The pooled vector of the prompt's first num_ctx tokens: Ollama's runner truncates a
     longer input to the context, and embedding all of it would hold the model for minutes."""
     tok = runner.model.tokenizer
@@ -113,8 +126,7 @@ def _embed_one(runner: Runner, text: str, opts: Options) -> npt.NDArray[np.float
     ids = tok.encode(text, add_special=True, parse_special=False)[:ctx]
     if not ids:
         raise InvalidRequest("prompt has no tokens to embed")
-    with runner.lock:
-        hidden = runner.model.embed(ids)  # (T, D)
+    hidden = runner.model.embed(ids, cancelled=cancelled)  # (T, D)
     return pool(hidden, gguf_facts(runner.record.gguf_path).pooling_type)
 
 
