@@ -1,15 +1,16 @@
-"""Latency through HTTP: what the server adds on top of the engine, and concurrent throughput.
+"""Latency and throughput through HTTP, continuous batching included, with llama.cpp alongside.
 
-    python benchmarks/bench_server.py                  # SmolLM2, 64 tokens, 4 concurrent clients
-    python benchmarks/bench_server.py --clients 8 --repeat 5
+    python benchmarks/bench_server.py                  # SmolLM2, 64 tokens, 1/2/4/8 streams
+    python benchmarks/bench_server.py --streams 1,8 --repeat 2
     python benchmarks/bench_server.py --smoke          # tiny model, a few tokens (CI)
 
-Rows: the engine's `generate` called in-process (no HTTP); one streaming /api/generate client
-on a live uvicorn server (same model, same greedy options, raw prompt); --clients streaming
-clients at once (aggregate tokens/s, and each client's time to first token). With
-llama-cpp-python importable, a last row streams the same prompt through llama_cpp's
-create_completion for reference. Each timing is repeated --repeat times after one warm-up; the
-table shows the median and the best.
+Rows: the engine's `generate` called in-process (no HTTP); then N concurrent streaming
+/api/generate clients (greedy, raw prompt) on one live server with OLLAMA_NUM_PARALLEL = the
+largest N, so they are batched: aggregate decode tokens/s, p50/p95 time to first token over all
+clients, the process's peak RSS so far, and whether every stream's text equals the 1-stream
+text (batch invariance). With llama-cpp-python importable, a last row streams the same prompt
+through llama_cpp's create_completion (one stream). Each timing is repeated --repeat times after
+one warm-up; rates are medians.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import argparse
 import asyncio
 import json
 import os
+import resource
 import statistics
 import sys
 import tempfile
@@ -36,6 +38,7 @@ from engine.generate import generate  # noqa: E402
 from engine.gguf.fetch import model_path  # noqa: E402
 from engine.sampling.options import resolve  # noqa: E402
 from server.app import create_app  # noqa: E402
+from server.scheduler import Scheduler  # noqa: E402
 from server.store import Store  # noqa: E402
 from tests.server.live import live_server  # noqa: E402
 from tests.tiny_model import write_tiny_model  # noqa: E402
@@ -67,28 +70,41 @@ def _body(tokens: int) -> dict:
     return {"model": "m", "prompt": PROMPT, "raw": True, "options": options}
 
 
-async def _stream(client: httpx.AsyncClient, tokens: int) -> Timing:
+async def _stream(client: httpx.AsyncClient, tokens: int) -> tuple[float, int, str]:
+    """One streaming request: (time to first token s, tokens generated, text)."""
     t0 = time.perf_counter()
-    first, n = 0.0, 0
+    first, n, text = 0.0, 0, []
     async with client.stream("POST", "/api/generate", json=_body(tokens)) as r:
         async for line in r.aiter_lines():
             event = json.loads(line)
             if first == 0.0:
                 first = time.perf_counter() - t0
+            text.append(event.get("response", ""))
             if event["done"]:
                 n = event["eval_count"]
-    return first, n / (time.perf_counter() - t0)
+    return first, n, "".join(text)
 
 
-def _http(url: str, tokens: int, clients: int) -> Callable[[], Timing]:
-    async def many() -> Timing:
+Level = tuple[list[float], float, list[str]]  # (first-token times, aggregate tokens/s, texts)
+
+
+def _http(url: str, tokens: int, clients: int) -> Callable[[], Level]:
+    async def many() -> Level:
         async with httpx.AsyncClient(base_url=url, timeout=None) as client:
             t0 = time.perf_counter()
             results = await asyncio.gather(*(_stream(client, tokens) for _ in range(clients)))
             wall = time.perf_counter() - t0
-        return statistics.median(f for f, _ in results), clients * tokens / wall
+        return (
+            [f for f, _, _ in results],
+            sum(n for _, n, _ in results) / wall,
+            [t for _, _, t in results],
+        )
 
     return lambda: asyncio.run(many())
+
+
+def _peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def _llama_cpp(path: Path, tokens: int) -> Callable[[], Timing] | None:
@@ -117,13 +133,19 @@ def _time(fn: Callable[[], Timing], repeat: int) -> tuple[list[float], list[floa
     return [r[0] for r in runs], [r[1] for r in runs]
 
 
+def _pct(xs: list[float], q: float) -> float:
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(round(q * (len(xs) - 1))))]
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--tokens", type=int, default=64, help="tokens generated per request")
-    p.add_argument("--clients", type=int, default=4, help="concurrent streaming clients")
-    p.add_argument("--repeat", type=int, default=3)
+    p.add_argument("--streams", default="1,2,4,8", help="concurrent stream counts")
+    p.add_argument("--repeat", type=int, default=2)
     p.add_argument("--smoke", action="store_true", help="tiny model, 8 tokens, 1 repeat")
     args = p.parse_args()
+    levels = [int(n) for n in args.streams.split(",")]
     tmp = Path(tempfile.mkdtemp())
     if args.smoke:
         path, args.tokens, args.repeat = write_tiny_model(tmp / "tiny.gguf"), 8, 1
@@ -139,19 +161,33 @@ def main() -> None:
             f"model {path.name}, {args.tokens} tokens, repeat {args.repeat}",
         )
     )
-    rows = [("engine generate (no HTTP)", _engine(path, args.tokens))]
+    header = f"{'':30} {'tok/s':>8} {'TTFT p50 s':>11} {'TTFT p95 s':>11} {'peak RSS MiB':>13}"
+    print(header + f" {'= solo bytes':>13}")
+    firsts, rates = _time(_engine(path, args.tokens), args.repeat)
+    print(f"{'engine generate (no HTTP)':30} {statistics.median(rates):8.1f} "
+          f"{statistics.median(firsts):11.3f} {'':11} {_peak_rss_mib():13.0f}")  # fmt: skip
+    sched = Scheduler(load, num_parallel=max(levels))
+    solo_text: str | None = None
+    with live_server(create_app(store, sched)) as url:
+        for n in levels:
+            run = _http(url, args.tokens, n)
+            run()  # warm-up
+            ttfts, level_rates, same = [], [], True
+            for _ in range(args.repeat):
+                f, rate, texts = run()
+                ttfts += f
+                level_rates.append(rate)
+                if solo_text is None:
+                    solo_text = texts[0]
+                same = same and all(t == solo_text for t in texts)
+            print(f"{f'HTTP, {n} streams (aggregate)':30} {statistics.median(level_rates):8.1f} "
+                  f"{_pct(ttfts, 0.5):11.3f} {_pct(ttfts, 0.95):11.3f} {_peak_rss_mib():13.0f} "
+                  f"{'yes' if same else 'NO':>13}")  # fmt: skip
     reference = _llama_cpp(path, args.tokens)
-    with live_server(create_app(store)) as url:
-        rows.append(("HTTP, 1 streaming client", _http(url, args.tokens, 1)))
-        many = _http(url, args.tokens, args.clients)
-        rows.append((f"HTTP, {args.clients} clients (aggregate)", many))
-        if reference is not None:
-            rows.append(("llama-cpp-python stream", reference))
-        print(f"{'':34} {'first token s (med/min)':>24} {'tokens/s (med/max)':>20}")
-        for name, fn in rows:
-            firsts, rates = _time(fn, args.repeat)
-            print(f"{name:34} {statistics.median(firsts):11.3f} /{min(firsts):8.3f}    "
-                  f"{statistics.median(rates):9.1f} /{max(rates):7.1f}")  # fmt: skip
+    if reference is not None:
+        firsts, rates = _time(reference, args.repeat)
+        print(f"{'llama-cpp-python, 1 stream':30} {statistics.median(rates):8.1f} "
+              f"{statistics.median(firsts):11.3f}")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -12,10 +12,11 @@ import contextlib
 import dataclasses
 import logging
 import os
+import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio
 from starlette.applications import Starlette
@@ -27,14 +28,21 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import Receive, Scope, Send
 
 from engine import load
-from engine.errors import ContextOverflow, EngineError, GrammarError, InvalidOption, TokenizerError
+from engine.errors import (
+    Cancelled,
+    ContextOverflow,
+    EngineError,
+    GrammarError,
+    InvalidOption,
+    TokenizerError,
+)
 from server import embeddings, inference
 from server.body import parse_body, parse_bytes, read_body
 from server.compat import anthropic, openai, responses
 from server.errors import InvalidRequest, ModelNotFound, ServerError, go_quote
 from server.events import chat_event, dumps, generate_event, local_timestamp, ndjson_line
 from server.guard import OriginAndHostGuard
-from server.job import Cancelled, Job
+from server.job import Job
 from server.names import parse_name
 from server.preflight import model_capabilities, model_template
 from server.routes_models import model_routes
@@ -167,7 +175,8 @@ async def _respond(job: Job, request: Request) -> Response:
 
     The first event is computed before the response starts, so an error while the prompt is
     processed still gets its own status instead of a 200 stream (spec §1.7); such an error is
-    sent as `application/json` without a charset, as Ollama sends it.
+    sent as `application/json` without a charset, as Ollama sends it. A client that goes away
+    meanwhile stops the prompt processing between two layers.
     """
     if not job.stream or job.single:
         try:
@@ -177,7 +186,10 @@ async def _respond(job: Job, request: Request) -> Response:
         finally:
             await anyio.to_thread.run_sync(job.close)
     try:
-        first = await anyio.to_thread.run_sync(next, job.events, None)
+        first = await _first_while_connected(job, request)
+    except Cancelled:
+        await anyio.to_thread.run_sync(job.close)
+        return Response(status_code=499)
     except EngineError as exc:
         await anyio.to_thread.run_sync(job.close)
         return _error_body(exc, media_type="application/json")
@@ -190,26 +202,45 @@ async def _respond(job: Job, request: Request) -> Response:
     return EventStream(first, job)
 
 
-async def _combine_while_connected(job: Job, request: Request) -> dict[str, Any]:
-    """`job.combine()` in a worker thread; a client disconnect cancels the job meanwhile."""
-    final: dict[str, Any] = {}
+T = TypeVar("T")
+
+
+async def _while_connected(
+    request: Request, work: Callable[[], Awaitable[T]], cancel: threading.Event
+) -> T:
+    """`await work()`, setting `cancel` if the client disconnects meanwhile."""
+    result: list[T] = []
     failure: Exception | None = None
     async with anyio.create_task_group() as tg:
 
         async def watch() -> None:
             while (await request.receive())["type"] != "http.disconnect":
                 continue
-            job.cancelled.set()
+            cancel.set()
 
         tg.start_soon(watch)
         try:
-            final = await anyio.to_thread.run_sync(job.combine)
+            result.append(await work())
         except Exception as exc:  # raised below, so it reaches the error map unwrapped
             failure = exc
         tg.cancel_scope.cancel()
     if failure is not None:
         raise failure
-    return final
+    return result[0]
+
+
+async def _combine_while_connected(job: Job, request: Request) -> dict[str, Any]:
+    """`job.combine()` in a worker thread; a client disconnect cancels the job meanwhile."""
+    return await _while_connected(
+        request, lambda: anyio.to_thread.run_sync(job.combine), job.cancelled
+    )
+
+
+async def _first_while_connected(job: Job, request: Request) -> dict[str, Any] | None:
+    """The job's first event (the prompt is processed for it), cancelled on a disconnect."""
+    return await _while_connected(
+        request, lambda: anyio.to_thread.run_sync(next, job.events, None), job.cancelled
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -239,7 +270,15 @@ class Endpoints:
 
     async def embed(self, request: Request) -> Response:
         arrived = time.monotonic_ns()
-        return JSONBody(await self._embed(await read_body(request), arrived))
+        body = await read_body(request)
+        cancel = threading.Event()
+        try:
+            answer = await _while_connected(
+                request, lambda: self._embed(body, arrived, cancel.is_set), cancel
+            )
+        except Cancelled:
+            return Response(status_code=499)
+        return JSONBody(answer)
 
     # The native paths, shared by /api and the /v1 translations. A load or unload request
     # (no prompt) is answered with its one event instead of a job.
@@ -279,19 +318,30 @@ class Endpoints:
             return chat_event(req.model, "", done=True, done_reason="load")
         return job
 
-    async def _embed(self, body: bytes, arrived: int) -> dict[str, Any]:
+    async def _embed(
+        self, body: bytes, arrived: int, cancelled: Callable[[], bool] | None = None
+    ) -> dict[str, Any]:
         req = await parse_bytes(body, EmbedRequest.from_body)
         if not req.model.strip():
             raise ModelNotFound("", "model '' not found")
         record = self._resolve(req.model, pull_hint=True)
-        return await embeddings.embed(record, req, self.scheduler, arrived)
+        return await embeddings.embed(record, req, self.scheduler, arrived, cancelled)
 
     async def embeddings(self, request: Request) -> Response:
         req = await parse_body(request, EmbeddingsRequest.from_body)
         if not req.model.strip():
             raise InvalidRequest("model is required")
         record = self._resolve(req.model, pull_hint=True)
-        return JSONBody(await embeddings.embeddings(record, req, self.scheduler))
+        cancel = threading.Event()
+        try:
+            answer = await _while_connected(
+                request,
+                lambda: embeddings.embeddings(record, req, self.scheduler, cancel.is_set),
+                cancel,
+            )
+        except Cancelled:
+            return Response(status_code=499)
+        return JSONBody(answer)
 
     async def ps(self, request: Request) -> Response:
         now = time.time()
@@ -347,7 +397,15 @@ class Endpoints:
     async def v1_embeddings(self, request: Request) -> Response:
         arrived = time.monotonic_ns()
         tr = openai.Embeddings(await read_body(request))
-        return JSONBody(tr.answer(await self._embed(dumps(tr.native).encode(), arrived)))
+        native = dumps(tr.native).encode()
+        cancel = threading.Event()
+        try:
+            answer = await _while_connected(
+                request, lambda: self._embed(native, arrived, cancel.is_set), cancel
+            )
+        except Cancelled:
+            return Response(status_code=499)
+        return JSONBody(tr.answer(answer))
 
     async def v1_models(self, request: Request) -> Response:
         return JSONBody(openai.model_list(await anyio.to_thread.run_sync(self.store.list_models)))
@@ -375,7 +433,10 @@ class Endpoints:
             finally:
                 await anyio.to_thread.run_sync(job.close)
         try:
-            first = await anyio.to_thread.run_sync(next, job.events, None)
+            first = await _first_while_connected(job, request)
+        except Cancelled:
+            await anyio.to_thread.run_sync(job.close)
+            return Response(status_code=499)
         except BaseException:
             await anyio.to_thread.run_sync(job.close)
             raise

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 import anyio
@@ -24,14 +25,19 @@ log = logging.getLogger(__name__)
 
 
 async def embed(
-    record: ModelRecord, req: EmbedRequest, scheduler: Scheduler, arrived: int
+    record: ModelRecord,
+    req: EmbedRequest,
+    scheduler: Scheduler,
+    arrived: int,
+    cancelled: Callable[[], bool] | None = None,
 ) -> dict[str, Any]:
+    """/api/embed (spec §10.1); `cancelled` (the client left) stops it between layers."""
     opts = request_options(record, req.options)
     runner, load_ns = await acquire_runner(scheduler, record, opts, req.keep_alive, arrived)
     try:
         if not req.input:
             return {"model": req.model, "embeddings": []}
-        vectors, count = await anyio.to_thread.run_sync(_embed_all, runner, req, opts)
+        vectors, count = await anyio.to_thread.run_sync(_embed_all, runner, req, opts, cancelled)
     finally:
         scheduler.release(runner)
     body: dict[str, Any] = {"model": req.model, "embeddings": vectors}
@@ -44,7 +50,9 @@ async def embed(
     return body
 
 
-def _embed_all(runner: Runner, req: EmbedRequest, opts: Options) -> tuple[list[list[float]], int]:
+def _embed_all(
+    runner: Runner, req: EmbedRequest, opts: Options, cancelled: Callable[[], bool] | None
+) -> tuple[list[list[float]], int]:
     """Spec §10.1 step 7 for every input, in order; returns the vectors and the token total.
 
     An encoder (BertModel) embeds all inputs in one forward pass; its vectors are the same
@@ -66,11 +74,10 @@ def _embed_all(runner: Runner, req: EmbedRequest, opts: Options) -> tuple[list[l
         if not ids:
             raise InvalidRequest(f"input {len(batch)} has no tokens to embed")
         batch.append(ids)
-    with runner.lock:
-        if isinstance(model, BertModel):
-            hidden = model.embed_many(batch)  # (T_i, D) each
-        else:
-            hidden = [model.embed(ids) for ids in batch]
+    if isinstance(model, BertModel):
+        hidden = model.embed_many(batch, cancelled=cancelled)  # (T_i, D) each
+    else:
+        hidden = [model.embed(ids, cancelled=cancelled) for ids in batch]
     vectors = []
     for h in hidden:
         vector = normalize(pool(h, pooling))
@@ -100,21 +107,27 @@ def normalize(v: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
 
 
 async def embeddings(
-    record: ModelRecord, req: EmbeddingsRequest, scheduler: Scheduler
+    record: ModelRecord,
+    req: EmbeddingsRequest,
+    scheduler: Scheduler,
+    cancelled: Callable[[], bool] | None = None,
 ) -> dict[str, Any]:
-    """Legacy /api/embeddings: one raw pooled vector as float64, no normalisation (§10.2)."""
+    """Legacy /api/embeddings: one raw pooled vector as float64, no normalisation (§10.2);
+    `cancelled` (the client left) stops it between layers."""
     opts = request_options(record, req.options)
     runner, _ = await acquire_runner(scheduler, record, opts, req.keep_alive)
     try:
         if not req.prompt:
             return {"embedding": []}
-        vector = await anyio.to_thread.run_sync(_embed_one, runner, req.prompt, opts)
+        vector = await anyio.to_thread.run_sync(_embed_one, runner, req.prompt, opts, cancelled)
     finally:
         scheduler.release(runner)
     return {"embedding": vector.astype(np.float64).tolist()}
 
 
-def _embed_one(runner: Runner, text: str, opts: Options) -> npt.NDArray[np.float32]:
+def _embed_one(
+    runner: Runner, text: str, opts: Options, cancelled: Callable[[], bool] | None
+) -> npt.NDArray[np.float32]:
     """The pooled vector of the prompt's first num_ctx tokens: Ollama's runner truncates a
     longer input to the context, and embedding all of it would hold the model for minutes."""
     tok = runner.model.tokenizer
@@ -122,8 +135,7 @@ def _embed_one(runner: Runner, text: str, opts: Options) -> npt.NDArray[np.float
     ids = tok.encode(text, add_special=True, parse_special=False)[:ctx]
     if not ids:
         raise InvalidRequest("prompt has no tokens to embed")
-    with runner.lock:
-        hidden = runner.model.embed(ids)  # (T, D)
+    hidden = runner.model.embed(ids, cancelled=cancelled)  # (T, D)
     return pool(hidden, gguf_facts(runner.record.gguf_path).pooling_type)
 
 

@@ -17,19 +17,16 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from engine.chat.tools import ChatOutputParser, Delta, ToolCall
-from engine.errors import EngineError
+from engine.errors import Cancelled, EngineError
 from engine.generate import Step, generate
 from engine.grammar.constraint import GrammarConstraint, trie_for
 from engine.sampling.chain import SampleTrace, dist_interval
 from engine.sampling.options import Options
+from server.batcher import BatchedModel
 from server.events import Metrics, chat_event, generate_event, logprob_entry
 from server.scheduler import Runner, Scheduler
 
 log = logging.getLogger(__name__)
-
-
-class Cancelled(Exception):
-    """The client disconnected; generation stopped before its next step."""
 
 
 REPEAT_LIMIT = 30  # Ollama's llm/llama_server.go: abort after more than 30 repeats of a chunk
@@ -119,14 +116,15 @@ class Job:
             self.release()
 
     def _steps(self, ids: list[int], grammar: str | None) -> Iterator[Step]:
-        """engine.generate on a slot of this runner, one step per call under the runner lock."""
+        """engine.generate on a slot of this runner, its evaluations batched with the other
+        sequences of the model; raises Cancelled once the client has gone."""
         model = self.runner.model
         constraint = None
         if grammar is not None:
             constraint = GrammarConstraint(grammar, trie_for(model.tokenizer))
         slot = self.runner.take_slot(ids)
         steps = generate(
-            model,
+            BatchedModel(model, self.runner.batcher),
             ids,
             self.opts,
             constraint=constraint,
@@ -138,16 +136,17 @@ class Job:
             trace=self.trace,
             load_duration=self.load_ns,
             t_start=self.arrived_ns,
+            cancelled=self.cancelled.is_set,
         )
         try:
-            while True:
-                if self.cancelled.is_set():
-                    raise Cancelled()
-                with self.runner.lock:
+            with self.runner.batcher.sequence():
+                while True:
+                    if self.cancelled.is_set():
+                        raise Cancelled("the client disconnected")
                     step = next(steps, None)
-                if step is None:
-                    return
-                yield step
+                    if step is None:
+                        return
+                    yield step
         finally:
             steps.close()
             self.runner.give_slot(slot)
@@ -197,7 +196,7 @@ class Job:
                     yield event
                     emitted = True
         except EngineError as e:
-            if not emitted or not self.stream:
+            if isinstance(e, Cancelled) or not emitted or not self.stream:
                 raise
             log.warning("generation failed after streaming began: %s", e)
             yield {"error": str(e)}

@@ -1,34 +1,48 @@
-"""Loaded models: load once, keep for `keep_alive`, unload, and share safely between requests.
+"""Loaded models: load once, keep for `keep_alive`, unload, share between requests, batch them.
 
-Ollama semantics (spec/ollama-api.md §3.2, §11.9): a model stays loaded for its session duration
-(the request's `keep_alive`, else OLLAMA_KEEP_ALIVE, default 5m); a request without `keep_alive`
-leaves the duration unchanged; the idle timer starts when the last in-flight request finishes;
-duration 0 unloads as soon as the model is idle; a different `num_ctx` reloads it.
+Ollama semantics (spec/ollama-api.md §1.1, §3.2, §11.9; Ollama's server/sched.go): a model stays
+loaded for its session duration (the request's `keep_alive`, else OLLAMA_KEEP_ALIVE, default 5m);
+a request without `keep_alive` leaves the duration unchanged; the idle timer starts when the last
+in-flight request finishes; duration 0 unloads as soon as the model is idle; a different
+`num_ctx` reloads it.
 
-Concurrency: every request gets its own KV cache (taken from the runner's pool of free caches,
-so a finished sequence's cache is reused, with its prefix, by the next request), and each engine
-call runs under the runner's `lock`. Requests therefore interleave token by token, while each
-sequence only ever sees its own cache and its own RNG: its output is the same bytes whatever
-else runs.
+Limits, as Ollama's scheduler applies them: at most OLLAMA_NUM_PARALLEL requests (default 1) run
+on one model at a time, later ones wait; at most OLLAMA_MAX_QUEUE requests (default 512) wait,
+past that the answer is 503; at most OLLAMA_MAX_LOADED_MODELS models stay loaded (0: 3, Ollama's
+CPU default). Loading one more model, or one that does not fit the memory budget next to the
+loaded ones, unloads idle models first, the shortest session duration first (then by name); when
+the count is full and none is idle it waits for one, and when the memory cannot be found it
+answers ModelTooLarge.
+
+Every running request has its own slot (a KV cache kept with its tokens for prefix reuse, at most
+NUM_PARALLEL per model, released on unload) and the model's `Batcher` runs all their evaluations
+together (server/batcher.py), so each sequence gets the same bytes whatever else runs.
 """
 
 from __future__ import annotations
 
+import asyncio
+import gc
 import logging
 import os
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any
 
 import anyio
+import numpy as np
 
+from engine.errors import EngineError, ModelTooLarge
 from engine.generate import Slot
 from engine.gguf.reader import GGUFFile
+from engine.models.config import ModelConfig
+from engine.models.decoder import DEFAULT_MEMORY_FRACTION, available_memory, memory_needed
 from engine.models.multimodal import VisionLanguageModel
 from engine.models.vision import load_projector
+from server.batcher import Batcher
 from server.errors import ServerError
 from server.schemas import FOREVER, parse_keep_alive
 from server.store import ModelRecord
@@ -37,6 +51,8 @@ log = logging.getLogger(__name__)
 
 DEFAULT_KEEP_ALIVE = 300.0  # seconds, Ollama's 5m
 DEFAULT_MAX_QUEUE = 512
+DEFAULT_NUM_PARALLEL = 1
+DEFAULT_MAX_LOADED_MODELS = 3  # Ollama's defaultModelsPerGPU, used when there is no GPU
 
 
 class ServerBusy(ServerError):
@@ -58,25 +74,27 @@ def _with_projector(model: Any, record: ModelRecord) -> Any:
 
 @dataclass(eq=False)
 class Runner:
-    """One loaded model instance."""
+    """One loaded model instance: the engine model, its slots, its batcher, its session."""
 
     record: ModelRecord
-    model: Any  # engine Model: tokenize/detokenize/new_cache/eval/embed
+    model: Any  # engine Model: tokenize/detokenize/new_cache/eval_many/embed
     num_ctx: int
     keep_alive: float  # session duration, seconds; FOREVER never unloads
-    lock: threading.Lock = field(default_factory=threading.Lock)
     in_flight: int = 0
     expires_at: float = 0.0  # wall clock; meaningful when idle
     retired: bool = False  # replaced (num_ctx changed) or asked to unload: drop when idle
     free_slots: list[Slot] = field(default_factory=list)
-    # Guards free_slots only, so /api/ps never waits for an engine step (which holds `lock`).
+    busy_slots: list[Slot] = field(default_factory=list)
+    # Guards the slot lists only, so /api/ps never waits for an engine step.
     slots_lock: threading.Lock = field(default_factory=threading.Lock)
-    # Read once at load: the GGUF may be deleted while the model stays loaded (its weights
-    # are in memory), and /api/ps must still answer.
+    # Measured once at load: the GGUF may be deleted while the model stays loaded, and /api/ps
+    # must still answer.
     weight_bytes: int = 0
+    batcher: Batcher = field(init=False)
 
     def __post_init__(self) -> None:
-        self.weight_bytes = _float32_weight_bytes(self.record.gguf_path)
+        self.weight_bytes = array_bytes(self.model)
+        self.batcher = Batcher(self.model)
 
     @property
     def key(self) -> str:
@@ -87,28 +105,35 @@ class Runner:
         slot choice), or a new one."""
         with self.slots_lock:
             if self.free_slots:
-                best = max(self.free_slots, key=lambda s: _common_prefix(s.tokens, prompt))
-                self.free_slots.remove(best)
-                return best
-        return Slot.new(self.model, self.num_ctx)
+                slot = max(self.free_slots, key=lambda s: _common_prefix(s.tokens, prompt))
+                self.free_slots.remove(slot)
+            else:
+                slot = Slot.new(self.model, self.num_ctx)
+            self.busy_slots.append(slot)
+            return slot
 
     def give_slot(self, slot: Slot) -> None:
         with self.slots_lock:
+            self.busy_slots.remove(slot)
             self.free_slots.append(slot)
 
     def size(self) -> int:
-        """Bytes held: the weights as float32 (the engine dequantizes at load) plus the KV
-        caches of the free slots and of the requests in flight (each has one)."""
+        """Bytes held: the weight arrays plus every slot's KV cache as allocated now."""
         with self.slots_lock:
-            caches = [s.cache.k.nbytes + s.cache.v.nbytes for s in self.free_slots]
-        per_cache = max(caches, default=0)
-        return self.weight_bytes + sum(caches) + self.in_flight * per_cache
+            slots = self.free_slots + self.busy_slots
+        return self.weight_bytes + sum(s.cache.nbytes for s in slots)
 
     def ps_expiry(self, now: float) -> float:
         """`expires_at` for /api/ps: while busy, now + duration (spec §3.2)."""
         if self.in_flight:
             return now + self.keep_alive
         return self.expires_at
+
+    def close(self) -> None:
+        """Unloaded: stop the batcher and let the caches go."""
+        self.batcher.close()
+        with self.slots_lock:
+            self.free_slots.clear()
 
 
 class Scheduler:
@@ -119,56 +144,124 @@ class Scheduler:
         load: Callable[[Path], Any],
         default_keep_alive: float = DEFAULT_KEEP_ALIVE,
         max_queue: int = DEFAULT_MAX_QUEUE,
+        num_parallel: int = DEFAULT_NUM_PARALLEL,
+        max_loaded_models: int = DEFAULT_MAX_LOADED_MODELS,
+        memory_budget: int | None = None,
     ) -> None:
+        """`memory_budget`: bytes all loaded models may hold together; None: what the machine
+        has available (DEFAULT_MEMORY_FRACTION of MemAvailable) when a model loads."""
+        if num_parallel < 1:
+            raise ValueError(f"num_parallel must be >= 1, got {num_parallel}")
         self._load = load
         self.default_keep_alive = default_keep_alive
         self.max_queue = max_queue
+        self.num_parallel = num_parallel
+        self.max_loaded_models = max_loaded_models
+        self.memory_budget = memory_budget
         self._runners: dict[str, Runner] = {}
         self._state = threading.Lock()
         self._load_lock = anyio.Lock()
-        self._pending = 0
+        self._waiting = 0
+        # Waiters sleep on `_changed`; release() (often in a worker thread) replaces and sets it
+        # on the event loop, so a waiter that saw no room before awaiting cannot miss the wake.
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._changed = asyncio.Event()
 
     @classmethod
     def from_env(cls, load: Callable[[Path], Any]) -> Scheduler:
         keep = parse_keep_alive(_env_keep_alive(os.environ.get("OLLAMA_KEEP_ALIVE", "")))
-        max_queue = int(os.environ.get("OLLAMA_MAX_QUEUE") or DEFAULT_MAX_QUEUE)
-        return cls(load, DEFAULT_KEEP_ALIVE if keep is None else keep, max_queue)
+        return cls(
+            load,
+            DEFAULT_KEEP_ALIVE if keep is None else keep,
+            max_queue=_env_int("OLLAMA_MAX_QUEUE", DEFAULT_MAX_QUEUE),
+            num_parallel=_env_int("OLLAMA_NUM_PARALLEL", DEFAULT_NUM_PARALLEL) or 1,
+            max_loaded_models=_env_int("OLLAMA_MAX_LOADED_MODELS", 0) or DEFAULT_MAX_LOADED_MODELS,
+        )
 
     async def acquire(self, record: ModelRecord, num_ctx: int, keep_alive: float | None) -> Runner:
-        """The loaded runner for `record` with one more request in flight; loads if needed."""
+        """The loaded runner for `record` with one more request in flight; loads if needed and
+        waits while NUM_PARALLEL requests already run on it. ServerBusy past MAX_QUEUE."""
+        self._loop = asyncio.get_running_loop()
         with self._state:
-            if self._pending >= self.max_queue:
+            if self._waiting >= self.max_queue:
                 raise ServerBusy()
-            self._pending += 1
+            self._waiting += 1
         try:
-            async with self._load_lock:
-                model = self._shared_model(record.gguf_path)  # before _ready may drop it
-                runner = self._ready(record, num_ctx)
-                if runner is None:
-                    if model is None:
-                        model = await anyio.to_thread.run_sync(self._load, record.gguf_path)
-                    model = await anyio.to_thread.run_sync(_with_projector, model, record)
-                    runner = Runner(record, model, num_ctx, self.default_keep_alive)
-                    with self._state:
-                        old = self._runners.get(runner.key)
-                        if old is not None:
-                            old.retired = True
-                        self._runners[runner.key] = runner
+            while True:
+                changed = self._changed
                 with self._state:
-                    if keep_alive is not None:
-                        runner.keep_alive = keep_alive
-                    runner.in_flight += 1
-                    return runner
+                    runner = self._ready(record, num_ctx)
+                    if runner is not None and runner.in_flight < self.num_parallel:
+                        if keep_alive is not None:
+                            runner.keep_alive = keep_alive
+                        runner.in_flight += 1
+                        return runner
+                if runner is None:
+                    async with self._load_lock:
+                        with self._state:
+                            loaded = self._ready(record, num_ctx) is not None
+                        if not loaded:
+                            await self._load_runner(record, num_ctx)
+                    continue
+                await changed.wait()
         finally:
             with self._state:
-                self._pending -= 1
+                self._waiting -= 1
+
+    async def _load_runner(self, record: ModelRecord, num_ctx: int) -> None:
+        model = self._shared_model(record.gguf_path)
+        needed = 0 if model is not None else _estimate(record.gguf_path, num_ctx)
+        await self._make_room(record.parsed.full.lower(), needed)
+        if model is None:
+            model = await anyio.to_thread.run_sync(self._load, record.gguf_path)
+        model = await anyio.to_thread.run_sync(_with_projector, model, record)
+        runner = Runner(record, model, num_ctx, self.default_keep_alive)
+        with self._state:
+            old = self._runners.get(runner.key)
+            if old is not None:
+                old.retired = True
+                if not old.in_flight:
+                    old.close()
+            self._runners[runner.key] = runner
+
+    async def _make_room(self, key: str, needed: int) -> None:
+        """Unload idle models until one more model (`needed` bytes) fits next to the others:
+        Ollama's order (shortest session duration, then name). With MAX_LOADED_MODELS reached
+        and none idle, wait for one to become idle; ModelTooLarge when memory cannot be found."""
+        while True:
+            changed = self._changed
+            with self._state:
+                others = [r for r in self._runners.values() if r.key != key]
+                full = len(others) >= self.max_loaded_models
+                fits = self._fits(needed, others)
+                if not full and fits:
+                    return
+                idle = [r for r in others if not r.in_flight]
+                if idle:
+                    victim = min(idle, key=lambda r: (r.keep_alive, r.record.name))
+                    log.info("unloading %s to make room", victim.record.name)
+                    self._drop(victim)
+                elif not fits:
+                    raise ModelTooLarge(needed, self._budget(others))
+            if idle:
+                gc.collect()  # the unloaded weights are returned before memory is measured
+            else:
+                await changed.wait()
+
+    def _budget(self, others: list[Runner]) -> int:
+        if self.memory_budget is not None:
+            return self.memory_budget - sum(r.size() for r in others)
+        return int(available_memory() * DEFAULT_MEMORY_FRACTION)
+
+    def _fits(self, needed: int, others: list[Runner]) -> bool:
+        return needed <= self._budget(others)
 
     def _shared_model(self, path: Path) -> Any:
         """A loaded engine model for the same GGUF blob, if a runner holds one.
 
         Runners built from one GGUF (the same weights under several templates, or the same
         model reloaded for another num_ctx) share the read-only weights; each runner still has
-        its own slots, lock and keep_alive. So a "reload" costs no second weight load.
+        its own slots, batcher and keep_alive. So a "reload" costs no second weight load.
         """
         with self._state:
             for runner in self._runners.values():
@@ -177,27 +270,27 @@ class Scheduler:
         return None
 
     def _ready(self, record: ModelRecord, num_ctx: int) -> Runner | None:
-        with self._state:
-            runner = self._runners.get(record.parsed.full.lower())
-            if runner is None or runner.retired:
-                return None
-            if runner.num_ctx != num_ctx or runner.record.digest != record.digest:
-                # Runner options or the model itself changed: reload (spec §2.4 "Reloads").
-                runner.retired = True
-                if not runner.in_flight:
-                    del self._runners[runner.key]
-                return None
-            return runner
+        """The loaded runner for `record` (call with `_state` held); None when it must load."""
+        runner = self._runners.get(record.parsed.full.lower())
+        if runner is None or runner.retired:
+            return None
+        if runner.num_ctx != num_ctx or runner.record.digest != record.digest:
+            # Runner options or the model itself changed: reload (spec §2.4 "Reloads").
+            runner.retired = True
+            if not runner.in_flight:
+                self._drop(runner)
+            return None
+        return runner
 
     def release(self, runner: Runner) -> None:
         """One request on `runner` finished; start its idle timer or unload it."""
         with self._state:
             runner.in_flight -= 1
-            if runner.in_flight:
-                return
-            runner.expires_at = time.time() + runner.keep_alive
-            if runner.retired or runner.keep_alive <= 0:
-                self._drop(runner)
+            if not runner.in_flight:
+                runner.expires_at = time.time() + runner.keep_alive
+                if runner.retired or runner.keep_alive <= 0:
+                    self._drop(runner)
+        self._notify()
 
     def unload(self, record: ModelRecord) -> None:
         """Unload now, or as soon as in-flight requests finish (spec §3.3)."""
@@ -212,12 +305,15 @@ class Scheduler:
             runner.keep_alive = 0.0
             if not runner.in_flight:
                 self._drop(runner)
-            return True
+        self._notify()
+        return True
 
     def _drop(self, runner: Runner) -> None:
+        """Forget `runner` and free its caches (call with `_state` held, runner idle)."""
         if self._runners.get(runner.key) is runner:
             del self._runners[runner.key]
             log.info("unloaded %s", runner.record.name)
+        runner.close()
 
     def purge_expired(self) -> None:
         now = time.time()
@@ -238,9 +334,59 @@ class Scheduler:
             runners = list(self._runners.values())
         return sorted(runners, key=lambda r: r.ps_expiry(now), reverse=True)
 
+    def _notify(self) -> None:
+        """Wake the requests waiting for a slot or for room (from any thread)."""
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return
+        try:
+            loop.call_soon_threadsafe(self._wake)
+        except RuntimeError:  # the loop closed in between: nobody is waiting
+            pass
 
-def _float32_weight_bytes(path: Path) -> int:
-    return 4 * sum(t.n_elements for t in GGUFFile(path).tensors.values())
+    def _wake(self) -> None:
+        old, self._changed = self._changed, asyncio.Event()
+        old.set()
+
+
+def _estimate(path: Path, num_ctx: int) -> int:
+    """Bytes a model needs to load (engine's memory_needed); 0 when the GGUF cannot say, and
+    the load itself then reports the problem."""
+    try:
+        gguf = GGUFFile(path)
+        return memory_needed(gguf, ModelConfig.from_gguf(gguf.metadata), num_ctx)
+    except (EngineError, ValueError, KeyError):
+        return 0
+
+
+def array_bytes(obj: Any) -> int:
+    """Bytes of the NumPy arrays `obj` holds (through attributes, dataclasses and
+    containers), each buffer counted once; memory-mapped file data is not counted."""
+    seen: set[int] = set()
+    total = 0
+    stack = [obj]
+    visited: set[int] = set()
+    while stack:
+        o = stack.pop()
+        if id(o) in visited:
+            continue
+        visited.add(id(o))
+        if isinstance(o, np.ndarray):
+            base = o
+            while isinstance(base.base, np.ndarray):
+                base = base.base
+            if not isinstance(base, np.memmap) and base.base is None and id(base) not in seen:
+                seen.add(id(base))
+                total += base.nbytes
+        elif isinstance(o, dict):
+            stack.extend(o.values())
+        elif isinstance(o, list | tuple | set | frozenset):
+            stack.extend(o)
+        elif is_dataclass(o) and not isinstance(o, type):
+            stack.extend(getattr(o, f.name) for f in fields(o))
+        elif hasattr(o, "__dict__") and not isinstance(o, type):
+            stack.extend(vars(o).values())
+    return total
 
 
 def _common_prefix(a: list[int], b: list[int]) -> int:
@@ -260,3 +406,16 @@ def _env_keep_alive(text: str) -> str | float | None:
         return float(int(text))
     except ValueError:
         return text
+
+
+def _env_int(name: str, default: int) -> int:
+    """An integer environment setting; unset or not an integer: the default (Ollama logs and
+    goes on with its default too)."""
+    text = os.environ.get(name, "").strip()
+    if not text:
+        return default
+    try:
+        return int(text)
+    except ValueError:
+        log.warning("invalid %s=%r, using %d", name, text, default)
+        return default

@@ -245,8 +245,8 @@ def test_queue_limit_answers_503(tmp_path):  # §1.7
 
 
 class FailingModel:
-    """A real model whose eval raises once the cache holds `fail_at` positions: an engine
-    failure in the middle of a generation."""
+    """A real model whose eval_many (what the server's batcher runs) raises once a cache holds
+    `fail_at` positions: an engine failure in the middle of a generation."""
 
     def __init__(self, model: Any) -> None:
         self._model = model
@@ -255,10 +255,10 @@ class FailingModel:
     def __getattr__(self, name: str) -> Any:
         return getattr(self._model, name)
 
-    def eval(self, tokens: Any, cache: Any, *args: Any, **kwargs: Any) -> Any:
-        if cache.n_past >= self.fail_at:
+    def eval_many(self, requests: Any, **kwargs: Any) -> Any:
+        if any(cache.n_past >= self.fail_at for _, cache in requests):
             raise EngineError("simulated engine failure")
-        return self._model.eval(tokens, cache, *args, **kwargs)
+        return self._model.eval_many(requests, **kwargs)
 
 
 def test_errors_before_and_after_streaming_began(tmp_path):  # G8, G9, §1.7
