@@ -450,9 +450,15 @@ def llama_vocab(smollm2_path: Path) -> Iterator[_LlamaVocab]:
     L.llama_model_free(model)
 
 
-def _compare_with_llama_cpp(llama: _LlamaVocab, grammar: str, ids: list[int]) -> bool:
+def _compare_with_llama_cpp(
+    llama: _LlamaVocab, grammar: str, ids: list[int], walk: random.Random | None = None
+) -> bool:
     """Feed `ids` to our constraint and to llama.cpp's grammar sampler, comparing the full mask
-    before every token and after the last; returns whether the grammar may end there."""
+    before every token and after the last; returns whether the grammar may end there.
+
+    With `walk`, when `ids` is empty the tokens are drawn instead: up to 24, each uniformly from
+    the non-end-of-generation tokens llama.cpp allows at that step, stopping early only when it
+    allows none."""
     L = llama.lib
     sampler = L.llama_sampler_init_grammar(llama.vocab, grammar.encode(), b"root")
     try:
@@ -464,16 +470,28 @@ def _compare_with_llama_cpp(llama: _LlamaVocab, grammar: str, ids: list[int]) ->
     data = (L.llama_token_data * llama.n_vocab)()
     view = np.ctypeslib.as_array(data)
     try:
-        for step, token in enumerate([*ids, None]):
+        eog = np.zeros(llama.n_vocab, dtype=bool)
+        eog[list(llama.tokenizer.eog_ids)] = True
+        queue = list(ids)
+        draw = walk if not ids else None
+        step = 0
+        while True:
             view["id"] = np.arange(llama.n_vocab)
             view["logit"] = 0.0
             arr = L.llama_token_data_array(data=data, size=llama.n_vocab, selected=-1, sorted=False)
             L.llama_sampler_apply(sampler, ctypes.byref(arr))
             expected = np.isfinite(view["logit"])
             np.testing.assert_array_equal(ours.mask(), expected, err_msg=f"step {step}")
-            if token is not None:
-                ours.accept(token)
-                L.llama_sampler_accept(sampler, token)
+            if draw is not None and step < 24:
+                allowed = np.flatnonzero(expected & ~eog)
+                if not len(allowed):
+                    break
+                queue.append(int(allowed[draw.randrange(len(allowed))]))
+            if step == len(queue):
+                break
+            ours.accept(queue[step])
+            L.llama_sampler_accept(sampler, queue[step])
+            step += 1
         return ours.is_complete()
     finally:
         L.llama_sampler_free(sampler)
@@ -549,7 +567,8 @@ def test_random_grammars_mask_like_llama_cpp(
     ids = llama_vocab.tokenizer.encode(sentence, add_special=False, parse_special=False)
     if llama_vocab.tokenizer.decode(ids) != sentence:  # BPE drops some control characters
         ids = []
-    _compare_with_llama_cpp(llama_vocab, grammar, ids[:24])
+    # No sentence (or one the tokenizer cannot spell): walk llama.cpp's masks instead.
+    _compare_with_llama_cpp(llama_vocab, grammar, ids[:24], walk=random.Random(seed))
 
 
 def test_compiled_grammars_are_cached_until_their_dfa_grows_too_large(

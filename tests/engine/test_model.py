@@ -373,7 +373,13 @@ def test_real_models_agree_with_llama_cpp(name: str, request: pytest.FixtureRequ
 # too. Float32 variants then agree to float rounding; the quantized llama variant has its
 # activations rounded like llama.cpp's (engine/models/numerics.py), but sums in another order.
 F32_KV = Numerics(quantize_activations=True, kv_f16=False)
-_TINY_TOLERANCE = {"gemma3": 1e-2}
+# Bounds = measured x1.5 (AMD EPYC AVX512; the engine's bits are machine-independent, the golden is
+# llama-cpp-python 0.3.36's AVX512 build). Max |logit diff| over llama.cpp's top-20, measured:
+# llama_rope_freqs 6.9e-5, llama_yarn 7.8e-5, qwen2 5.3e-5, qwen3 5.3e-5, gemma3 2.3e-3.
+_TINY_TOLERANCE = {"gemma3": 3.5e-3}
+_TINY_DEFAULT_TOLERANCE = 1.2e-4
+# Quantized llama variant, measured: top-1 100%, mean KL 2.9e-6 (worst case), greedy identical.
+_TINY_LLAMA_KL_MAX = 4.4e-6
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
@@ -386,11 +392,11 @@ def test_tiny_architectures_agree_with_llama_cpp(tiny_paths: dict[str, Path], va
         logits = m.logits(tokens)
         top1, kl, greedy = _compare(m, case)
         if variant == "llama":
-            assert top1.mean() >= 0.95 and kl.mean() <= 1e-2
+            assert top1.all() and kl.mean() <= _TINY_LLAMA_KL_MAX and greedy
             continue
         ours = np.take_along_axis(logits, np.array(case["top_ids"]), axis=1)
         diff = np.abs(ours - np.array(case["top_logits"])).max()
-        assert diff <= _TINY_TOLERANCE.get(variant, 1e-3), (variant, diff)
+        assert diff <= _TINY_TOLERANCE.get(variant, _TINY_DEFAULT_TOLERANCE), (variant, diff)
         assert top1.all() and greedy
 
 

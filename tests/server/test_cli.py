@@ -23,6 +23,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import gguf
+import httpx
 import numpy as np
 import pytest
 
@@ -81,12 +82,19 @@ def url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield base
 
 
+def _answer(url: str, prompt: str) -> str:
+    """The server's non-streamed chat answer to `prompt` (what `run` must print, plus "\\n")."""
+    body = {"model": "short", "messages": [{"role": "user", "content": prompt}], "stream": False}
+    content = httpx.post(f"{url}/api/chat", json=body, timeout=60).json()["message"]["content"]
+    assert content, "the seeded tiny model answers with text"
+    return content
+
+
 def test_run_ps_stop(url, monkeypatch, capsys):
     monkeypatch.setenv("OLLAMA_HOST", url)
     monkeypatch.setattr(sys, "stdin", io.StringIO(""))
     assert _main("run", "short", "Say", "hi.") == 0
-    answer = capsys.readouterr().out
-    assert answer.endswith("\n")
+    assert capsys.readouterr().out == _answer(url, "Say hi.") + "\n"
 
     assert _main("ps") == 0
     table = capsys.readouterr().out.splitlines()
@@ -105,7 +113,7 @@ def test_run_piped_and_interactive(url, monkeypatch, capsys):
     monkeypatch.setenv("OLLAMA_HOST", url)
     monkeypatch.setattr(sys, "stdin", io.StringIO("Say hi."))
     assert _main("run", "short") == 0
-    assert capsys.readouterr().out.endswith("\n")
+    assert capsys.readouterr().out == _answer(url, "Say hi.") + "\n"
 
     script = 'Hello!\n/?\n/set parameter num_predict 2\n"""Two\nlines"""\n/bogus\n/bye\n'
     monkeypatch.setattr(sys, "stdin", _TTY(script))
@@ -126,7 +134,7 @@ def test_flags_may_come_before_the_prompt(url, monkeypatch, capsys):
     monkeypatch.setattr(sys, "stdin", io.StringIO(""))
     assert _main("run", "short", "--keepalive", "0", "Say", "--verbose", "hi.") == 0
     out = capsys.readouterr()
-    assert out.out.endswith("\n") and "eval count:" in out.err
+    assert out.out == _answer(url, "Say hi.") + "\n" and "eval count:" in out.err
     assert _main("run", "short", "--think", "hi") == 1  # "hi" is the prompt, not a level
     assert "does not support thinking" in capsys.readouterr().err
     assert _main("run", "short", "--think=maybe", "hi") == 1

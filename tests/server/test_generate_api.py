@@ -6,6 +6,7 @@ import asyncio
 import json
 import re
 import time
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -23,6 +24,7 @@ pytestmark = pytest.mark.slow
 PROMPT = "<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n"
 GREEDY = {"temperature": 0, "num_predict": 12}
 CHATML_FULL = "registry.ollama.ai/library/smollm2:latest"
+GOLDEN = Path(__file__).resolve().parents[1] / "golden"
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +79,10 @@ def test_stream_false_concatenates_the_stream(http):  # GE7, G7
     assert whole["eval_count"] == events[-1]["eval_count"]
 
 
-def test_greedy_raw_generate_equals_the_engine(app, http):  # acceptance
+def test_greedy_raw_generate_is_llama_cpps_greedy(app, http):  # acceptance
+    # llama.cpp's greedy continuation of PROMPT: case 2 of tests/golden/forward_smollm2.json
+    # (make_forward_golden.py: batched prefill, then one-token decode, as llama-server).
+    (case,) = [c for c in _golden_cases() if c["text"] == PROMPT]
     r = http.post(
         "/api/generate",
         json={"model": "smollm2", "prompt": PROMPT, "raw": True, "stream": False,
@@ -86,15 +91,20 @@ def test_greedy_raw_generate_equals_the_engine(app, http):  # acceptance
     api = r.json()
     assert "context" not in api  # GE9
     (runner,) = app.state.scheduler.loaded()
-    model = runner.model
-    ids = model.tokenizer.encode(PROMPT, add_special=True, parse_special=True)
-    steps = list(generate(model, ids, resolve({}, GREEDY)))
-    assert api["response"] == "".join(s.text for s in steps)
-    assert api["eval_count"] == len(steps)
+    tok = runner.model.tokenizer
+    assert case["prompt"] == tok.encode(PROMPT, add_special=True, parse_special=True)
+    cont = case["continuation"][: GREEDY["num_predict"]]
+    end = next(i for i, t in enumerate(cont) if t in tok.eog_ids)  # llama.cpp stops here too
+    expected = cont[:end]
     assert [e["token"] for e in api["logprobs"]] == [
-        model.tokenizer.token_bytes(s.token).decode("utf-8", "replace") for s in steps
-    ]
-    assert api["done_reason"] == steps[-1].done_reason
+        tok.token_bytes(t).decode("utf-8", "replace") for t in cont[: end + 1]
+    ]  # the end token has its logprob entry, as in Ollama
+    assert api["response"] == b"".join(tok.token_bytes(t) for t in expected).decode()
+    assert api["done_reason"] == "stop" and api["eval_count"] == end + 1  # the end token counts
+
+
+def _golden_cases() -> list[dict]:
+    return json.loads((GOLDEN / "forward_smollm2.json").read_text())["cases"]
 
 
 def test_a_chunk_repeated_more_than_30_times_ends_the_stream(app, http):  # Ollama's guard

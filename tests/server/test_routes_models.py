@@ -23,7 +23,6 @@ from engine.gguf.reader import GGUFFile
 from server.app import create_app
 from server.cli.main import main as cli_main
 from server.manifest import MEDIA_SYSTEM
-from server.names import parse_name
 from server.store import Store
 from tests.server.conftest import ServerProcess, assert_consistent, write_tiny_gguf
 from tests.server.live import live_server
@@ -607,38 +606,42 @@ def test_kill_mid_upload(server_process: ServerProcess, smollm2_path: Path) -> N
     assert store.blob_path(digest).read_bytes() == data
 
 
-def test_kill_mid_create(tmp_path: Path, smollm2_path: Path) -> None:
-    """Kill the server at several points of a create; each time the store stays consistent."""
+def test_kill_mid_create(tmp_path: Path) -> None:
+    """SIGKILL while the create is quantizing (its progress line repeats only while the
+    quantizer runs, ~5 s here): no manifest, a consistent store, and a restarted server
+    completes the same create."""
     models = tmp_path / "models"
     store = Store(models)
-    digest, _ = store.add_blob_file(smollm2_path)
-    body = {
-        "model": "smol",
-        "files": {"smol.gguf": digest},
-        "template": "{{ .Prompt }}",
-        "system": "S",
-        "parameters": {"stop": ["<|im_end|>"]},
-    }
-    for delay in (0.0, 0.02, 0.05, 0.1, 0.2):
-        proc = ServerProcess(models)
-        thread = threading.Thread(target=_create_quietly, args=(proc.url, body), daemon=True)
-        thread.start()
-        time.sleep(delay)
-        proc.kill()
-        thread.join(10)
-        assert_consistent(store)
-        names = [r.name for r in store.list_models()]
-        assert names in ([], ["smol:latest"])
-        if names:
-            store.delete(parse_name("smol"))
-            store.add_blob_file(smollm2_path)
-
-
-def _create_quietly(url: str, body: dict[str, Any]) -> None:
+    f32 = write_tiny_gguf(tmp_path / "f32.gguf", width=2048)  # 16 MB: Q4_K_M takes seconds
+    digest, _ = store.add_blob_file(f32)
+    body = {"model": "q", "files": {"f32.gguf": digest}, "quantize": "q4_K_M"}
+    proc = ServerProcess(models)
+    quantizing = 0
     try:
-        httpx.post(f"{url}/api/create", json=body, timeout=30)
+        with httpx.stream("POST", f"{proc.url}/api/create", json=body, timeout=60) as resp:
+            for line in resp.iter_lines():
+                event = json.loads(line)
+                assert event["status"] != "success"
+                if event["status"].startswith("quantizing") and "completed" not in event:
+                    quantizing += 1
+                if quantizing == 2:  # the repeat: the quantizer thread is alive
+                    proc.kill()
+                    break
     except httpx.HTTPError:
         pass
+    finally:
+        proc.kill()
+    assert quantizing == 2
+    assert store.list_models() == []  # the kill landed before the manifest
+    assert_consistent(store)
+    restarted = ServerProcess(models)
+    try:
+        done = _lines(_create(restarted.url, body))
+    finally:
+        restarted.kill()
+    assert done[-1] == {"status": "success"}
+    assert [r.name for r in store.list_models()] == ["q:latest"]
+    assert_consistent(store)
 
 
 # ---- acceptance: a Modelfile-created SmolLM2 answers through /api/chat -------------------------
