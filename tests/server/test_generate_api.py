@@ -275,9 +275,10 @@ def test_thinking_model_fills_thinking(http):  # K8
     assert out["thinking"] and out["response"] == ""  # prefilled <think>, never closed
 
 
-def test_images_on_a_text_only_model_are_markers(http):  # §4.6 images
-    out = render(http, model="fim", prompt="What is this?", images=["aGk="])
-    assert "[img-0]What is this?" in out
+def test_images_on_a_text_only_model_are_refused(http):  # §4.6 images; issue 20
+    r = http.post("/api/generate", json={"model": "fim", "prompt": "What?", "images": ["aGk="]})
+    assert r.status_code == 400
+    assert r.json()["error"].endswith("fim:latest does not support vision")
     r = http.post("/api/generate", json={"model": "fim", "prompt": "x", "images": ["%%%"]})
     assert (r.status_code, r.json()) == (400, {"error": "illegal base64 data at input byte 0"})
 
