@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 import numpy.typing as npt
 
-from engine.models.blockmatmul import quanta, rounded_matmul
+from engine.models.blockmatmul import rounded_matmul
 from engine.models.kvcache import KEY_BLOCK
 from engine.models.numerics import exp_f32, round_f16
 
@@ -23,7 +23,6 @@ F32 = np.float32
 F64 = np.float64
 Array = npt.NDArray[np.float32]
 
-F16_GRID = 2.0**-24  # every F16 value is a multiple of it (its smallest subnormal)
 QUERY_CHUNK = 128  # at most this many query rows per score matrix
 SCORE_ELEMENTS = 1 << 21  # and at most ~this many (H, rows, S) scores: memory stays flat in S
 
@@ -51,11 +50,9 @@ def _attend(
     q64 = q.transpose(1, 0, 2, 3).reshape(Hkv, T * G, Dh).astype(F64)  # (Hkv, T*G, Dh)
     k64 = k_cache[:, lo:hi].astype(F64)  # (Hkv, S, Dh)
     v64 = v_cache[:, lo:hi].astype(F64)  # (Hkv, S, Dv)
-    qq = kq = None
-    if f16_probs:  # F16 q, k, v: exact float64 sums are recognised (blockmatmul._drop_exact)
-        qq, kq = quanta(q64, -1), quanta(k64, -1)
     kt = k64.transpose(0, 2, 1)
-    scores = rounded_matmul(q64, kt, _norm(q64, -1), _norm(k64, -1), qq, kq)
+    # F16 q, k, v, p: exact float64 sums are recognised (blockmatmul._drop_exact)
+    scores = rounded_matmul(q64, kt, _norm(q64, -1), _norm(k64, -1), exact_ties=f16_probs)
     scores = scores.reshape(Hkv, T, G, hi - lo) * F32(scale)  # (Hkv, T, G, S)
     q_pos = np.arange(pos0, pos0 + T)[:, None]  # (T, 1)
     k_pos = np.arange(lo, hi)[None, :]  # (1, S)
@@ -78,8 +75,7 @@ def _attend(
         p = round_f16(p)
     p64 = p.reshape(Hkv, T * G, hi - lo).astype(F64)
     # |p.v| <= sum(p) * max|v|: a tighter bound than the norms, since p >= 0 sums to ~1
-    pq, vq = (F16_GRID, quanta(v64, 1)) if f16_probs else (None, None)
-    out = rounded_matmul(p64, v64, p64.sum(axis=-1), np.abs(v64).max(axis=1), pq, vq)
+    out = rounded_matmul(p64, v64, p64.sum(axis=-1), np.abs(v64).max(axis=1), f16_probs)
     return out.reshape(Hkv, T, G, Dv).transpose(1, 0, 2, 3)
 
 

@@ -290,20 +290,14 @@ def quant_matmul(x: Array, w: QuantMatrix) -> Array:
 
 
 def rounded_matmul(
-    a: Array64,
-    b: Array64,
-    a_norm: Array64,
-    b_norm: Array64,
-    a_quantum: Array64 | float | None = None,
-    b_quantum: Array64 | float | None = None,
+    a: Array64, b: Array64, a_norm: Array64, b_norm: Array64, exact_ties: bool = False
 ) -> Array:
     """float32 of the exactly rounded float64 (..., M, K) @ (..., K, N), for float32 inputs.
 
     a_norm (..., M) and b_norm (..., N) bound a's rows and b's columns so that their product
-    bounds the sum of |a_ik * b_kj| (Euclidean norms do, by Cauchy-Schwarz). a_quantum and
-    b_quantum, when given, are powers of two dividing every element of a's row / b's column
-    (`quanta`; 2**-24 for any F16 value): see the module docstring for why the result does not
-    depend on BLAS, and `_exact` for what the quanta add.
+    bounds the sum of |a_ik * b_kj| (Euclidean norms do, by Cauchy-Schwarz). See the module
+    docstring for why the result does not depend on BLAS. `exact_ties`: look for sums BLAS
+    computed exactly before re-summing (`_drop_exact`; worth it for F16 data).
     """
     r = np.matmul(a, b)
     K = a.shape[-1]
@@ -311,8 +305,8 @@ def rounded_matmul(
     bound += np.abs(r) * 2.0**-50  # the interval must contain r's float64 neighbours
     unsure = ((r - bound).astype(F32) != (r + bound).astype(F32)) & np.isfinite(r)
     result = r.astype(F32)
-    if unsure.any() and a_quantum is not None and b_quantum is not None:
-        _drop_exact(unsure, a_norm, b_norm, a_quantum, b_quantum)
+    if exact_ties and unsure.any():
+        _drop_exact(a, b, a_norm, b_norm, unsure)
     if unsure.any():
         _settle(a, b, unsure, result)
     return result
@@ -327,26 +321,29 @@ def quanta(x: Array64, axis: int) -> Array64:
     return q.min(axis=axis)
 
 
+def _quanta_of(x: Array64, index: tuple[npt.NDArray[np.intp], ...]) -> Array64:
+    """quanta of the (..., K) vectors x[index], computing each distinct vector's once."""
+    flat = x.reshape(-1, x.shape[-1])
+    u, inverse = np.unique(np.ravel_multi_index(index, x.shape[:-1]), return_inverse=True)
+    return quanta(flat[u], -1)[inverse]
+
+
 def _drop_exact(
-    unsure: npt.NDArray[np.bool_],
-    a_norm: Array64,
-    b_norm: Array64,
-    a_quantum: Array64 | float,
-    b_quantum: Array64 | float,
+    a: Array64, b: Array64, a_norm: Array64, b_norm: Array64, unsure: npt.NDArray[np.bool_]
 ) -> None:
     """Clear `unsure` where BLAS's float64 sum was exact, so r's float32 rounding is the answer.
 
-    Every product a_ik * b_kj is a multiple of Q = a_quantum_i * b_quantum_j, and so is every
-    partial sum, in whatever order BLAS adds them (FMA included). Each partial sum is at most
-    the sum of |a_ik * b_kj| <= a_norm_i * b_norm_j, so when that is below 2**53 * Q every partial
-    sum is an integer multiple of Q below 2**53 of them: representable, hence exact. With F16
-    inputs (as attention's q, k, v and F16 probabilities are) this settles the exact ties that
-    the interval test above cannot.
+    Let Q = qa_i * qb_j, the quanta of a's row and b's column. Every product a_ik * b_kj is a
+    multiple of Q, and so is every partial sum, in whatever order BLAS adds them (FMA
+    included). Each partial sum is at most the sum of |a_ik * b_kj| <= a_norm_i * b_norm_j, so
+    when that is below 2**53 * Q every partial sum is an integer multiple of Q below 2**53 of
+    them: representable, hence exact. With F16 inputs (attention's q, k, v and probabilities
+    under llama.cpp's numerics) this settles the exact ties the interval test cannot.
     """
     idx = np.nonzero(unsure)
     rows, cols = (*idx[:-1],), (*idx[:-2], idx[-1])
-    qa = np.broadcast_to(a_quantum, a_norm.shape)[rows]
-    qb = np.broadcast_to(b_quantum, b_norm.shape)[cols]
+    qa = _quanta_of(a, rows)
+    qb = _quanta_of(np.swapaxes(b, -1, -2), cols)
     exact = a_norm[rows] * b_norm[cols] < 2.0**53 * (qa * qb)
     unsure[tuple(i[exact] for i in idx)] = False
 
