@@ -289,15 +289,12 @@ def quant_matmul(x: Array, w: QuantMatrix) -> Array:
     return out
 
 
-def rounded_matmul(
-    a: Array64, b: Array64, a_norm: Array64, b_norm: Array64, exact_ties: bool = False
-) -> Array:
+def rounded_matmul(a: Array64, b: Array64, a_norm: Array64, b_norm: Array64) -> Array:
     """float32 of the exactly rounded float64 (..., M, K) @ (..., K, N), for float32 inputs.
 
     a_norm (..., M) and b_norm (..., N) bound a's rows and b's columns so that their product
     bounds the sum of |a_ik * b_kj| (Euclidean norms do, by Cauchy-Schwarz). See the module
-    docstring for why the result does not depend on BLAS. `exact_ties`: look for sums BLAS
-    computed exactly before re-summing (`_drop_exact`; worth it for F16 data).
+    docstring for why the result does not depend on BLAS.
     """
     r = np.matmul(a, b)
     K = a.shape[-1]
@@ -305,7 +302,7 @@ def rounded_matmul(
     bound += np.abs(r) * 2.0**-50  # the interval must contain r's float64 neighbours
     unsure = ((r - bound).astype(F32) != (r + bound).astype(F32)) & np.isfinite(r)
     result = r.astype(F32)
-    if exact_ties and unsure.any():
+    if unsure.any():
         _drop_exact(a, b, a_norm, b_norm, unsure)
     if unsure.any():
         _settle(a, b, unsure, result)
@@ -337,8 +334,9 @@ def _drop_exact(
     multiple of Q, and so is every partial sum, in whatever order BLAS adds them (FMA
     included). Each partial sum is at most the sum of |a_ik * b_kj| <= a_norm_i * b_norm_j, so
     when that is below 2**53 * Q every partial sum is an integer multiple of Q below 2**53 of
-    them: representable, hence exact. With F16 inputs (attention's q, k, v and probabilities
-    under llama.cpp's numerics) this settles the exact ties the interval test cannot.
+    them: representable, hence exact. With F16 data (attention's q, k, v and probabilities, and
+    F16 weights times F16-rounded activations, under llama.cpp's numerics) this settles the
+    exact ties the interval test cannot; for wider data the test just fails.
     """
     idx = np.nonzero(unsure)
     rows, cols = (*idx[:-1],), (*idx[:-2], idx[-1])
