@@ -114,7 +114,8 @@ class Weights:
 
 
 def memory_needed(gguf: GGUFFile, config: ModelConfig, num_ctx: int) -> int:
-    """Bytes to hold the float32 weights, a `num_ctx` KV cache and the load-time scratch."""
+    """Bytes to hold the float32 weights, a `num_ctx` KV cache and the load-time scratch (the
+    cache counted at float32, an upper bound: with llama.cpp's numerics it is float16)."""
     weights = sum(t.n_elements for t in gguf.tensors.values()) * 4
     largest = max(t.n_elements for t in gguf.tensors.values()) * 4
     capacity = -(-num_ctx // KEY_BLOCK) * KEY_BLOCK

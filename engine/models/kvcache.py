@@ -1,8 +1,10 @@
 """One sequence's key/value cache: arrays that grow with the sequence, its tokens, context shift.
 
-Keys are stored after RoPE, values as computed, in float32 arrays; with `f16` (llama.cpp's
-default F16 cache, see engine/models/numerics.py) the model stores F16-rounded values, and shift()
-rounds re-rotated keys again, as llama.cpp writes them back into its F16 cache. Cache index ==
+Keys are stored after RoPE, values as computed. With `f16` (llama.cpp's default F16 cache, see
+engine/models/numerics.py) the model writes F16-rounded values and the arrays are float16, half
+the memory of float32 and the same numbers (an F16-rounded float32 converts to float16 exactly);
+shift() rounds re-rotated keys again, as llama.cpp writes them back into its F16 cache. Without
+`f16` the arrays are float32. Cache index ==
 position: position p of the sequence lives at index p of every layer. The arrays hold whole
 `KEY_BLOCK`s, because attention sums its softmax denominator in fixed-size key blocks
 (engine/models/attention.py); `reserve` grows them (doubling, up to `num_ctx` rounded up to a
@@ -43,8 +45,9 @@ class KVCache:
         self.max_capacity = _blocks(num_ctx)
         self.ropes = ropes  # per layer, used to re-rotate keys on shift()
         self.f16 = f16  # values are F16-rounded (llama.cpp's F16 cache) and stay so on shift()
-        self.k = np.zeros((n_layer, n_head_kv, KEY_BLOCK, head_dim_k), np.float32)  # (L,Hkv,S,Dh)
-        self.v = np.zeros((n_layer, n_head_kv, KEY_BLOCK, head_dim_v), np.float32)  # (L,Hkv,S,Dv)
+        dtype = np.float16 if f16 else np.float32
+        self.k = np.zeros((n_layer, n_head_kv, KEY_BLOCK, head_dim_k), dtype)  # (L, Hkv, S, Dh)
+        self.v = np.zeros((n_layer, n_head_kv, KEY_BLOCK, head_dim_v), dtype)  # (L, Hkv, S, Dv)
         self.tokens: list[int] = []  # the token at each cached position
         # Positions 0 .. n_fresh-1 have not moved since they were computed, so they hold exactly
         # what a fresh evaluation of those tokens computes (rows do not depend on how they were
@@ -105,7 +108,7 @@ class KVCache:
         delta = np.array([-n_discard], dtype=np.int64)
         for layer, rope in enumerate(self.ropes):
             cos, sin = rope.cos_sin(delta)  # (1, n_rot/2): the same delta for every moved key
-            moved = self.k[layer, :, dst : dst + n_moved]  # (Hkv, n_moved, Dh)
+            moved = self.k[layer, :, dst : dst + n_moved].astype(np.float32)  # (Hkv, n_moved, Dh)
             rotated = rope.apply(moved, cos, sin)
             if self.f16:
                 rotated = round_f16(rotated)
