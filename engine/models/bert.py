@@ -28,6 +28,7 @@ import numpy.typing as npt
 
 from engine.errors import Cancelled, GGUFError, ModelTooLarge
 from engine.gguf.reader import GGUFFile
+from engine.models.base import LoadedModel
 from engine.models.blockmatmul import matrix_from_gguf, rounded_matmul
 from engine.models.decoder import (
     DEFAULT_MEMORY_FRACTION,
@@ -290,7 +291,7 @@ def _layer(
     return layer_norm(f + x, *w.out_norm, eps)
 
 
-class BertModel:
+class BertModel(LoadedModel[BertConfig, BertWeights]):
     """A loaded encoder: config, tokenizer, float32 weights, and `embed` (no generation)."""
 
     def __init__(
@@ -301,30 +302,10 @@ class BertModel:
         weights: BertWeights | None,
         numerics: Numerics = LLAMA_CPP,
     ) -> None:
-        self.path = path
-        self.config = config
-        self.tokenizer = tokenizer
-        self.numerics = numerics
-        self._weights = weights
+        super().__init__(path, config, tokenizer, weights, numerics)
         self.rope = (
             Rope(n_rot=config.head_dim, base=config.rope_base, neox=True) if config.rotary else None
         )
-
-    @property
-    def n_vocab(self) -> int:
-        return self.config.n_vocab
-
-    @property
-    def n_ctx_train(self) -> int:
-        return self.config.n_ctx_train
-
-    def tokenize(
-        self, text: str, add_special: bool = True, parse_special: bool = True
-    ) -> list[int]:
-        return self.tokenizer.encode(text, add_special=add_special, parse_special=parse_special)
-
-    def detokenize(self, ids: list[int]) -> str:
-        return self.tokenizer.decode(ids)
 
     def embed(
         self,

@@ -48,6 +48,7 @@ import numpy.typing as npt
 from engine.errors import Cancelled, GGUFError, ModelTooLarge
 from engine.gguf.reader import GGUFFile
 from engine.models.attention import attention
+from engine.models.base import LoadedModel
 from engine.models.blockmatmul import (
     FloatMatrix,
     Matrix,
@@ -405,7 +406,7 @@ def output_logits(weights: Weights, cfg: ModelConfig, hidden: Array, numerics: N
     return logits
 
 
-class Model:
+class Model(LoadedModel[ModelConfig, Weights]):
     """A loaded model: config, tokenizer, float32 weights, and the cache-based forward API."""
 
     def __init__(
@@ -416,28 +417,8 @@ class Model:
         weights: Weights | None,
         numerics: Numerics = LLAMA_CPP,
     ) -> None:
-        self.path = path
-        self.config = config
-        self.tokenizer = tokenizer
-        self.numerics = numerics
-        self._weights = weights
+        super().__init__(path, config, tokenizer, weights, numerics)
         self.ropes = config.ropes(None if weights is None else weights.rope_factors)
-
-    @property
-    def n_vocab(self) -> int:
-        return self.config.n_vocab
-
-    @property
-    def n_ctx_train(self) -> int:
-        return self.config.n_ctx_train
-
-    def tokenize(
-        self, text: str, add_special: bool = True, parse_special: bool = True
-    ) -> list[int]:
-        return self.tokenizer.encode(text, add_special=add_special, parse_special=parse_special)
-
-    def detokenize(self, ids: list[int]) -> str:
-        return self.tokenizer.decode(ids)
 
     def new_cache(self, num_ctx: int) -> KVCache:
         cfg = self.config

@@ -4,21 +4,18 @@ translates onto; and one seeded request giving the same text through all three c
 
 from __future__ import annotations
 
-from typing import Any
-
 import anthropic
-import httpx
 import openai
 import pytest
 from starlette.applications import Starlette
 
 from server.app import create_app
+from tests.server.compat.conftest import HI, native_chat
 from tests.server.live import CHATML_TOOLS, api_store
 from tests.server.test_chat_api import WEATHER_TOOL
 
 pytestmark = pytest.mark.slow
 
-HI = [{"role": "user", "content": "Hi!"}]
 STORY = [{"role": "user", "content": "Tell me a story."}]
 GREEDY = {"temperature": 0}  # the client has no sampling arguments: sent as extra_body
 # Two worked examples in the model's history make SmolLM2 answer a weather question with a
@@ -47,12 +44,6 @@ def app(tmp_path_factory: pytest.TempPathFactory, smollm2_path) -> Starlette:
 @pytest.fixture(scope="module")
 def client(url: str) -> anthropic.Anthropic:
     return anthropic.Anthropic(base_url=url, api_key="unused", max_retries=0)
-
-
-def native_chat(http: httpx.Client, **body: Any) -> dict[str, Any]:
-    r = http.post("/api/chat", json={"model": "smollm2", "stream": False, **body})
-    assert r.status_code == 200, r.text
-    return r.json()
 
 
 def test_message_is_the_native_chat(client, http):

@@ -14,37 +14,11 @@ import numpy as np
 import openai
 import pydantic
 import pytest
-from starlette.applications import Starlette
 
-from server.app import create_app
-from tests.server.live import api_store
+from tests.server.compat.conftest import CITY_SCHEMA, HI, native_chat
 from tests.server.test_chat_api import CALL_SCHEMA, WEATHER_TOOL
 
 pytestmark = pytest.mark.slow
-
-HI = [{"role": "user", "content": "Hi!"}]
-CITY_SCHEMA = {
-    "type": "object",
-    "properties": {"city": {"type": "string"}, "population": {"type": "integer"}},
-    "required": ["city", "population"],
-    "additionalProperties": False,
-}
-
-
-@pytest.fixture(scope="module")
-def app(tmp_path_factory: pytest.TempPathFactory, smollm2_path) -> Starlette:
-    return create_app(api_store(tmp_path_factory.mktemp("v1"), smollm2_path))
-
-
-@pytest.fixture(scope="module")
-def client(url: str) -> openai.OpenAI:
-    return openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0)
-
-
-def native_chat(http: httpx.Client, **body: Any) -> dict[str, Any]:
-    r = http.post("/api/chat", json={"model": "smollm2", "stream": False, **body})
-    assert r.status_code == 200, r.text
-    return r.json()
 
 
 def sse_data(http: httpx.Client, path: str, body: dict[str, Any]) -> list[str]:

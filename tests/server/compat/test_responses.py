@@ -5,48 +5,21 @@ request it translates onto (docs/compat.md)."""
 from __future__ import annotations
 
 import json
-from typing import Any
 
-import httpx
 import jsonschema
 import openai
 import pydantic
 import pytest
-from starlette.applications import Starlette
 
-from server.app import create_app
-from tests.server.live import api_store
+from tests.server.compat.conftest import CITY_SCHEMA, HI, native_chat
 from tests.server.test_chat_api import CALL_SCHEMA, WEATHER_TOOL
 
 pytestmark = pytest.mark.slow
 
-HI = [{"role": "user", "content": "Hi!"}]
 GREEDY5 = {"temperature": 0, "num_predict": 5}
-CITY_SCHEMA = {
-    "type": "object",
-    "properties": {"city": {"type": "string"}, "population": {"type": "integer"}},
-    "required": ["city", "population"],
-    "additionalProperties": False,
-}
 # The Responses API's flat function tool (no "function" wrapper).
 WEATHER = {"type": "function", **WEATHER_TOOL["function"]}
 FORCED_CALL = {"format": {"type": "json_schema", "name": "call", "schema": CALL_SCHEMA}}
-
-
-@pytest.fixture(scope="module")
-def app(tmp_path_factory: pytest.TempPathFactory, smollm2_path) -> Starlette:
-    return create_app(api_store(tmp_path_factory.mktemp("responses"), smollm2_path))
-
-
-@pytest.fixture(scope="module")
-def client(url: str) -> openai.OpenAI:
-    return openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0)
-
-
-def native_chat(http: httpx.Client, **body: Any) -> dict[str, Any]:
-    r = http.post("/api/chat", json={"model": "smollm2", "stream": False, **body})
-    assert r.status_code == 200, r.text
-    return r.json()
 
 
 def test_a_string_input_is_the_native_chat(client, http):
