@@ -13,8 +13,8 @@ busy, OpenBLAS's thread hand-off per call dominates: compare --blas-threads 1.
 
 Measured: load time; prefill tokens/s over a --prompt-tokens random prompt (logits of the last
 position only, as llama.cpp computes them); decode tokens/s over --decode-tokens greedy one-token
-steps (as the server's decode loop); peak RSS. Each timing is
-repeated --repeat times after one warm-up; the table shows the median and the best.
+steps (as the server's decode loop); peak RSS. Each timing is repeated --repeat times after
+--warmup untimed rounds (default 1); the table shows the median and the best.
 """
 
 from __future__ import annotations
@@ -32,7 +32,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _measure(engine: str, model: str, prompt_tokens: int, decode_tokens: int, repeat: int) -> dict:
+def _measure(
+    engine: str, model: str, prompt_tokens: int, decode_tokens: int, repeat: int, warmup: int
+) -> dict:
     """Runs inside the per-engine subprocess; returns timings in seconds and peak RSS in bytes."""
     import resource
 
@@ -83,14 +85,14 @@ def _measure(engine: str, model: str, prompt_tokens: int, decode_tokens: int, re
     rng = np.random.default_rng(0)
     ids = [int(t) for t in rng.integers(100, min(n_vocab, 30000), prompt_tokens)]
     prefills, decodes = [], []
-    for i in range(repeat + 1):
+    for i in range(warmup + repeat):
         t0 = time.perf_counter()
         state, tok = prefill(ids)
         t1 = time.perf_counter()
         for _ in range(decode_tokens):
             tok = step(state, tok)
         t2 = time.perf_counter()
-        if i:  # the first round is the warm-up
+        if i >= warmup:
             prefills.append(t1 - t0)
             decodes.append(t2 - t1)
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
@@ -116,6 +118,8 @@ def _run_engine(engine: str, args: argparse.Namespace, model: str, prompt_tokens
         str(args.decode_tokens),
         "--repeat",
         str(args.repeat),
+        "--warmup",
+        str(args.warmup),
     ]
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -142,6 +146,9 @@ def main() -> None:
     )
     p.add_argument("--decode-tokens", type=int, default=128)
     p.add_argument("--repeat", type=int, default=2)
+    p.add_argument(
+        "--warmup", type=int, default=1, help="untimed rounds first (0 for long prompts)"
+    )
     p.add_argument("--threads", type=int, default=2, help="llama.cpp threads")
     p.add_argument("--blas-threads", type=int, help="refllama's OPENBLAS_NUM_THREADS")
     p.add_argument("--smoke", action="store_true", help="tiny model, 16 + 4 tokens, 1 repeat")
@@ -149,7 +156,12 @@ def main() -> None:
     args = p.parse_args()
     if args.child:
         result = _measure(
-            args.child, args.model, int(args.prompt_tokens), args.decode_tokens, args.repeat
+            args.child,
+            args.model,
+            int(args.prompt_tokens),
+            args.decode_tokens,
+            args.repeat,
+            args.warmup,
         )
         print(json.dumps(result))
         return
