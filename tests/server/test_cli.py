@@ -328,7 +328,10 @@ def test_interactive_session_on_a_terminal(url):
         term.send("/show parameters\r")
         term.expect("User defined parameters:")
         term.expect("num_predict")
-        term.send("\x04")  # Ctrl-D ends the session
+        # Ctrl-D at the next prompt ends the session. Sent earlier, while the terminal is still
+        # canonical, the line discipline would turn it into a NUL byte (no EOF).
+        term.expect(">>> ")
+        term.send("\x04")
         assert term.proc.wait(timeout=30) == 0
     finally:
         term.proc.kill()
