@@ -175,8 +175,12 @@ def main(argv: list[str] | None = None) -> None:
     n_elements -= n_elements % ROW
     gguf_version = importlib.metadata.version("gguf")
     lib = _libggml()
-    oracle = f"libggml from llama-cpp-python {importlib.metadata.version('llama_cpp_python')}"
-    print(machine_line(f"gguf-py {gguf_version}", *([oracle] if lib else [])))
+    versions = [f"gguf-py {gguf_version}"]
+    if lib is not None:  # the oracle is optional (README's install leaves it out)
+        versions.append(
+            f"libggml from llama-cpp-python {importlib.metadata.version('llama_cpp_python')}"
+        )
+    print(machine_line(*versions))
     bench_dequant(n_elements, repeat, lib)
     bench_quantize(n_elements // args.quantize_fraction, repeat, lib)
     if not (args.smoke or args.no_load):
