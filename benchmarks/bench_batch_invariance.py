@@ -56,18 +56,17 @@ def _greedy(logits: np.ndarray) -> int:
 
 def _ours(model: engine.Model, prompts: list[list[int]], steps: int, together: bool) -> Run:
     caches = [model.new_cache(len(p) + steps + 1) for p in prompts]
-    if together:
-        rows = [x[0] for x in model.eval_many(list(zip(prompts, caches, strict=True)))]
-    else:
-        rows = [model.eval(p, c, last_only=True)[0] for p, c in zip(prompts, caches, strict=True)]
-    out: Run = [[r] for r in rows]
-    for _ in range(steps):
-        nexts = [[_greedy(seq[-1])] for seq in out]
+
+    def evaluate(tokens: list[list[int]]) -> list[np.ndarray]:
+        """The last-token logits of each sequence's new `tokens`, batched or one by one."""
+        requests = list(zip(tokens, caches, strict=True))
         if together:
-            rows = [x[0] for x in model.eval_many(list(zip(nexts, caches, strict=True)))]
-        else:
-            rows = [model.eval(t, c)[0] for t, c in zip(nexts, caches, strict=True)]
-        for seq, r in zip(out, rows, strict=True):
+            return [x[0] for x in model.eval_many(requests)]
+        return [model.eval(t, c, last_only=True)[0] for t, c in requests]
+
+    out: Run = [[r] for r in evaluate(prompts)]
+    for _ in range(steps):
+        for seq, r in zip(out, evaluate([[_greedy(seq[-1])] for seq in out]), strict=True):
             seq.append(r)
     return out
 

@@ -311,6 +311,20 @@ def _zipped_model_path(model: ZippedModel) -> Path:
     return _cached(cache_dir() / "models" / model.filename, lambda d: _inflate_entry(model, d))
 
 
+def _inflated(
+    stream: _SliceStream, inflater: zlib._Decompress, compressed: int, name: str
+) -> Iterator[bytes]:
+    """The entry's `compressed` bytes read from `stream`, inflated, ending with the flush."""
+    remaining = compressed
+    while remaining > 0:
+        chunk = stream.read(min(remaining, 1 << 20))
+        if not chunk:
+            raise FetchError(f"{name}: the pinned slices end inside the entry")
+        remaining -= len(chunk)
+        yield inflater.decompress(chunk)
+    yield inflater.flush()
+
+
 def _inflate_entry(model: ZippedModel, tmp_dir: Path) -> Path:
     """The zip entry streamed out of the pinned slices and inflated into `tmp_dir`, checked."""
     out_path = tmp_dir / model.filename
@@ -318,23 +332,13 @@ def _inflate_entry(model: ZippedModel, tmp_dir: Path) -> Path:
     try:
         compressed, size = _local_header_sizes(stream, model)
         inflater = zlib.decompressobj(-zlib.MAX_WBITS)  # raw deflate, as zip stores it
-        h, crc, written, remaining = hashlib.sha256(), 0, 0, compressed
+        h, crc, written = hashlib.sha256(), 0, 0
         with open(out_path, "wb") as out:
-            while remaining > 0:
-                chunk = stream.read(min(remaining, 1 << 20))
-                if not chunk:
-                    raise FetchError(f"{model.name}: the pinned slices end inside the entry")
-                remaining -= len(chunk)
-                data = inflater.decompress(chunk)
+            for data in _inflated(stream, inflater, compressed, model.name):
                 h.update(data)
                 crc = zlib.crc32(data, crc)
                 written += len(data)
                 out.write(data)
-            data = inflater.flush()
-            h.update(data)
-            crc = zlib.crc32(data, crc)
-            written += len(data)
-            out.write(data)
     finally:
         stream.close()
     if not inflater.eof or written != size:

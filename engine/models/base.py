@@ -58,3 +58,8 @@ class LoadedModel(Generic[ConfigT, WeightsT]):
 
     def detokenize(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids)
+
+    def _weights_or_raise(self) -> WeightsT:
+        if self._weights is None:
+            raise RuntimeError(f"{self.path.name} was loaded with vocab_only=True")
+        return self._weights

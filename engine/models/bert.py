@@ -331,9 +331,7 @@ class BertModel(LoadedModel[BertConfig, BertWeights]):
         Each sequence's rows are exactly what `embed` gives it alone (products are exactly
         rounded per row and attention is per sequence), so batching never changes a vector.
         """
-        w = self._weights
-        if w is None:
-            raise RuntimeError(f"{self.path.name} was loaded with vocab_only=True")
+        w = self._weights_or_raise()
         seqs = [np.asarray(t, dtype=np.int64).reshape(-1) for t in sequences]
         for ids in seqs:
             if ids.size == 0:

@@ -437,11 +437,6 @@ class Model(LoadedModel[ModelConfig, Weights]):
         loaded with vocab_only=True."""
         return self._weights_or_raise()
 
-    def _weights_or_raise(self) -> Weights:
-        if self._weights is None:
-            raise RuntimeError(f"{self.path.name} was loaded with vocab_only=True")
-        return self._weights
-
     def _segment(self, tokens: Sequence[int] | npt.NDArray[np.int64], cache: KVCache) -> Segment:
         ids = np.asarray(tokens, dtype=np.int64).reshape(-1)
         if ids.size == 0:

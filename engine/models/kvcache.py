@@ -4,8 +4,8 @@ Keys are stored after RoPE, values as computed. With `f16` (llama.cpp's default 
 engine/models/numerics.py) the model writes F16-rounded values and the arrays are float16, half
 the memory of float32 and the same numbers (an F16-rounded float32 converts to float16 exactly);
 shift() rounds re-rotated keys again, as llama.cpp writes them back into its F16 cache. Without
-`f16` the arrays are float32. Cache index ==
-position: position p of the sequence lives at index p of every layer. The arrays hold whole
+`f16` the arrays are float32. Cache index == position: position p of the sequence lives at index
+p of every layer. The arrays hold whole
 `KEY_BLOCK`s, because attention sums its softmax denominator in fixed-size key blocks
 (engine/models/attention.py); `reserve` grows them (doubling, up to `num_ctx` rounded up to a
 block), so a short request on a large num_ctx holds only what it uses. Slots at or past `n_past`
