@@ -114,14 +114,17 @@ class Weights:
     rope_factors: tuple[float, ...] | None  # (n_rot/2,) from rope_freqs.weight
 
 
-def memory_needed(gguf: GGUFFile, config: ModelConfig, num_ctx: int) -> int:
-    """Bytes to hold the float32 weights, a `num_ctx` KV cache and the load-time scratch (the
-    cache counted at float32, an upper bound: with llama.cpp's numerics it is float16)."""
+def memory_needed(
+    gguf: GGUFFile, config: ModelConfig, num_ctx: int, numerics: Numerics = LLAMA_CPP
+) -> int:
+    """Bytes to hold the float32 weights, a `num_ctx` KV cache (float16 elements with llama.cpp's
+    numerics, float32 otherwise, as KVCache stores them) and the load-time scratch."""
     weights = sum(t.n_elements for t in gguf.tensors.values()) * 4
     largest = max(t.n_elements for t in gguf.tensors.values()) * 4
     capacity = -(-num_ctx // KEY_BLOCK) * KEY_BLOCK
-    kv = config.n_layer * config.n_head_kv * capacity * (config.head_dim + config.head_dim_v) * 4
-    return weights + kv + 2 * largest
+    element = 2 if numerics.kv_f16 else 4
+    kv = config.n_layer * config.n_head_kv * capacity * (config.head_dim + config.head_dim_v)
+    return weights + kv * element + 2 * largest
 
 
 def available_memory() -> int:
@@ -589,7 +592,7 @@ def load(
     tokenizer = Tokenizer.from_gguf(gguf)
     weights = None
     if not vocab_only:
-        needed = memory_needed(gguf, config, num_ctx_hint)
+        needed = memory_needed(gguf, config, num_ctx_hint, numerics)
         budget = memory_budget
         if budget is None:
             budget = int(available_memory() * DEFAULT_MEMORY_FRACTION)

@@ -10,8 +10,10 @@ import pytest
 
 import engine
 from engine.errors import ContextOverflow
-from engine.models.decoder import Model
+from engine.gguf.reader import GGUFFile
+from engine.models.decoder import Model, memory_needed
 from engine.models.kvcache import KEY_BLOCK
+from engine.models.numerics import FLOAT32, LLAMA_CPP, Numerics
 from engine.models.rope import Rope
 from tests.conftest import needs_oracle
 from tests.tiny_model import write_tiny_model
@@ -43,6 +45,19 @@ def test_capacity_grows_in_whole_key_blocks_up_to_num_ctx(tiny: Model) -> None:
     tiny.eval(list(range(3, 3 + 2 * KEY_BLOCK)), cache)
     assert cache.capacity == 6 * KEY_BLOCK and cache.n_free == 0  # capped at num_ctx's blocks
     assert cache.nbytes == cache.k.nbytes + cache.v.nbytes
+
+
+@pytest.mark.parametrize("numerics", [LLAMA_CPP, FLOAT32], ids=["llama_cpp", "float32"])
+def test_memory_needed_counts_the_cache_as_stored(tiny_path: Path, numerics: Numerics) -> None:
+    model = engine.load(tiny_path, numerics=numerics)
+    num_ctx = 3 * KEY_BLOCK - 5
+    full = model.new_cache(num_ctx)
+    full.reserve(num_ctx)
+    gguf = GGUFFile(tiny_path)
+    kv = memory_needed(gguf, model.config, num_ctx, numerics) - memory_needed(
+        gguf, model.config, 0, numerics
+    )
+    assert kv == full.nbytes and full.k.dtype == (np.float16 if numerics.kv_f16 else np.float32)
 
 
 def test_grown_cache_computes_what_a_full_size_one_does(tiny: Model) -> None:
