@@ -56,7 +56,8 @@ Array = npt.NDArray[np.float32]
 Array64 = npt.NDArray[np.float64]
 
 # Elements of the (blocks, rows, N) block-sum array per call: keeps it within the CPU caches.
-CHUNK_ELEMENTS = 1 << 20
+CHUNK_ELEMENTS = 1 << 19
+TILE_ROWS = 64  # activation rows per tile at least, so each weight tile is reused
 _LOAD_ROWS = 4096  # weight outputs converted at a time while loading: bounds the scratch memory
 _U = 2.0**-53  # float64 unit roundoff
 
@@ -261,32 +262,45 @@ def _quantize(x: Array, w: QuantMatrix) -> _Q8:
 
 
 def quant_matmul(x: Array, w: QuantMatrix) -> Array:
-    """(T, K) float32 activations @ a quantized (K, N) weight -> (T, N), as described above."""
+    """(T, K) float32 activations @ a quantized (K, N) weight -> (T, N), as described above.
+
+    The work goes in tiles of rows x output columns whose (blocks, columns, rows) block-sum
+    array fits CHUNK_ELEMENTS; a weight tile is then read once for TILE_ROWS rows, even for a
+    vocabulary-wide output. Every element's operations are the same whatever the tiling.
+    """
     T, K = x.shape
     nb, N, B = w.q.shape
     a = _quantize(np.ascontiguousarray(x, dtype=F32), w)
     per = a.act_block // B  # exact-sum blocks per activation scale
     d_act = np.repeat(a.d, per, axis=1)  # (T, nb)
     out = np.empty((T, N), F32)
-    step = max(1, CHUNK_ELEMENTS // (nb * N))
-    for t0 in range(0, T, step):
-        rows = slice(t0, min(T, t0 + step))
+    row_step = min(T, max(TILE_ROWS, CHUNK_ELEMENTS // (nb * N)))
+    col_step = max(1, CHUNK_ELEMENTS // (nb * row_step))
+    for t0 in range(0, T, row_step):
+        rows = slice(t0, min(T, t0 + row_step))
         qa = np.ascontiguousarray(a.q[rows].reshape(-1, nb, B).transpose(1, 2, 0))  # (nb, B, t)
-        s = np.matmul(w.q, qa)  # (nb, N, t): exact integer block sums
-        s *= w.d[:, :, None]
-        s *= d_act[rows].T[:, None, :]
-        if w.add_min is not None and a.s is not None:
-            s += w.add_min[:, :, None] * a.s[rows].T[:, None, :]
-        y = tree_sum(s)  # (N, t)
-        if w.min_q is not None and w.dmin is not None and a.bsum is not None:
-            n_super, _, per_super = w.min_q.shape
-            bs = a.bsum[rows].reshape(-1, n_super, per_super).transpose(1, 2, 0)
-            m = np.matmul(w.min_q, np.ascontiguousarray(bs))  # (K/256, N, t): exact integers
-            m *= w.dmin[:, :, None]
-            m *= a.d[rows].T[:, None, :]
-            y = y - tree_sum(m)
-        out[rows] = y.T
+        for n0 in range(0, N, col_step):
+            cols = slice(n0, min(N, n0 + col_step))
+            out[rows, cols] = _quant_tile(w, a, cols, rows, qa, d_act[rows]).T
     return out
+
+
+def _quant_tile(w: QuantMatrix, a: _Q8, cols: slice, rows: slice, qa: Array, d_act: Array) -> Array:
+    """(n, t) outputs `cols` of activation rows `rows` (qa: their (nb, B, t) integers)."""
+    s = np.matmul(w.q[:, cols], qa)  # (nb, n, t): exact integer block sums
+    s *= w.d[:, cols, None]
+    s *= d_act.T[:, None, :]
+    if w.add_min is not None and a.s is not None:
+        s += w.add_min[:, cols, None] * a.s[rows].T[:, None, :]
+    y = tree_sum(s)  # (n, t)
+    if w.min_q is not None and w.dmin is not None and a.bsum is not None:
+        n_super, _, per_super = w.min_q.shape
+        bs = a.bsum[rows].reshape(-1, n_super, per_super).transpose(1, 2, 0)
+        m = np.matmul(w.min_q[:, cols], np.ascontiguousarray(bs))  # (K/256, n, t): integers
+        m *= w.dmin[:, cols, None]
+        m *= a.d[rows].T[:, None, :]
+        y = y - tree_sum(m)
+    return y
 
 
 def rounded_matmul(a: Array64, b: Array64, a_norm: Array64, b_norm: Array64) -> Array:

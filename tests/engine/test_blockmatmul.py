@@ -11,6 +11,7 @@ import pytest
 from gguf import GGMLQuantizationType as T
 
 from engine.gguf.quants import QUANTIZERS, TYPE_SIZES, dequantize, quantize
+from engine.models import blockmatmul
 from engine.models.blockmatmul import (
     _PLANES,
     QuantMatrix,
@@ -69,6 +70,16 @@ def test_rows_do_not_depend_on_the_batch(t: T) -> None:
     together = matmul(X, w)
     for i in range(len(X)):
         np.testing.assert_array_equal(matmul(X[i : i + 1], w), together[i : i + 1])
+
+
+@pytest.mark.parametrize("t", [T.Q4_1, T.Q4_K, T.Q8_0], ids=lambda t: t.name)
+def test_tiling_does_not_change_a_bit(t: T, monkeypatch: pytest.MonkeyPatch) -> None:
+    w = matrix_from_gguf([(_random_blocks(t, N), t, (N, K))])
+    x = RNG.standard_normal((70, K)).astype(np.float32)
+    whole = matmul(x, w)  # one tile
+    monkeypatch.setattr(blockmatmul, "TILE_ROWS", 3)
+    monkeypatch.setattr(blockmatmul, "CHUNK_ELEMENTS", 3 * 10 * (K // 32))  # 3 rows x 10 columns
+    np.testing.assert_array_equal(matmul(x, w), whole)
 
 
 def test_block_sums_stay_exact_at_the_extremes() -> None:
