@@ -119,8 +119,8 @@ class VisionConfig:
         features = tuple(int(v) for v in meta.get("clip.vision.feature_layer", ()))  # type: ignore[attr-defined]
         if ptype != "mlp":
             features = ()  # build_vit (gemma3) never reads them
-        if any(not 0 <= f <= n_layer for f in features):
-            raise GGUFError(f"clip.vision.feature_layer {features} out of range 0..{n_layer}")
+        if any(f > n_layer for f in features):  # clip.cpp's check; negative ones never match
+            raise GGUFError(f"clip.vision.feature_layer {features} has a layer above {n_layer}")
         return cls(
             projector_type=ptype,
             image_size=int(get("clip.vision.image_size")),  # type: ignore[call-overload]
@@ -146,7 +146,8 @@ class VisionConfig:
         n_layer - 1 without feature layers (llava.cpp's max_feature_layer)."""
         if self.projector_type != "mlp":
             return self.n_layer
-        return max(self.feature_layers) if self.feature_layers else self.n_layer - 1
+        deepest = max(self.feature_layers, default=-1)
+        return deepest if deepest >= 0 else self.n_layer - 1
 
 
 # ---- decoding ------------------------------------------------------------------------------

@@ -284,6 +284,8 @@ def test_mlp_config_reads_llava_keys_and_refuses_what_it_does_not_compute(
         3,
         (0, 2, 3),
     )
+    with pytest.raises(GGUFError, match="has a layer above 3"):
+        VisionConfig.from_gguf({**meta, "clip.vision.feature_layer": [2, 4]})
     with pytest.raises(GGUFError, match="image_grid_pinpoints"):
         VisionConfig.from_gguf({**meta, "clip.vision.image_grid_pinpoints": [336, 672, 672, 336]})
     with pytest.raises(GGUFError, match="use_silu"):
