@@ -95,6 +95,7 @@ def write_tiny_llava_mmproj(
     feature_layers: tuple[int, ...] = (),
     gelu: bool = False,
     legacy_ffn_names: bool = False,
+    f16: bool = False,
 ) -> Path:
     """A seeded CLIP + mlp-projector mmproj (LLaVA 1.5 layout, general.architecture `clip`).
 
@@ -102,6 +103,7 @@ def write_tiny_llava_mmproj(
     deepest one and stacks the listed states along the width, which mm.0 then takes).
     gelu: clip.use_gelu (GELU in the ViT FFN) instead of CLIP's quick GELU.
     legacy_ffn_names: fc1 stored as ffn_down and fc2 as ffn_up, as old LLaVA conversions did.
+    f16: matrices (patch kernel, ViT and projector weights) stored as F16, as real files are.
     """
     path = Path(path)
     rng = np.random.default_rng(seed)
@@ -124,8 +126,8 @@ def write_tiny_llava_mmproj(
     w.add_array("clip.vision.image_std", list(CLIP_STD))
     if feature_layers:
         w.add_array("clip.vision.feature_layer", list(feature_layers))
-    w.add_file_type(0)
-    add = _tensor_adder(w, rng, f16=False)
+    w.add_file_type(1 if f16 else 0)
+    add = _tensor_adder(w, rng, f16)
     n_pos = (LLAVA_IMAGE_SIZE // PATCH) ** 2 + 1
     add("v.class_embd", (D_V,), "bias", scale=10.0)
     add("v.patch_embd.weight", (D_V, 3, PATCH, PATCH))
@@ -320,6 +322,15 @@ VARIANTS = {
     "llava_features_gelu": Variant(
         write_tiny_llava_text,
         partial(write_tiny_llava_mmproj, feature_layers=(0, 2, 3), gelu=True),
+        LLAVA_N_IMAGE_TOKENS,
+        markers=0,
+        logits_prompt=None,
+        images=(1, 2),
+    ),
+    # F16 matrices as in real mmproj files: ggml rounds the activations that meet them to F16
+    "llava_f16": Variant(
+        write_tiny_llava_text,
+        partial(write_tiny_llava_mmproj, f16=True),
         LLAVA_N_IMAGE_TOKENS,
         markers=0,
         logits_prompt=None,
