@@ -309,6 +309,15 @@ VARIANTS = {
         logits_prompt="<__media__>What is in the picture? The quick brown fox.",
         images=(0, 1, 2, 3, 4),
     ),
+    # F16 matrices as in real mmproj files: ggml rounds the activations that meet them to F16
+    "gemma3_f16": Variant(
+        write_tiny_text,
+        partial(write_tiny_mmproj, f16=True),
+        N_IMAGE_TOKENS,
+        markers=2,
+        logits_prompt=None,
+        images=(1, 2),
+    ),
     "llava": Variant(
         write_tiny_llava_text,
         write_tiny_llava_mmproj,
@@ -327,7 +336,6 @@ VARIANTS = {
         logits_prompt=None,
         images=(1, 2),
     ),
-    # F16 matrices as in real mmproj files: ggml rounds the activations that meet them to F16
     "llava_f16": Variant(
         write_tiny_llava_text,
         partial(write_tiny_llava_mmproj, f16=True),

@@ -3,7 +3,7 @@
     python tests/golden/make_vision_golden.py
 
 Writes each text model and mmproj of tests/tiny_vision.py VARIANTS (Gemma 3 with SigLIP; LLaVA
-style with CLIP and the mlp projector, plus its feature-layer and legacy-name variants) to a
+style with CLIP and the mlp projector; F16, feature-layer and legacy-name variants) to a
 temporary directory, then for each of the variant's images (tests/tiny_vision.py IMAGES): the
 (n_tokens, 64) embeddings mtmd_encode_chunk gives for the Pillow-decoded pixels; and, for the
 variant's prompt with an image, mtmd's text chunks and the argmax of llama.cpp's logits at every
