@@ -102,7 +102,7 @@ def write_tiny_llava_mmproj(
     feature_layers: written as clip.vision.feature_layer (llama.cpp then runs blocks up to the
     deepest one and stacks the listed states along the width, which mm.0 then takes).
     gelu: clip.use_gelu (GELU in the ViT FFN) instead of CLIP's quick GELU.
-    legacy_ffn_names: fc1 stored as ffn_down and fc2 as ffn_up, as old LLaVA conversions did.
+    legacy_ffn_names: fc1 stored as ffn_down and fc2 as ffn_up, as some old conversions did.
     f16: matrices (patch kernel, ViT and projector weights) stored as F16, as real files are.
     """
     path = Path(path)
@@ -344,7 +344,7 @@ VARIANTS = {
         logits_prompt=None,
         images=(1, 2),
     ),
-    # fc1/fc2 under swapped names, as old LLaVA conversions wrote them
+    # fc1/fc2 under swapped names, as some old conversions wrote them
     "llava_legacy_ffn": Variant(
         write_tiny_llava_text,
         partial(write_tiny_llava_mmproj, legacy_ffn_names=True),

@@ -513,8 +513,8 @@ def load_projector(path: str | Path) -> VisionEncoder:
         p = f"v.blk.{il}."
         up, down = p + "ffn_up", p + "ffn_down"
         if tensors[need(down + ".weight")].shape[-1] == D:
-            # clip.cpp is_ffn_swapped: old conversions (LLaVA's surgery script) named the
-            # up projection ffn_down; llama.cpp swaps by shape, and so do we
+            # clip.cpp is_ffn_swapped: some old conversions named the up projection
+            # ffn_down; llama.cpp swaps by shape (ffn_down taking n_embd inputs), and so do we
             up, down = down, up
         layers.append(
             VitLayer(
