@@ -119,11 +119,17 @@ _LLAMA_TYPES = {
 
 
 def write_tiny_model(
-    path: str | Path, variant: str = "llama", seed: int = 0, extra_control: tuple[str, ...] = ()
+    path: str | Path,
+    variant: str = "llama",
+    seed: int = 0,
+    extra_control: tuple[str, ...] = (),
+    float32: bool = False,
 ) -> Path:
     """Write the tiny `variant` model to `path` (seeded, so the bytes are reproducible).
 
     extra_control: control tokens appended to the vocabulary (e.g. Gemma 3's image markers).
+    float32: the llama variant's weights as F32 instead of its mixed quant types (the same
+    random values), for a tight llama.cpp oracle.
     """
     if variant not in VARIANTS:
         raise ValueError(f"unknown tiny model variant {variant!r}; expected one of {VARIANTS}")
@@ -139,7 +145,7 @@ def write_tiny_model(
     )
     V = len(tokens)
     rng = np.random.default_rng(seed)
-    quantized = variant == "llama"
+    quantized = variant == "llama" and not float32
 
     w = GGUFWriter(str(path), arch)
     w.add_name(f"tiny-{variant}")

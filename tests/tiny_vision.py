@@ -1,16 +1,25 @@
-"""Tiny seeded Gemma 3 vision models: the text model of tests/tiny_model.py (variant gemma3, plus
-`<start_of_image>` and `<end_of_image>` control tokens) and a SigLIP mmproj GGUF written in
-llama.cpp's tensor layout (tools/mtmd/clip-impl.h names, projector type `gemma3`).
+"""Tiny seeded vision models, each a text model of tests/tiny_model.py plus an mmproj GGUF written
+in llama.cpp's tensor layout (tools/mtmd/clip-impl.h names). Float32 weights, so llama.cpp
+computes them in float32 and is a tight oracle.
 
-The mmproj: 32x32 images, 4x4 patches (an 8x8 grid), 2 ViT blocks of width 32 (2 heads, FFN 48),
-2x2 average pooling (clip.vision.projector.scale_factor) -> 16 image tokens of width 64.
-Float32 weights, so llama.cpp computes it in float32 and is a tight oracle.
+- Gemma 3: the gemma3 text variant (plus `<start_of_image>` and `<end_of_image>` control tokens)
+  and a SigLIP mmproj (projector type `gemma3`): 32x32 images, 4x4 patches (an 8x8 grid), 2 ViT
+  blocks of width 32 (2 heads, FFN 48), 2x2 average pooling (clip.vision.projector.scale_factor)
+  -> 16 image tokens of width 64.
+- LLaVA 1.5 style: the llama text variant with F32 weights and a CLIP mmproj (projector type
+  `mlp`): 24x24 images, 4x4 patches (a 6x6 grid) plus the class embedding, no patch bias, pre
+  LayerNorm, 3 blocks of width 32 with quick GELU of which llama.cpp runs 2 (all but the last),
+  no post LayerNorm, then mm.0 (32 -> 256), GELU, mm.2 (256 -> 64) -> 36 image tokens of
+  width 64.
 """
 
 from __future__ import annotations
 
 import ctypes
 import io
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +31,9 @@ from tests.tiny_model import write_tiny_model
 IMAGE_MARKERS = ("<start_of_image>", "<end_of_image>")
 IMAGE_SIZE, PATCH, D_V, F_V, H_V, L_V, MERGE, D_TEXT = 32, 4, 32, 48, 2, 2, 2, 64
 N_IMAGE_TOKENS = (IMAGE_SIZE // PATCH // MERGE) ** 2
+LLAVA_IMAGE_SIZE, LLAVA_L_V, LLAVA_F_MM = 24, 3, 256
+LLAVA_N_IMAGE_TOKENS = (LLAVA_IMAGE_SIZE // PATCH) ** 2
+CLIP_MEAN, CLIP_STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
 
 
 def write_tiny_text(path: str | Path, seed: int = 0) -> Path:
@@ -56,45 +68,122 @@ def write_tiny_mmproj(path: str | Path, seed: int = 1, f16: bool = False) -> Pat
     w.add_array("clip.vision.image_std", [0.5, 0.5, 0.5])
     w.add_file_type(1 if f16 else 0)
 
-    def add(name: str, shape: tuple[int, ...], kind: str = "matrix", scale: float = 1.0) -> None:
-        if kind == "norm":
-            data = 1.0 + 0.1 * rng.standard_normal(shape)
-        elif kind == "bias":
-            data = 0.1 * rng.standard_normal(shape)
-        else:
-            data = scale * rng.standard_normal(shape) / np.sqrt(shape[-1])
-        matrix = kind == "matrix" and name != "v.position_embd.weight"
-        w.add_tensor(name, data.astype(np.float16 if f16 and matrix else np.float32))
-
+    add = _tensor_adder(w, rng, f16)
     n_patches = (IMAGE_SIZE // PATCH) ** 2
     add("v.patch_embd.weight", (D_V, 3, PATCH, PATCH))  # ggml conv kernel, ne (P, P, 3, D)
     add("v.patch_embd.bias", (D_V,), "bias")
     add("v.position_embd.weight", (n_patches, D_V), scale=0.5)
     for il in range(L_V):
-        p = f"v.blk.{il}."
-        for part in ("attn_q", "attn_k", "attn_v", "attn_out"):
-            add(
-                p + part + ".weight",
-                (D_V, D_V),
-            )
-            add(p + part + ".bias", (D_V,), "bias")
-        add(p + "ln1.weight", (D_V,), "norm")
-        add(p + "ln1.bias", (D_V,), "bias")
-        add(p + "ln2.weight", (D_V,), "norm")
-        add(p + "ln2.bias", (D_V,), "bias")
-        add(p + "ffn_up.weight", (F_V, D_V))
-        add(p + "ffn_up.bias", (F_V,), "bias")
-        add(p + "ffn_down.weight", (D_V, F_V))
-        add(p + "ffn_down.bias", (D_V,), "bias")
+        _add_vit_block(add, il)
     add("v.post_ln.weight", (D_V,), "norm")
     add("v.post_ln.bias", (D_V,), "bias")
     add("mm.soft_emb_norm.weight", (D_V,), "norm")
     add("mm.input_projection.weight", (D_V, D_TEXT))  # ggml ne (D_TEXT, D_V)
+    _finish(w)
+    return path
+
+
+def write_tiny_llava_text(path: str | Path, seed: int = 0) -> Path:
+    """The tiny llama text model with F32 weights (no BOS): LLaVA needs no marker tokens."""
+    return write_tiny_model(path, "llama", seed=seed, float32=True)
+
+
+def write_tiny_llava_mmproj(
+    path: str | Path,
+    seed: int = 2,
+    *,
+    feature_layers: tuple[int, ...] = (),
+    gelu: bool = False,
+    legacy_ffn_names: bool = False,
+    f16: bool = False,
+) -> Path:
+    """A seeded CLIP + mlp-projector mmproj (LLaVA 1.5 layout, general.architecture `clip`).
+
+    feature_layers: written as clip.vision.feature_layer (llama.cpp then runs blocks up to the
+    deepest one and stacks the listed states along the width, which mm.0 then takes).
+    gelu: clip.use_gelu (GELU in the ViT FFN) instead of CLIP's quick GELU.
+    legacy_ffn_names: fc1 stored as ffn_down and fc2 as ffn_up, as some old conversions did.
+    f16: matrices (patch kernel, ViT and projector weights) stored as F16, as real files are.
+    """
+    path = Path(path)
+    rng = np.random.default_rng(seed)
+    w = GGUFWriter(str(path), "clip")
+    w.add_name("tiny-llava-mmproj")
+    w.add_bool("clip.has_vision_encoder", True)
+    w.add_bool("clip.has_text_encoder", False)
+    w.add_bool("clip.has_llava_projector", True)
+    w.add_string("clip.projector_type", "mlp")
+    w.add_bool("clip.use_gelu", gelu)
+    w.add_uint32("clip.vision.image_size", LLAVA_IMAGE_SIZE)
+    w.add_uint32("clip.vision.patch_size", PATCH)
+    w.add_uint32("clip.vision.embedding_length", D_V)
+    w.add_uint32("clip.vision.feed_forward_length", F_V)
+    w.add_uint32("clip.vision.block_count", LLAVA_L_V)
+    w.add_uint32("clip.vision.projection_dim", D_TEXT)
+    w.add_uint32("clip.vision.attention.head_count", H_V)
+    w.add_float32("clip.vision.attention.layer_norm_epsilon", 1e-5)
+    w.add_array("clip.vision.image_mean", list(CLIP_MEAN))
+    w.add_array("clip.vision.image_std", list(CLIP_STD))
+    if feature_layers:
+        w.add_array("clip.vision.feature_layer", list(feature_layers))
+    w.add_file_type(1 if f16 else 0)
+    add = _tensor_adder(w, rng, f16)
+    n_pos = (LLAVA_IMAGE_SIZE // PATCH) ** 2 + 1
+    add("v.class_embd", (D_V,), "bias", scale=10.0)
+    add("v.patch_embd.weight", (D_V, 3, PATCH, PATCH))
+    add("v.position_embd.weight", (n_pos, D_V), scale=0.5)
+    add("v.pre_ln.weight", (D_V,), "norm")
+    add("v.pre_ln.bias", (D_V,), "bias")
+    for il in range(LLAVA_L_V):
+        _add_vit_block(add, il, legacy_ffn_names)
+    n_features = max(len(feature_layers), 1)
+    add("mm.0.weight", (LLAVA_F_MM, D_V * n_features), scale=2.0)
+    add("mm.0.bias", (LLAVA_F_MM,), "bias")
+    add("mm.2.weight", (D_TEXT, LLAVA_F_MM), scale=0.5)
+    add("mm.2.bias", (D_TEXT,), "bias")
+    _finish(w)
+    return path
+
+
+def _tensor_adder(w: GGUFWriter, rng: np.random.Generator, f16: bool) -> Callable[..., None]:
+    """add(name, numpy shape, kind, scale): norms near 1, small biases, 1/sqrt(fan-in) matrices.
+
+    f16: matrices but the position table stored as F16."""
+
+    def add(name: str, shape: tuple[int, ...], kind: str = "matrix", scale: float = 1.0) -> None:
+        if kind == "norm":
+            data = 1.0 + 0.1 * rng.standard_normal(shape)
+        elif kind == "bias":
+            data = scale * 0.1 * rng.standard_normal(shape)
+        else:
+            data = scale * rng.standard_normal(shape) / np.sqrt(shape[-1])
+        matrix = kind == "matrix" and name != "v.position_embd.weight"
+        w.add_tensor(name, data.astype(np.float16 if f16 and matrix else np.float32))
+
+    return add
+
+
+def _add_vit_block(add: Callable[..., None], il: int, legacy_ffn_names: bool = False) -> None:
+    p = f"v.blk.{il}."
+    for part in ("attn_q", "attn_k", "attn_v", "attn_out"):
+        add(p + part + ".weight", (D_V, D_V))
+        add(p + part + ".bias", (D_V,), "bias")
+    add(p + "ln1.weight", (D_V,), "norm")
+    add(p + "ln1.bias", (D_V,), "bias")
+    add(p + "ln2.weight", (D_V,), "norm")
+    add(p + "ln2.bias", (D_V,), "bias")
+    up, down = ("ffn_down", "ffn_up") if legacy_ffn_names else ("ffn_up", "ffn_down")
+    add(p + up + ".weight", (F_V, D_V))
+    add(p + up + ".bias", (F_V,), "bias")
+    add(p + down + ".weight", (D_V, F_V))
+    add(p + down + ".bias", (D_V,), "bias")
+
+
+def _finish(w: GGUFWriter) -> None:
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
     w.close()
-    return path
 
 
 def encoded_image(fmt: str, size: tuple[int, int], seed: int, mode: str = "RGB") -> bytes:
@@ -197,4 +286,71 @@ class MtmdOracle:
 
 
 LOGITS_IMAGE = ("PNG", (45, 30), "RGB")
-LOGITS_PROMPT = "<__media__>What is in the picture? The quick brown fox."
+
+
+@dataclass(frozen=True)
+class Variant:
+    """A tiny text + mmproj pair and what the tests know of it."""
+
+    write_text: Callable[[Path], Path]
+    write_mmproj: Callable[[Path], Path]
+    n_image_tokens: int
+    markers: int  # marker tokens mtmd puts around each image's rows
+    logits_prompt: str | None  # a prompt with <__media__> for the post-image logits check
+    images: tuple[int, ...]  # indices into IMAGES checked against mtmd
+
+
+VARIANTS = {
+    "gemma3": Variant(
+        write_tiny_text,
+        write_tiny_mmproj,
+        N_IMAGE_TOKENS,
+        markers=2,
+        logits_prompt="<__media__>What is in the picture? The quick brown fox.",
+        images=(0, 1, 2, 3, 4),
+    ),
+    # F16 matrices as in real mmproj files: ggml rounds the activations that meet them to F16
+    "gemma3_f16": Variant(
+        write_tiny_text,
+        partial(write_tiny_mmproj, f16=True),
+        N_IMAGE_TOKENS,
+        markers=2,
+        logits_prompt=None,
+        images=(1, 2),
+    ),
+    "llava": Variant(
+        write_tiny_llava_text,
+        write_tiny_llava_mmproj,
+        LLAVA_N_IMAGE_TOKENS,
+        markers=0,
+        logits_prompt="USER: <__media__>\nWhat is in the picture? The quick brown fox.",
+        images=(0, 1, 2, 3, 4),
+    ),
+    # clip.vision.feature_layer (llama.cpp stacks the ViT input, block 2's and block 3's
+    # output) and GELU in the ViT FFN
+    "llava_features_gelu": Variant(
+        write_tiny_llava_text,
+        partial(write_tiny_llava_mmproj, feature_layers=(0, 2, 3), gelu=True),
+        LLAVA_N_IMAGE_TOKENS,
+        markers=0,
+        logits_prompt=None,
+        images=(1, 2),
+    ),
+    "llava_f16": Variant(
+        write_tiny_llava_text,
+        partial(write_tiny_llava_mmproj, f16=True),
+        LLAVA_N_IMAGE_TOKENS,
+        markers=0,
+        logits_prompt=None,
+        images=(1, 2),
+    ),
+    # fc1/fc2 under swapped names, as some old conversions wrote them
+    "llava_legacy_ffn": Variant(
+        write_tiny_llava_text,
+        partial(write_tiny_llava_mmproj, legacy_ffn_names=True),
+        LLAVA_N_IMAGE_TOKENS,
+        markers=0,
+        logits_prompt=None,
+        images=(1, 2),
+    ),
+}

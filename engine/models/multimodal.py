@@ -1,12 +1,16 @@
 """A text model plus its vision projector: prompts with images, as llama.cpp's mtmd builds them.
 
-Each image becomes `<start_of_image>`, its n_tokens embedding rows, `<end_of_image>` (mtmd's
-markers for Gemma 3), in place of the `[img-N]` marker the chat template left in the prompt text.
+Each image becomes its projector type's begin marker, its n_tokens embedding rows and its end
+marker (mtmd.cpp init_vision: `<start_of_image>` ... `<end_of_image>` for gemma3, nothing around
+the rows for mlp / LLaVA 1.5), in place of the `[img-N]` marker the chat template left in the
+prompt text. The rows attend to each other both ways for gemma3 and causally for mlp
+(mtmd_decode_use_non_causal).
+
 The image rows are labelled in the token list with ids >= n_vocab, one range per distinct image
 (the same bytes get the same labels), so a KV cache prefix holding an image is reused only for
 that image. `eval` takes such lists: text runs go through the decoder as tokens, each image run
-through `Model.eval_embeddings` in one pass (bidirectional for Gemma 3); a run that starts inside
-an image (the cache holds only part of it) is re-evaluated from the image's first row.
+through `Model.eval_embeddings` in one pass; a run that starts inside an image (the cache holds
+only part of it) is re-evaluated from the image's first row.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import re
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
@@ -27,8 +32,23 @@ from engine.models.vision import VisionEncoder
 
 Array = npt.NDArray[np.float32]
 IMAGE_MARKER = re.compile(r"\[img-(\d+)\]")
-IMAGE_BEGIN, IMAGE_END = "<start_of_image>", "<end_of_image>"
 KEEP_IMAGES = 64  # encoded images kept for prefix reuse (least recently used dropped)
+
+
+@dataclass(frozen=True)
+class ImagePlacement:
+    """How mtmd puts one image's rows into the prompt."""
+
+    begin: str  # text tokenized before the rows ("" for none)
+    end: str  # text tokenized after the rows
+    bidirectional: bool  # the rows see each other both ways (mtmd_decode_use_non_causal)
+
+
+# per projector type (engine/models/vision.py SUPPORTED_PROJECTORS)
+PLACEMENT = {
+    "gemma3": ImagePlacement("<start_of_image>", "<end_of_image>", bidirectional=True),
+    "mlp": ImagePlacement("", "", bidirectional=False),
+}
 
 
 class VisionLanguageModel:
@@ -42,6 +62,7 @@ class VisionLanguageModel:
             )
         self.model = model
         self.encoder = encoder
+        self.placement = PLACEMENT[encoder.config.projector_type]
         self._lock = threading.Lock()
         self._by_digest: OrderedDict[str, int] = OrderedDict()  # digest -> image index
         self._rows: dict[int, Array] = {}  # image index -> (n_tokens, D)
@@ -76,7 +97,8 @@ class VisionLanguageModel:
     def prompt_ids(self, text: str, images: Sequence[bytes]) -> list[int]:
         """Token ids of `text` with each `[img-N]` marker replaced by image N's markers and rows.
 
-        BOS is added per the model at the start, as mtmd_tokenize does. Raises InvalidImage.
+        BOS is added per the model at the start, as mtmd_tokenize does (before the first image
+        row too when the prompt starts with an image). Raises InvalidImage.
         """
         tok = self.model.tokenizer
         ids: list[int] = []
@@ -86,9 +108,11 @@ class VisionLanguageModel:
             if n >= len(images):
                 continue
             ids += tok.encode(text[pos : m.start()], add_special=not ids, parse_special=True)
-            ids += tok.encode(IMAGE_BEGIN, add_special=not ids, parse_special=True)
+            if self.placement.begin:  # tokenized on its own, as mtmd's add_text(img_beg)
+                ids += tok.encode(self.placement.begin, add_special=not ids, parse_special=True)
             ids += self.image_labels(images[n])
-            ids += tok.encode(IMAGE_END, add_special=False, parse_special=True)
+            if self.placement.end:
+                ids += tok.encode(self.placement.end, add_special=False, parse_special=True)
             pos = m.end()
         ids += tok.encode(text[pos:], add_special=not ids, parse_special=True)
         return ids
@@ -136,7 +160,7 @@ class VisionLanguageModel:
                 outs.append(
                     self.model.eval_embeddings(
                         rows[row : row + len(run)], run, cache,
-                        bidirectional=self.encoder.bidirectional, last_only=last_only,
+                        bidirectional=self.placement.bidirectional, last_only=last_only,
                         cancelled=cancelled,
                     )
                 )  # fmt: skip

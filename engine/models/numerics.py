@@ -234,3 +234,29 @@ def gelu_f16_table(x: Array) -> Array:
     y = _GELU_F16[bits]
     y = np.where(x <= -GELU_LINEAR_ABOVE, F32(0.0), y)
     return np.where(x >= GELU_LINEAR_ABOVE, x, y).astype(F32)
+
+
+_GELU_QUICK_COEF = F32(-1.702)
+
+
+def gelu_quick(x: Array) -> Array:
+    """ggml_gelu_quick_f32: x * (1 / (1 + e**(-1.702 x))), CLIP's quick_gelu."""
+    with np.errstate(over="ignore"):
+        return x * (F32(1.0) / (F32(1.0) + exp_f32(_GELU_QUICK_COEF * x)))
+
+
+def _gelu_quick_table() -> Array:
+    # ggml_table_gelu_quick_f16: quick GELU at every F16 value, stored as F16
+    xh = np.arange(1 << 16, dtype=np.uint16).view(np.float16).astype(F32)
+    with np.errstate(invalid="ignore", over="ignore"):
+        return round_f16(gelu_quick(xh))
+
+
+_GELU_QUICK_F16 = _gelu_quick_table()
+
+
+def gelu_quick_f16_table(x: Array) -> Array:
+    """ggml's CPU quick GELU (GGML_GELU_QUICK_FP16): the table at f16(x), no linear ends."""
+    with np.errstate(over="ignore"):
+        bits = np.asarray(x, dtype=F32).astype(np.float16).view(np.uint16)
+    return _GELU_QUICK_F16[bits].astype(F32)

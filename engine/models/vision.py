@@ -1,22 +1,34 @@
 """Image encoder of a llama.cpp mmproj GGUF (general.architecture `clip`): decode, preprocess, ViT,
 projector -> one embedding row per image token, in the text model's embedding space.
 
-Follows llama.cpp's tools/mtmd (clip.cpp `build_vit`, models/siglip.cpp, mtmd-image.cpp's
-fixed-size preprocessor and Pillow-style resampler) for projector type `gemma3`: SigLIP ViT
-(patch conv, learned positions, pre-norm LayerNorm blocks with GELU FFN, post LayerNorm), then
-k x k average pooling of the patch grid, RMSNorm and a linear projection to the text width.
-The image tokens sit between `<start_of_image>` and `<end_of_image>` and attend to each other
-both ways (mtmd_decode_use_non_causal), see engine/models/decoder.py `Segment.bidirectional`.
+Follows llama.cpp 0.3.36's tools/mtmd (mtmd-image.cpp's fixed-size preprocessor and Pillow-style
+resampler; clip.cpp `build_vit` with models/siglip.cpp, and models/llava.cpp) for two projector
+types:
+
+- `gemma3`: bilinear resize into a black square; SigLIP ViT (patch conv with bias, learned
+  positions, pre-norm LayerNorm blocks, post LayerNorm), every block run; k x k average pooling of
+  the patch grid, RMSNorm and a linear projection to the text width.
+- `mlp` (LLaVA 1.5): Pillow-bicubic resize into a square of colour (122, 116, 104); CLIP ViT (patch
+  conv, usually without bias; the class embedding; learned positions over patches plus class;
+  pre LayerNorm; the same blocks), run up to the deepest `clip.vision.feature_layer` or, without
+  that key, all but the last block ("skip last layer"); post LayerNorm only if the file has one
+  (LLaVA's has not); then mm.0 -> GELU -> mm.2, one row per patch. llava.cpp concatenates the
+  class embedding *after* the patch rows and then keeps rows 1..N (patch_offset 1), so the first
+  patch's row is dropped and the class row is the last image token: we do the same.
+
+Both use the FFN activation of clip.use_gelu (GELU) or neither flag (quick GELU, CLIP's). The
+image token placement and attention (markers, causal or not) are engine/models/multimodal.py's.
 
 Weight products go through engine/models/decoder.py `linear` (llama.cpp's activation rounding
 per weight type); q.k and p.v are exactly rounded (blockmatmul `rounded_matmul`), so the numbers
-do not depend on BLAS. LayerNorm statistics are float64. GELU is ggml's F16 table
-(numerics.gelu_f16_table), as ggml's CPU `gelu` uses it.
+do not depend on BLAS. LayerNorm statistics are float64. GELU and quick GELU are ggml's F16 tables
+(numerics.gelu_f16_table, gelu_quick_f16_table), as ggml's CPU ops use them.
 """
 
 from __future__ import annotations
 
 import io
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,6 +45,7 @@ from engine.models.numerics import (
     Rounding,
     exp_f32,
     gelu_f16_table,
+    gelu_quick_f16_table,
     round_activations,
     vec_dot_rounding,
 )
@@ -44,8 +57,20 @@ Pixels = npt.NDArray[np.uint8]  # (H, W, 3) RGB
 # Decoded size limit: 20000 x 20000 RGB would need 1.2 GB before resizing. llama.cpp (stb_image)
 # and Ollama would try to allocate it; we refuse images above this many pixels with a 400.
 MAX_IMAGE_PIXELS = 40_000_000
-SUPPORTED_PROJECTORS = ("gemma3",)
+SUPPORTED_PROJECTORS = ("gemma3", "mlp")
 _PRECISION_BITS = 22  # Pillow / mtmd-image.cpp fixed-point filter weights (32 - 8 - 2)
+
+# clip.cpp load_hparams per projector type: the resampling filter of the aspect-preserving
+# resize (bilinear, else Pillow's bicubic) and the colour of the square around it
+_RESIZE: dict[str, tuple[bool, tuple[int, int, int]]] = {
+    "gemma3": (True, (0, 0, 0)),
+    "mlp": (False, (122, 116, 104)),
+}
+# clip.use_gelu -> ggml_gelu; neither it nor clip.use_silu -> ggml_gelu_quick (clip.cpp)
+_FFN_ACTIVATIONS: dict[str, Callable[[Array], Array]] = {
+    "gelu": gelu_f16_table,
+    "gelu_quick": gelu_quick_f16_table,
+}
 
 
 class InvalidImage(EngineError):
@@ -63,7 +88,9 @@ class VisionConfig:
     eps: float
     image_mean: tuple[float, float, float]
     image_std: tuple[float, float, float]
-    n_merge: int  # pooling kernel per side (gemma3: 4)
+    ffn_op: str  # a key of _FFN_ACTIVATIONS
+    n_merge: int  # pooling kernel per side (gemma3: 4; mlp: 1, no pooling)
+    feature_layers: tuple[int, ...]  # mlp: ViT states stacked as features (0: the ViT input)
 
     @classmethod
     def from_gguf(cls, meta: dict[str, object]) -> VisionConfig:
@@ -79,20 +106,48 @@ class VisionConfig:
             raise GGUFError(
                 f"projector type {ptype!r} is not supported; expected {SUPPORTED_PROJECTORS}"
             )
+        if ptype == "mlp" and meta.get("clip.vision.image_grid_pinpoints"):
+            raise GGUFError(
+                "projector type 'mlp' with clip.vision.image_grid_pinpoints (LLaVA 1.6 image "
+                "slicing) is not supported; only fixed-size LLaVA 1.5 projectors are"
+            )
+        if meta.get("clip.use_silu", False):
+            raise GGUFError("clip.use_silu (a SiLU ViT FFN) is not supported")
         mean = tuple(float(v) for v in get("clip.vision.image_mean"))  # type: ignore[attr-defined]
         std = tuple(float(v) for v in get("clip.vision.image_std"))  # type: ignore[attr-defined]
+        n_layer = int(get("clip.vision.block_count"))  # type: ignore[call-overload]
+        features = tuple(int(v) for v in meta.get("clip.vision.feature_layer", ()))  # type: ignore[attr-defined]
+        if ptype != "mlp":
+            features = ()  # build_vit (gemma3) never reads them
+        if any(f > n_layer for f in features):  # clip.cpp's check; negative ones never match
+            raise GGUFError(f"clip.vision.feature_layer {features} has a layer above {n_layer}")
         return cls(
             projector_type=ptype,
             image_size=int(get("clip.vision.image_size")),  # type: ignore[call-overload]
             patch_size=int(get("clip.vision.patch_size")),  # type: ignore[call-overload]
             n_embd=int(get("clip.vision.embedding_length")),  # type: ignore[call-overload]
             n_head=int(get("clip.vision.attention.head_count")),  # type: ignore[call-overload]
-            n_layer=int(get("clip.vision.block_count")),  # type: ignore[call-overload]
+            n_layer=n_layer,
             eps=float(get("clip.vision.attention.layer_norm_epsilon")),  # type: ignore[arg-type]
             image_mean=mean[:3],  # type: ignore[arg-type]
             image_std=std[:3],  # type: ignore[arg-type]
-            n_merge=int(meta.get("clip.vision.projector.scale_factor", 4)),  # type: ignore[call-overload]
+            ffn_op="gelu" if meta.get("clip.use_gelu", False) else "gelu_quick",
+            n_merge=(
+                int(meta.get("clip.vision.projector.scale_factor", 4))  # type: ignore[call-overload]
+                if ptype == "gemma3"
+                else 1
+            ),
+            feature_layers=features,
         )
+
+    @property
+    def n_layer_run(self) -> int:
+        """ViT blocks evaluated: all for gemma3; for mlp up to the deepest feature layer, or
+        n_layer - 1 without feature layers (llava.cpp's max_feature_layer)."""
+        if self.projector_type != "mlp":
+            return self.n_layer
+        deepest = max(self.feature_layers, default=-1)
+        return deepest if deepest >= 0 else self.n_layer - 1
 
 
 # ---- decoding ------------------------------------------------------------------------------
@@ -196,19 +251,23 @@ def resize(src: Pixels, width: int, height: int, bilinear: bool) -> Pixels:
 def preprocess(pixels: Pixels, cfg: VisionConfig) -> Array:
     """(H, W, 3) uint8 -> (3, S, S) float32 normalized, S = image_size.
 
-    mtmd's fixed-size preprocessor with PAD_CEIL: scale to fit (float32 scale, ceil), resize
-    (gemma3: bilinear), centre on a black square, then (x / 255 - mean) / std per channel.
+    mtmd's fixed-size preprocessor with PAD_CEIL: an image of size S x S is kept as it is; any
+    other is scaled to fit (float32 scale, ceil), resized (gemma3: bilinear; mlp: bicubic) and
+    centred on a square of the projector's pad colour (gemma3: black; mlp: (122, 116, 104)).
+    Then (x / 255 - mean) / std per channel.
     """
     S = cfg.image_size
     h, w = pixels.shape[:2]
     if (w, h) == (S, S):
         square = pixels
     else:
+        bilinear, pad = _RESIZE[cfg.projector_type]
         scale = min(F32(S) / F32(w), F32(S) / F32(h))
         new_w = min(int(np.ceil(F32(w) * scale)), S)
         new_h = min(int(np.ceil(F32(h) * scale)), S)
-        resized = resize(pixels, new_w, new_h, bilinear=cfg.projector_type == "gemma3")
-        square = np.zeros((S, S, 3), np.uint8)
+        resized = resize(pixels, new_w, new_h, bilinear=bilinear)
+        square = np.empty((S, S, 3), np.uint8)
+        square[:] = pad
         ox, oy = (S - new_w) // 2, (S - new_h) // 2
         square[oy : oy + new_h, ox : ox + new_w] = resized
     x = square.astype(F32) / F32(255.0)
@@ -220,9 +279,14 @@ def preprocess(pixels: Pixels, cfg: VisionConfig) -> Array:
 
 
 @dataclass(frozen=True)
+class LayerNormWeights:
+    w: Array  # (D,)
+    b: Array  # (D,)
+
+
+@dataclass(frozen=True)
 class VitLayer:
-    ln1_w: Array
-    ln1_b: Array
+    ln1: LayerNormWeights
     wq: Linear
     bq: Array
     wk: Linear
@@ -231,8 +295,7 @@ class VitLayer:
     bv: Array
     wo: Linear
     bo: Array
-    ln2_w: Array
-    ln2_b: Array
+    ln2: LayerNormWeights
     w_up: Linear
     b_up: Array
     w_down: Linear
@@ -240,25 +303,38 @@ class VitLayer:
 
 
 @dataclass(frozen=True)
-class VisionWeights:
+class VitWeights:
     patch: npt.NDArray[np.float64]  # (3*P*P, D) the patch conv as a matrix
     patch_f16: bool  # ggml_conv_2d's im2col is F16 (unless the kernel is BF16)
-    patch_bias: Array  # (D,)
-    position: Array  # (N, D)
+    patch_bias: Array | None  # (D,)
+    class_embedding: Array | None  # (D,) mlp (CLIP) only
+    position: Array  # (N_pos, D): N patches, plus the class row if any
+    pre_ln: LayerNormWeights | None
     layers: tuple[VitLayer, ...]
-    post_ln_w: Array
-    post_ln_b: Array
+    post_ln: LayerNormWeights | None
+
+
+@dataclass(frozen=True)
+class Gemma3Projector:
     soft_emb_norm: Array  # (D,)
     input_projection: Array  # (D, D_text)
-    projection_rounding: Rounding  # ggml rounds the activations to the projection's type
+    rounding: Rounding  # ggml rounds the activations to the projection's type
 
 
-def layer_norm(x: Array, w: Array, b: Array, eps: float) -> Array:
+@dataclass(frozen=True)
+class MlpProjector:
+    w0: Linear  # mm.0: (D * n_features, F_mm)
+    b0: Array
+    w2: Linear  # mm.2: (F_mm, D_text)
+    b2: Array  # (D_text,)
+
+
+def layer_norm(x: Array, w: LayerNormWeights, eps: float) -> Array:
     """LayerNorm over the last axis, statistics in float64 (ggml_norm sums in double)."""
     x64 = x.astype(np.float64)
     mean = x64.mean(axis=-1, keepdims=True)
     var = np.square(x64 - mean).mean(axis=-1, keepdims=True)
-    return ((x64 - mean) / np.sqrt(var + eps)).astype(F32) * w + b
+    return ((x64 - mean) / np.sqrt(var + eps)).astype(F32) * w.w + w.b
 
 
 def _row_norm(x: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
@@ -282,13 +358,90 @@ def _attention(q: Array, k: Array, v: Array, scale: float) -> Array:
     return out.reshape(N, H * Dh)
 
 
+def embed_patches(image: Array, w: VitWeights, cfg: VisionConfig) -> Array:
+    """(3, S, S) -> (N_pos, D): patch conv (+ bias), the class row after the patches (llava.cpp's
+    ggml_concat order), plus the learned positions. Patch rows are y * side + x."""
+    P = cfg.patch_size
+    side = cfg.image_size // P
+    patches = image.reshape(3, side, P, side, P).transpose(1, 3, 0, 2, 4)
+    patches = patches.reshape(side * side, 3 * P * P)  # (N, 3*P*P)
+    # ggml_conv_2d: im2col to F16, so pixels and kernel meet as F16 (F32 for a BF16 kernel)
+    p64 = (patches.astype(np.float16) if w.patch_f16 else patches).astype(np.float64)
+    x = rounded_matmul(p64, w.patch, _row_norm(p64), _row_norm(w.patch.T))  # (N, D)
+    if w.patch_bias is not None:
+        x = x + w.patch_bias
+    if w.class_embedding is not None:
+        x = np.concatenate([x, w.class_embedding[None]])  # (N + 1, D)
+    return x + w.position
+
+
+def vit_block(x: Array, lw: VitLayer, cfg: VisionConfig) -> Array:
+    """One pre-norm ViT block (LayerNorm, biased attention, LayerNorm, FFN): (N, D) -> (N, D)."""
+    N, D = x.shape
+    H = cfg.n_head
+    scale = 1.0 / float(np.sqrt(F32(D // H)))
+    h = layer_norm(x, lw.ln1, cfg.eps)
+    q = (linear(h, lw.wq, LLAMA_CPP) + lw.bq).reshape(N, H, D // H)
+    k = (linear(h, lw.wk, LLAMA_CPP) + lw.bk).reshape(N, H, D // H)
+    v = (linear(h, lw.wv, LLAMA_CPP) + lw.bv).reshape(N, H, D // H)
+    x = x + linear(_attention(q, k, v, scale), lw.wo, LLAMA_CPP) + lw.bo
+    h = layer_norm(x, lw.ln2, cfg.eps)
+    u = _FFN_ACTIVATIONS[cfg.ffn_op](linear(h, lw.w_up, LLAMA_CPP) + lw.b_up)  # (N, F)
+    return x + linear(u, lw.w_down, LLAMA_CPP) + lw.b_down
+
+
+def vit_features(x: Array, w: VitWeights, cfg: VisionConfig) -> Array:
+    """(N_pos, D) embedded patches -> (N_pos, D * n_features): pre LayerNorm, the first
+    cfg.n_layer_run blocks, post LayerNorm; with feature layers, the listed states (0: the
+    blocks' input; n_layer_run: the output) concatenated along D, as llava.cpp stacks them."""
+    if w.pre_ln is not None:
+        x = layer_norm(x, w.pre_ln, cfg.eps)
+    stack = []
+    for il in range(cfg.n_layer_run):
+        if il in cfg.feature_layers:
+            stack.append(x)
+        x = vit_block(x, w.layers[il], cfg)
+    if w.post_ln is not None:
+        x = layer_norm(x, w.post_ln, cfg.eps)
+    if cfg.n_layer_run in cfg.feature_layers:
+        stack.append(x)
+    return np.concatenate(stack, axis=-1) if stack else x
+
+
+def project_gemma3(x: Array, p: Gemma3Projector, cfg: VisionConfig) -> Array:
+    """(N, D) -> (N / k^2, D_text): average k x k blocks of the patch grid (row-major), RMSNorm,
+    linear projection (models/siglip.cpp)."""
+    D = x.shape[1]
+    side, k = cfg.image_size // cfg.patch_size, cfg.n_merge
+    pooled = x.reshape(side // k, k, side // k, k, D).mean(axis=(1, 3), dtype=np.float64)
+    pooled = pooled.astype(F32).reshape(-1, D)  # (n_tokens, D)
+    normed = round_activations(rms_norm(pooled, p.soft_emb_norm, cfg.eps), p.rounding)
+    n64, proj = normed.astype(np.float64), p.input_projection.astype(np.float64)
+    return rounded_matmul(n64, proj, _row_norm(n64), np.sqrt(np.square(proj).sum(0)))
+
+
+def project_mlp(x: Array, p: MlpProjector, has_class: bool) -> Array:
+    """(N_pos, D') -> (N, D_text): rows 1..N with a class row (0..N-1 without), then
+    mm.0 -> GELU -> mm.2 (llava.cpp's `patches` get_rows and PROJECTOR_TYPE_MLP)."""
+    rows = x[1:] if has_class else x  # (N, D'): with a class row, patch 0 is dropped
+    h = gelu_f16_table(linear(rows, p.w0, LLAMA_CPP) + p.b0)  # (N, F_mm)
+    return linear(h, p.w2, LLAMA_CPP) + p.b2
+
+
 class VisionEncoder:
     """A loaded projector: `encode(image_bytes)` -> (n_tokens, D_text) embeddings."""
 
-    def __init__(self, path: Path, config: VisionConfig, weights: VisionWeights) -> None:
+    def __init__(
+        self,
+        path: Path,
+        config: VisionConfig,
+        vit: VitWeights,
+        projector: Gemma3Projector | MlpProjector,
+    ) -> None:
         self.path = path
         self.config = config
-        self.weights = weights
+        self.vit = vit
+        self.projector = projector
 
     @property
     def n_tokens(self) -> int:
@@ -297,13 +450,10 @@ class VisionEncoder:
         return side * side
 
     @property
-    def bidirectional(self) -> bool:
-        """Image tokens attend to each other both ways in the text model (gemma3)."""
-        return self.config.projector_type == "gemma3"
-
-    @property
     def n_embd_text(self) -> int:
-        return int(self.weights.input_projection.shape[1])
+        if isinstance(self.projector, Gemma3Projector):
+            return int(self.projector.input_projection.shape[1])
+        return int(self.projector.b2.shape[0])
 
     def encode(self, data: bytes) -> Array:
         """Encoded image bytes -> (n_tokens, D_text). Raises InvalidImage."""
@@ -315,45 +465,15 @@ class VisionEncoder:
 
     def forward(self, image: Array) -> Array:
         """(3, S, S) normalized float32 -> (n_tokens, D_text)."""
-        cfg, w = self.config, self.weights
-        P, D, H = cfg.patch_size, cfg.n_embd, cfg.n_head
-        side = cfg.image_size // P
-        patches = image.reshape(3, side, P, side, P).transpose(1, 3, 0, 2, 4)
-        patches = patches.reshape(side * side, 3 * P * P)  # (N, 3*P*P), row y*side + x
-        # ggml_conv_2d: im2col to F16, so pixels and kernel meet as F16 (F32 for a BF16 kernel)
-        p64 = (patches.astype(np.float16) if w.patch_f16 else patches).astype(np.float64)
-        conv = rounded_matmul(p64, w.patch, _row_norm(p64), _row_norm(w.patch.T))
-        x = conv + w.patch_bias + w.position  # (N, D)
-        N = x.shape[0]
-        scale = 1.0 / float(np.sqrt(F32(D // H)))
-        for lw in w.layers:
-            h = layer_norm(x, lw.ln1_w, lw.ln1_b, cfg.eps)
-            q = (linear(h, lw.wq, LLAMA_CPP) + lw.bq).reshape(N, H, D // H)
-            k = (linear(h, lw.wk, LLAMA_CPP) + lw.bk).reshape(N, H, D // H)
-            v = (linear(h, lw.wv, LLAMA_CPP) + lw.bv).reshape(N, H, D // H)
-            x = x + linear(_attention(q, k, v, scale), lw.wo, LLAMA_CPP) + lw.bo
-            h = layer_norm(x, lw.ln2_w, lw.ln2_b, cfg.eps)
-            u = gelu_f16_table(linear(h, lw.w_up, LLAMA_CPP) + lw.b_up)  # (N, F)
-            x = x + linear(u, lw.w_down, LLAMA_CPP) + lw.b_down
-        x = layer_norm(x, w.post_ln_w, w.post_ln_b, cfg.eps)
-        # gemma3: average k x k blocks of the (side, side) patch grid, row-major
-        k = cfg.n_merge
-        pooled = x.reshape(side // k, k, side // k, k, D).mean(axis=(1, 3), dtype=np.float64)
-        pooled = pooled.astype(F32).reshape(-1, D)  # (n_tokens, D)
-        normed = round_activations(
-            rms_norm(pooled, w.soft_emb_norm, cfg.eps), w.projection_rounding
-        )
-        proj = w.input_projection.astype(np.float64)
-        return rounded_matmul(
-            normed.astype(np.float64),
-            proj,
-            np.sqrt(np.square(normed.astype(np.float64)).sum(-1)),
-            np.sqrt(np.square(proj).sum(0)),
-        )
+        x = vit_features(embed_patches(image, self.vit, self.config), self.vit, self.config)
+        if isinstance(self.projector, Gemma3Projector):
+            return project_gemma3(x, self.projector, self.config)
+        return project_mlp(x, self.projector, self.vit.class_embedding is not None)
 
 
 def load_projector(path: str | Path) -> VisionEncoder:
-    """Load a llama.cpp mmproj GGUF (projector type gemma3). Raises GGUFError when unsupported."""
+    """Load a llama.cpp mmproj GGUF (projector type gemma3 or mlp). Raises GGUFError when the
+    file is not a supported projector."""
     path = Path(path)
     gguf = GGUFFile(path)
     if gguf.metadata.get("general.architecture") != "clip":
@@ -361,20 +481,28 @@ def load_projector(path: str | Path) -> VisionEncoder:
     cfg = VisionConfig.from_gguf(gguf.metadata)
     tensors = gguf.tensors
 
-    def vec(name: str) -> Array:
+    def need(name: str) -> str:
         if name not in tensors:
             raise GGUFError(f"projector tensor {name!r} is missing")
-        return np.ascontiguousarray(gguf.tensor(name), dtype=F32)
+        return name
+
+    def vec(name: str) -> Array:
+        return np.ascontiguousarray(gguf.tensor(need(name)), dtype=F32)
+
+    def opt_vec(name: str) -> Array | None:
+        return vec(name) if name in tensors else None
+
+    def norm(prefix: str) -> LayerNormWeights:
+        return LayerNormWeights(vec(prefix + ".weight"), vec(prefix + ".bias"))
+
+    def opt_norm(prefix: str) -> LayerNormWeights | None:
+        return norm(prefix) if prefix + ".weight" in tensors else None
 
     def lin(name: str) -> Linear:
-        if name not in tensors:
-            raise GGUFError(f"projector tensor {name!r} is missing")
-        t = tensors[name]
+        t = tensors[need(name)]
         return Linear((matrix_from_gguf([(gguf.raw(name), t.ggml_type, t.shape)]),))  # type: ignore[list-item]
 
-    name = "v.patch_embd.weight"
-    if name not in tensors:
-        raise GGUFError(f"projector tensor {name!r} is missing")
+    name = need("v.patch_embd.weight")
     D, P = cfg.n_embd, cfg.patch_size
     f16 = tensors[name].ggml_type != GGMLType.BF16
     kernel = vec(name).reshape(D, 3 * P * P)  # (D, 3, P, P) flattened
@@ -383,28 +511,48 @@ def load_projector(path: str | Path) -> VisionEncoder:
     layers = []
     for il in range(cfg.n_layer):
         p = f"v.blk.{il}."
+        up, down = p + "ffn_up", p + "ffn_down"
+        if tensors[need(down + ".weight")].shape[-1] == D:
+            # clip.cpp is_ffn_swapped: some old conversions named the up projection
+            # ffn_down; llama.cpp swaps by shape (ffn_down taking n_embd inputs), and so do we
+            up, down = down, up
         layers.append(
             VitLayer(
-                ln1_w=vec(p + "ln1.weight"), ln1_b=vec(p + "ln1.bias"),
+                ln1=norm(p + "ln1"),
                 wq=lin(p + "attn_q.weight"), bq=vec(p + "attn_q.bias"),
                 wk=lin(p + "attn_k.weight"), bk=vec(p + "attn_k.bias"),
                 wv=lin(p + "attn_v.weight"), bv=vec(p + "attn_v.bias"),
                 wo=lin(p + "attn_out.weight"), bo=vec(p + "attn_out.bias"),
-                ln2_w=vec(p + "ln2.weight"), ln2_b=vec(p + "ln2.bias"),
-                w_up=lin(p + "ffn_up.weight"), b_up=vec(p + "ffn_up.bias"),
-                w_down=lin(p + "ffn_down.weight"), b_down=vec(p + "ffn_down.bias"),
+                ln2=norm(p + "ln2"),
+                w_up=lin(up + ".weight"), b_up=vec(up + ".bias"),
+                w_down=lin(down + ".weight"), b_down=vec(down + ".bias"),
             )
         )  # fmt: skip
-    weights = VisionWeights(
+    mlp = cfg.projector_type == "mlp"
+    vit = VitWeights(
         patch=np.ascontiguousarray(kernel.T, dtype=np.float64),
         patch_f16=f16,
-        patch_bias=vec("v.patch_embd.bias"),
+        patch_bias=opt_vec("v.patch_embd.bias"),
+        class_embedding=opt_vec("v.class_embd") if mlp else None,
         position=vec("v.position_embd.weight"),
+        pre_ln=opt_norm("v.pre_ln"),
         layers=tuple(layers),
-        post_ln_w=vec("v.post_ln.weight"),
-        post_ln_b=vec("v.post_ln.bias"),
-        soft_emb_norm=vec("mm.soft_emb_norm.weight"),
-        input_projection=vec("mm.input_projection.weight"),
-        projection_rounding=vec_dot_rounding(tensors["mm.input_projection.weight"].ggml_type),
+        post_ln=opt_norm("v.post_ln"),
     )
-    return VisionEncoder(path, cfg, weights)
+    n_pos = (cfg.image_size // P) ** 2 + (vit.class_embedding is not None)
+    if vit.position.shape != (n_pos, D):
+        raise GGUFError(f"v.position_embd.weight is {vit.position.shape}, expected {(n_pos, D)}")
+    projector: Gemma3Projector | MlpProjector
+    if mlp:
+        if "mm.3.weight" in tensors:
+            raise GGUFError("an mlp projector with mm.3 (Yi-style mlp_norm) is not supported")
+        projector = MlpProjector(
+            lin("mm.0.weight"), vec("mm.0.bias"), lin("mm.2.weight"), vec("mm.2.bias")
+        )
+    else:
+        projector = Gemma3Projector(
+            soft_emb_norm=vec("mm.soft_emb_norm.weight"),
+            input_projection=vec("mm.input_projection.weight"),
+            rounding=vec_dot_rounding(tensors["mm.input_projection.weight"].ggml_type),
+        )
+    return VisionEncoder(path, cfg, vit, projector)

@@ -8,7 +8,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engine.models.numerics import round_f16
+from engine.models.numerics import gelu_quick_f16_table, round_f16
 
 F32 = np.float32
 U32 = np.uint32
@@ -45,3 +45,21 @@ def test_round_f16_edges() -> None:
 def test_round_f16_hypothesis(values: list[float]) -> None:
     x = np.array(values, F32).reshape(-1, 1)  # any shape, rows like activations
     assert _same_bits(round_f16(x), _cast(x)).all()
+
+
+def test_gelu_quick_table_is_the_formula_at_every_f16_value() -> None:
+    """ggml_table_gelu_quick_f16: x / (1 + expf(-1.702 x)) in float32 at each F16 value, stored
+    as F16. Our exp_f32 stands in for expf; with expf correctly rounded (here: float64 exp, then
+    float32) every finite entry is the same F16 value, and an F32 input uses its F16 neighbour."""
+    x = np.arange(1 << 16, dtype=np.uint16).view(np.float16).astype(np.float32)
+    finite = np.isfinite(x)
+    x = x[finite]
+    with np.errstate(over="ignore"):
+        e = np.exp((np.float32(-1.702) * x).astype(np.float64)).astype(np.float32)
+        want = round_f16(x * (np.float32(1.0) / (np.float32(1.0) + e)))
+    np.testing.assert_array_equal(gelu_quick_f16_table(x), want)
+    # a float32 input between two F16 values takes the nearest one's entry
+    np.testing.assert_array_equal(
+        gelu_quick_f16_table(np.float32([1.0 + 2.0**-12, 1.0 + 3 * 2.0**-12])),
+        gelu_quick_f16_table(np.float32([1.0, 1.0 + 2.0**-10])),
+    )

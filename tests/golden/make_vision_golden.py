@@ -2,11 +2,13 @@
 
     python tests/golden/make_vision_golden.py
 
-Writes the tiny Gemma 3 text model and mmproj of tests/tiny_vision.py to a temporary directory,
-then for each image of tests/tiny_vision.py IMAGES: the (16, 64) embeddings mtmd_encode_chunk
-gives for the Pillow-decoded pixels; and for one prompt with an image, the argmax of llama.cpp's
-logits at every text position after the image (the image decoded by mtmd_helper_eval_chunk_single,
-non-causal for Gemma 3). Flash attention off, llama.cpp's defaults otherwise.
+Writes each text model and mmproj of tests/tiny_vision.py VARIANTS (Gemma 3 with SigLIP; LLaVA
+style with CLIP and the mlp projector; F16, feature-layer and legacy-name variants) to a
+temporary directory, then for each of the variant's images (tests/tiny_vision.py IMAGES): the
+(n_tokens, 64) embeddings mtmd_encode_chunk gives for the Pillow-decoded pixels; and, for the
+variant's prompt with an image, mtmd's text chunks and the argmax of llama.cpp's logits at every
+text position after the image (the image decoded by mtmd_helper_eval_chunk_single: non-causal for
+Gemma 3, causal for LLaVA). Flash attention off, llama.cpp's defaults otherwise.
 
 Output: tests/golden/vision_tiny.json with the oracle build (tests/golden/oracle_build.py).
 """
@@ -14,6 +16,7 @@ Output: tests/golden/vision_tiny.json with the oracle build (tests/golden/oracle
 from __future__ import annotations
 
 import json
+import re
 import sys
 import tempfile
 from pathlib import Path
@@ -25,45 +28,52 @@ from tests.golden.oracle_build import oracle_build  # noqa: E402
 from tests.tiny_vision import (  # noqa: E402
     IMAGES,
     LOGITS_IMAGE,
-    LOGITS_PROMPT,
+    VARIANTS,
     MtmdOracle,
+    Variant,
     encoded_image,
-    write_tiny_mmproj,
-    write_tiny_text,
 )
 
 OUT = Path(__file__).with_name("vision_tiny.json")
 
 
-def main() -> None:
-    with tempfile.TemporaryDirectory() as d:
-        text, mmproj = (
-            write_tiny_text(Path(d) / "text.gguf"),
-            write_tiny_mmproj(Path(d) / "mm.gguf"),
-        )
-        oracle = MtmdOracle(text, mmproj)
-        cases = []
-        for fmt, size, mode in IMAGES:
-            pixels = decode_image(encoded_image(fmt, size, seed=sum(size), mode=mode))
-            chunks = oracle.chunks("<__media__>", pixels)
-            image = next(c for kind, c in chunks if kind == "image")
-            emb = oracle.image_embeddings(image)
-            cases.append(
-                {"format": fmt, "size": list(size), "mode": mode,
-                 "embeddings": [[float(f"{v:.9g}") for v in row] for row in emb]}
-            )  # fmt: skip
+def record(variant: Variant, oracle: MtmdOracle) -> dict[str, object]:
+    cases = []
+    for index in variant.images:
+        fmt, size, mode = IMAGES[index]
+        pixels = decode_image(encoded_image(fmt, size, seed=sum(size), mode=mode))
+        chunks = oracle.chunks("<__media__>", pixels)
+        image = next(c for kind, c in chunks if kind == "image")
+        emb = oracle.image_embeddings(image)
+        cases.append(
+            {"format": fmt, "size": list(size), "mode": mode,
+             "embeddings": [[float(f"{v:.9g}") for v in row] for row in emb]}
+        )  # fmt: skip
+    out: dict[str, object] = {"images": cases}
+    if variant.logits_prompt is not None:
         fmt, size, mode = LOGITS_IMAGE
         pixels = decode_image(encoded_image(fmt, size, seed=sum(size), mode=mode))
-        chunks = oracle.chunks(LOGITS_PROMPT, pixels)
+        chunks = oracle.chunks(variant.logits_prompt, pixels)
         after = oracle.prompt_logits(chunks)[0]
-        logits = {
-            "prompt": LOGITS_PROMPT,
+        out["logits"] = {
+            "prompt": variant.logits_prompt,
             "chunks": [v if k == "text" else "image" for k, v in chunks],
             "argmax_after_image": [int(i) for i in after.argmax(-1)],
         }
-    OUT.write_text(
-        json.dumps({"oracle": oracle_build(), "images": cases, "logits": logits}, indent=1) + "\n"
-    )
+    return out
+
+
+def main() -> None:
+    variants = {}
+    with tempfile.TemporaryDirectory() as d:
+        for name, variant in VARIANTS.items():
+            text = variant.write_text(Path(d) / f"{name}-text.gguf")
+            mmproj = variant.write_mmproj(Path(d) / f"{name}-mmproj.gguf")
+            variants[name] = record(variant, MtmdOracle(text, mmproj))
+    text = json.dumps({"oracle": oracle_build(), "variants": variants}, indent=1)
+    # one line per list of numbers (an embedding row, a token list): a third of the lines' bytes
+    text = re.sub(r"\[[-0-9.e,\s]*\]", lambda m: re.sub(r"\s+", "", m.group(0)), text)
+    OUT.write_text(text + "\n")
 
 
 if __name__ == "__main__":

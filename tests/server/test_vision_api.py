@@ -1,6 +1,7 @@
-"""Images through the live server and the official client: a tiny Gemma 3 text model created
-with its SigLIP mmproj (`files` with both: a projector layer), generate(images=[path]) and chat
-with images, a text-only model's error, and bad images as 400s (issue 20)."""
+"""Images through the live server and the official client: tiny Gemma 3 and LLaVA-style text
+models created with their SigLIP / CLIP mmproj (`files` with both: a projector layer),
+generate(images=[path]) and chat with images, a text-only model's error, and bad images as 400s
+(issue 20)."""
 
 from __future__ import annotations
 
@@ -18,9 +19,17 @@ from server.app import create_app
 from server.manifest import MEDIA_PROJECTOR
 from server.store import Store
 from tests.server.live import live_server
-from tests.tiny_vision import N_IMAGE_TOKENS, write_tiny_mmproj, write_tiny_text
+from tests.tiny_vision import N_IMAGE_TOKENS, VARIANTS, write_tiny_mmproj, write_tiny_text
 
 GREEDY = {"temperature": 0, "num_predict": 6, "seed": 1}
+# model name -> (tests/tiny_vision.py variant, projector type)
+VISION_MODELS = {"tinyvision": ("gemma3", "gemma3"), "tinyllava": ("llava", "mlp")}
+
+
+def _image_rows(model: str) -> int:
+    """Prompt tokens one image adds: its rows plus mtmd's markers around them."""
+    v = VARIANTS[VISION_MODELS[model][0]]
+    return v.n_image_tokens + v.markers
 
 
 @pytest.fixture(scope="module")
@@ -43,11 +52,14 @@ def _png(path: Path, seed: int, size: tuple[int, int] = (40, 30)) -> Path:
 @pytest.fixture(scope="module")
 def client(url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ollama.Client]:
     d = tmp_path_factory.mktemp("files")
-    text, mmproj = write_tiny_text(d / "text.gguf"), write_tiny_mmproj(d / "mmproj.gguf")
     with ollama.Client(host=url, timeout=300) as c:
-        files = {"text.gguf": c.create_blob(text), "mmproj.gguf": c.create_blob(mmproj)}
-        assert c.create("tinyvision", files=files).status == "success"
-        assert c.create("tinytext", files={"text.gguf": files["text.gguf"]}).status == "success"
+        for model, (variant, _) in VISION_MODELS.items():
+            v = VARIANTS[variant]
+            text, mmproj = v.write_text(d / f"{model}.gguf"), v.write_mmproj(d / f"{model}-mm.gguf")
+            files = {"text.gguf": c.create_blob(text), "mmproj.gguf": c.create_blob(mmproj)}
+            assert c.create(model, files=files).status == "success"
+        gemma_text = {"text.gguf": c.create_blob(d / "tinyvision.gguf")}
+        assert c.create("tinytext", files=gemma_text).status == "success"
         yield c
 
 
@@ -57,41 +69,46 @@ def images(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     return _png(d / "a.png", 1), _png(d / "b.png", 2, (64, 20))
 
 
+@pytest.mark.parametrize("model", VISION_MODELS)
 def test_create_stores_a_projector_layer_and_show_says_vision(
-    client: ollama.Client, store: Store, url: str
+    client: ollama.Client, store: Store, url: str, model: str
 ) -> None:
-    record = store.resolve("tinyvision")
+    record = store.resolve(model)
     assert [x.media_type for x in record.manifest.layers].count(MEDIA_PROJECTOR) == 1
     assert len(record.projectors) == 1
-    shown = client.show("tinyvision")
+    shown = client.show(model)
     assert "vision" in (shown.capabilities or [])
     # the official client's ShowResponse has no projector_info field: read the JSON
-    info = httpx.post(f"{url}/api/show", json={"model": "tinyvision"}).json()["projector_info"]
+    info = httpx.post(f"{url}/api/show", json={"model": model}).json()["projector_info"]
     assert info["general.architecture"] == "clip"
-    assert info["clip.projector_type"] == "gemma3"
+    assert info["clip.projector_type"] == VISION_MODELS[model][1]
     assert "vision" not in (client.show("tinytext").capabilities or [])
 
 
-def test_generate_with_an_image_path(client: ollama.Client, images: tuple[Path, Path]) -> None:
+@pytest.mark.parametrize("model", VISION_MODELS)
+def test_generate_with_an_image_path(
+    client: ollama.Client, images: tuple[Path, Path], model: str
+) -> None:
     a, b = images
-    plain = client.generate("tinyvision", "What is this?", options=GREEDY)
-    with_a = client.generate("tinyvision", "What is this?", images=[a], options=GREEDY)
-    again = client.generate("tinyvision", "What is this?", images=[a], options=GREEDY)
-    with_b = client.generate("tinyvision", "What is this?", images=[b], options=GREEDY)
-    # each image adds <start_of_image>, its rows and <end_of_image> to the prompt
-    assert with_a.prompt_eval_count == plain.prompt_eval_count + N_IMAGE_TOKENS + 2
+    plain = client.generate(model, "What is this?", options=GREEDY)
+    with_a = client.generate(model, "What is this?", images=[a], options=GREEDY)
+    again = client.generate(model, "What is this?", images=[a], options=GREEDY)
+    with_b = client.generate(model, "What is this?", images=[b], options=GREEDY)
+    # each image adds its rows (Gemma 3: between <start_of_image> and <end_of_image>)
+    assert with_a.prompt_eval_count == plain.prompt_eval_count + _image_rows(model)
     assert with_a.response == again.response  # deterministic, and the cached image is reused
     assert with_a.eval_count == GREEDY["num_predict"]
     assert with_b.prompt_eval_count == with_a.prompt_eval_count
 
 
-def test_chat_with_images(client: ollama.Client, images: tuple[Path, Path]) -> None:
+@pytest.mark.parametrize("model", VISION_MODELS)
+def test_chat_with_images(client: ollama.Client, images: tuple[Path, Path], model: str) -> None:
     a, b = images
     text = [{"role": "user", "content": "Compare these."}]
-    plain = client.chat("tinyvision", messages=text, options=GREEDY)
+    plain = client.chat(model, messages=text, options=GREEDY)
     msgs = [{"role": "user", "content": "Compare these.", "images": [a, b]}]
-    both = client.chat("tinyvision", messages=msgs, options=GREEDY)
-    assert both.prompt_eval_count == plain.prompt_eval_count + 2 * (N_IMAGE_TOKENS + 2)
+    both = client.chat(model, messages=msgs, options=GREEDY)
+    assert both.prompt_eval_count == plain.prompt_eval_count + 2 * _image_rows(model)
     assert both.message.role == "assistant"
 
 
