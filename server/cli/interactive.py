@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import sys
 import termios
 import unicodedata
@@ -186,6 +187,16 @@ PLACEHOLDER = "Send a message (/? for help)"
 ALT_PLACEHOLDER = "Press Enter to send"
 
 
+def _read_keys(fd: int) -> bytes:
+    """os.read of what the next key sends, waiting in short selects: Python runs a pending
+    SIGINT handler (Ctrl-C's KeyboardInterrupt) between them. A Ctrl-C landing after Python's
+    last signal check but before a blocking read() began would otherwise be handled without
+    interrupting the read, and the session would hang until the next key."""
+    while not select.select([fd], [], [], 0.1)[0]:
+        pass
+    return os.read(fd, 4096)
+
+
 class LineReader:
     """input() with GNU readline (editing, in-memory history) and Ollama's placeholder.
 
@@ -236,13 +247,13 @@ class LineReader:
             termios.tcsetattr(fd, termios.TCSANOW, raw)  # before the prompt: no key echoes
             sys.stdout.write(f"{prompt}\x1b[90m{placeholder}\x1b[0m\x1b[{len(placeholder)}D")
             sys.stdout.flush()
-            data = os.read(fd, 4096)
+            data = _read_keys(fd)
             while True:
                 try:
                     keys = data.decode("utf-8").replace("\r", "\n")
                     break
                 except UnicodeDecodeError:  # a character split across reads
-                    data += os.read(fd, 4096)
+                    data += _read_keys(fd)
         finally:
             termios.tcsetattr(fd, termios.TCSANOW, saved)
             sys.stdout.write("\r\x1b[K")
