@@ -2,7 +2,7 @@
 Qwen2.5-Coder prefill against llama.cpp.
 
 Decode: the prompt is prefilled into a cache in one `Model.eval`, then every continuation token
-goes through its own one-token `Model.eval` on that cache, as engine.generate does; all rows are
+goes through a one-token step on that cache, as the server decodes; all rows are
 scored (tests/agreement.py) against llama.cpp evaluating every token alone
 (tests/golden/forward_{smollm2,gemma3}_tokenwise.json, tests/golden/make_exact_golden.py).
 The live test re-runs llama.cpp over every case of those goldens.
@@ -35,16 +35,27 @@ def _cases(name: str) -> list[dict]:
     return json.loads((GOLDEN / f"forward_{name}.json").read_text())["cases"]
 
 
-def decode_rows(model: Model, case: dict) -> np.ndarray:
-    """(T, V) logits for prompt + continuation[:-1]: one prefill, then one-token steps."""
-    prompt, steps = case["prompt"], case["continuation"][:-1]
-    cache = model.new_cache(len(prompt) + len(steps))
-    rows = [model.eval(prompt, cache)] + [model.eval([t], cache) for t in steps]
-    return np.concatenate(rows)
+def decode_rows(model: Model, cases: list[dict]) -> list[np.ndarray]:
+    """Each case's (T, V) logits for prompt + continuation[:-1]: one prefill per case, then
+    one-token steps, every case's step at a position in one `Model.eval_many` (the server's
+    batched decode, whose rows are what a solo one-token `Model.eval` gives: README,
+    Determinism; tests/engine/test_model.py, tests/server/test_batching.py)."""
+    steps = [c["continuation"][:-1] for c in cases]
+    caches = [model.new_cache(len(c["prompt"]) + len(s)) for c, s in zip(cases, steps, strict=True)]
+    rows = [[model.eval(c["prompt"], cache)] for c, cache in zip(cases, caches, strict=True)]
+    for i in range(max(map(len, steps))):
+        live = [j for j, s in enumerate(steps) if i < len(s)]
+        out = model.eval_many([([steps[j][i]], caches[j]) for j in live])
+        for j, logits in zip(live, out, strict=True):
+            rows[j].append(logits)
+    return [np.concatenate(r) for r in rows]
 
 
 def decode_agreement(model: Model, name: str) -> Agreement:
-    return summarize([compare(decode_rows(model, c), c) for c in _cases(f"{name}_tokenwise")])
+    cases = _cases(f"{name}_tokenwise")
+    return summarize(
+        [compare(rows, c) for rows, c in zip(decode_rows(model, cases), cases, strict=True)]
+    )
 
 
 # (top-1 min, mean KL max, greedy identical min of 30) = measured - margin (module docstring).
