@@ -11,6 +11,7 @@ import os
 import pty
 import re
 import select
+import signal
 import socket
 import struct
 import subprocess
@@ -260,9 +261,14 @@ def test_readme_path_serve_create_run(tmp_path, smollm2_path):
 
 
 def _own_terminal() -> None:
-    """In the child: a new session whose controlling terminal is the pty, so Ctrl-C is SIGINT."""
+    """In the child: a new session whose controlling terminal is the pty, so Ctrl-C is SIGINT,
+    with SIGINT at its default and unblocked, as a shell starts a command. A child inherits an
+    ignored or blocked SIGINT: in the full suite the test process had one (the Ctrl-C check then
+    waited in vain), which a user's terminal never gives the CLI."""
     os.setsid()
     fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
 
 
 class _PTY:
