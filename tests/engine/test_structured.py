@@ -101,7 +101,7 @@ _schemas = st.recursive(_leaf, _compound, max_leaves=4)
 
 @pytest.mark.slow
 @settings(
-    max_examples=60,
+    max_examples=40,
     deadline=None,
     derandomize=True,
     database=None,
