@@ -75,8 +75,9 @@ def _llama_cpp(path: str, threads: int) -> Callable[[], int]:
     return run
 
 
-def _rate(run: Callable[[], int], repeat: int) -> tuple[float, float]:
-    run()  # warm-up
+def _rate(run: Callable[[], int], repeat: int, warm_up: bool = True) -> tuple[float, float]:
+    if warm_up:
+        run()
     rates = []
     for _ in range(repeat):
         t0 = time.perf_counter()
@@ -90,7 +91,9 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--models", default="nomic-embed-text")
     ap.add_argument("--threads", type=int, default=2, help="llama.cpp threads")
-    ap.add_argument("--smoke", action="store_true", help="one repeat, to keep the script working")
+    ap.add_argument(
+        "--smoke", action="store_true", help="one repeat, no warm-up: keeps the script working"
+    )
     args = ap.parse_args()
     repeat = 1 if args.smoke else args.repeat
     have_oracle = importlib.util.find_spec("llama_cpp") is not None
@@ -107,9 +110,12 @@ def main() -> None:
         model = load(path)
         if not isinstance(model, BertModel):
             raise SystemExit(f"{name} is not an encoder (bert, nomic-bert)")
-        theirs = _rate(_llama_cpp(str(path), args.threads), repeat) if have_oracle else None
+        warm_up = not args.smoke
+        theirs = (
+            _rate(_llama_cpp(str(path), args.threads), repeat, warm_up) if have_oracle else None
+        )
         for label, run in (("refllama", _ours(model)), ("batched", _ours_batched(model))):
-            ours = _rate(run, repeat)
+            ours = _rate(run, repeat, warm_up)
             ratio = f"{ours[0] / theirs[0]:.2f}x" if theirs else "-"
             print(f"{name:<20} {label:<10} {ours[0]:>10.1f} {ours[1]:>10.1f} {ratio:>7}")
         if theirs:
