@@ -151,12 +151,19 @@ def sha256_file(path: Path) -> str:
 def _cached(target: Path, build: Callable[[Path], Path]) -> Path:
     """`target`, built first if missing: `build(tmp_dir)` makes it in a temporary directory beside
     it and returns the path, which is then renamed into place whole, so an interrupted download
-    never leaves a partial model behind."""
+    never leaves a partial model behind. When another process renamed its own copy of a
+    directory into place first (a directory cannot replace a non-empty one), that copy stays
+    and this one is dropped; a file is replaced by the same bytes."""
     if target.exists():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
-        os.replace(build(Path(tmp)), target)
+        built = build(Path(tmp))
+        try:
+            os.replace(built, target)
+        except OSError:
+            if not target.is_dir():
+                raise
     return target
 
 

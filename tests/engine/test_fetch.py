@@ -105,3 +105,19 @@ def test_fetch_shows_download_progress_on_a_terminal(tmp_path: Path) -> None:
     assert proc.returncode == 0
     assert out == f"{tmp_path / 'models' / MODELS['smollm2'].filename}\n"
     assert "92.9/92.9 MB" in seen.decode("utf-8", "replace")
+
+
+def test_a_directory_another_process_renamed_first_is_kept(tmp_path: Path) -> None:
+    # Two test workers fetching llama.cpp's models/ at once: the second rename meets a
+    # non-empty directory (ENOTEMPTY), and the first copy is the answer.
+    target = tmp_path / "cache" / "models"
+
+    def build(tmp: Path) -> Path:
+        (target / "theirs").mkdir(parents=True)  # the other process finishes meanwhile
+        ours = tmp / "models"
+        (ours / "ours").mkdir(parents=True)
+        return ours
+
+    assert fetch._cached(target, build) == target
+    assert [p.name for p in target.iterdir()] == ["theirs"]
+    assert [p.name for p in target.parent.iterdir()] == ["models"]  # our temporary copy is gone

@@ -47,10 +47,6 @@ PROMPTS = [
 ]
 
 
-# one worker for the module: the `golden` fixture records the corpus once (pyproject, --dist)
-pytestmark = pytest.mark.xdist_group("golden")
-
-
 def corpus_lines() -> list[dict[str, object]]:
     """20 greedy cases: 10 /api/generate prompts, then the same 10 as /api/chat messages.
 
