@@ -49,25 +49,11 @@ def write_tiny_mmproj(path: str | Path, seed: int = 1, f16: bool = False) -> Pat
     """
     path = Path(path)
     rng = np.random.default_rng(seed)
-    w = GGUFWriter(str(path), "clip")
-    w.add_name("tiny-gemma3-mmproj")
-    w.add_bool("clip.has_vision_encoder", True)
-    w.add_bool("clip.has_text_encoder", False)
-    w.add_string("clip.projector_type", "gemma3")
-    w.add_bool("clip.use_gelu", True)
-    w.add_uint32("clip.vision.image_size", IMAGE_SIZE)
-    w.add_uint32("clip.vision.patch_size", PATCH)
-    w.add_uint32("clip.vision.embedding_length", D_V)
-    w.add_uint32("clip.vision.feed_forward_length", F_V)
-    w.add_uint32("clip.vision.block_count", L_V)
-    w.add_uint32("clip.vision.projection_dim", D_TEXT)
-    w.add_uint32("clip.vision.attention.head_count", H_V)
-    w.add_float32("clip.vision.attention.layer_norm_epsilon", 1e-6)
+    w = _clip_writer(
+        path, "tiny-gemma3-mmproj", "gemma3", gelu=True, image_size=IMAGE_SIZE,
+        block_count=L_V, eps=1e-6, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), f16=f16,
+    )  # fmt: skip
     w.add_uint32("clip.vision.projector.scale_factor", MERGE)
-    w.add_array("clip.vision.image_mean", [0.5, 0.5, 0.5])
-    w.add_array("clip.vision.image_std", [0.5, 0.5, 0.5])
-    w.add_file_type(1 if f16 else 0)
-
     add = _tensor_adder(w, rng, f16)
     n_patches = (IMAGE_SIZE // PATCH) ** 2
     add("v.patch_embd.weight", (D_V, 3, PATCH, PATCH))  # ggml conv kernel, ne (P, P, 3, D)
@@ -107,26 +93,13 @@ def write_tiny_llava_mmproj(
     """
     path = Path(path)
     rng = np.random.default_rng(seed)
-    w = GGUFWriter(str(path), "clip")
-    w.add_name("tiny-llava-mmproj")
-    w.add_bool("clip.has_vision_encoder", True)
-    w.add_bool("clip.has_text_encoder", False)
+    w = _clip_writer(
+        path, "tiny-llava-mmproj", "mlp", gelu=gelu, image_size=LLAVA_IMAGE_SIZE,
+        block_count=LLAVA_L_V, eps=1e-5, mean=CLIP_MEAN, std=CLIP_STD, f16=f16,
+    )  # fmt: skip
     w.add_bool("clip.has_llava_projector", True)
-    w.add_string("clip.projector_type", "mlp")
-    w.add_bool("clip.use_gelu", gelu)
-    w.add_uint32("clip.vision.image_size", LLAVA_IMAGE_SIZE)
-    w.add_uint32("clip.vision.patch_size", PATCH)
-    w.add_uint32("clip.vision.embedding_length", D_V)
-    w.add_uint32("clip.vision.feed_forward_length", F_V)
-    w.add_uint32("clip.vision.block_count", LLAVA_L_V)
-    w.add_uint32("clip.vision.projection_dim", D_TEXT)
-    w.add_uint32("clip.vision.attention.head_count", H_V)
-    w.add_float32("clip.vision.attention.layer_norm_epsilon", 1e-5)
-    w.add_array("clip.vision.image_mean", list(CLIP_MEAN))
-    w.add_array("clip.vision.image_std", list(CLIP_STD))
     if feature_layers:
         w.add_array("clip.vision.feature_layer", list(feature_layers))
-    w.add_file_type(1 if f16 else 0)
     add = _tensor_adder(w, rng, f16)
     n_pos = (LLAVA_IMAGE_SIZE // PATCH) ** 2 + 1
     add("v.class_embd", (D_V,), "bias", scale=10.0)
@@ -143,6 +116,40 @@ def write_tiny_llava_mmproj(
     add("mm.2.bias", (D_TEXT,), "bias")
     _finish(w)
     return path
+
+
+def _clip_writer(
+    path: Path,
+    name: str,
+    projector: str,
+    *,
+    gelu: bool,
+    image_size: int,
+    block_count: int,
+    eps: float,
+    mean: tuple[float, ...],
+    std: tuple[float, ...],
+    f16: bool,
+) -> GGUFWriter:
+    """A GGUFWriter for an mmproj with the clip.* keys both tiny projectors have."""
+    w = GGUFWriter(str(path), "clip")
+    w.add_name(name)
+    w.add_bool("clip.has_vision_encoder", True)
+    w.add_bool("clip.has_text_encoder", False)
+    w.add_string("clip.projector_type", projector)
+    w.add_bool("clip.use_gelu", gelu)
+    w.add_uint32("clip.vision.image_size", image_size)
+    w.add_uint32("clip.vision.patch_size", PATCH)
+    w.add_uint32("clip.vision.embedding_length", D_V)
+    w.add_uint32("clip.vision.feed_forward_length", F_V)
+    w.add_uint32("clip.vision.block_count", block_count)
+    w.add_uint32("clip.vision.projection_dim", D_TEXT)
+    w.add_uint32("clip.vision.attention.head_count", H_V)
+    w.add_float32("clip.vision.attention.layer_norm_epsilon", eps)
+    w.add_array("clip.vision.image_mean", list(mean))
+    w.add_array("clip.vision.image_std", list(std))
+    w.add_file_type(1 if f16 else 0)
+    return w
 
 
 def _tensor_adder(w: GGUFWriter, rng: np.random.Generator, f16: bool) -> Callable[..., None]:

@@ -26,6 +26,7 @@ AVX path: id = 127 / amax, round to nearest even), `quantize_row_q8_K_ref`, `ggm
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
 
@@ -217,21 +218,26 @@ def gelu_tanh(x: Array) -> Array:
     return F32(0.5) * x * (F32(1.0) + tanh_f32(c * x * (F32(1.0) + F32(0.044715) * x * x)))
 
 
-def _gelu_table() -> Array:
-    # One entry per F16 bit pattern, as ggml_table_gelu_f16: gelu at the F16 value, stored as F16.
+def _f16_table(fn: Callable[[Array], Array]) -> Array:
+    """fn at every F16 bit pattern, stored as F16: ggml's ggml_table_*_f16 lookup tables."""
     xh = np.arange(1 << 16, dtype=np.uint16).view(np.float16).astype(F32)
     with np.errstate(invalid="ignore", over="ignore"):
-        return round_f16(gelu_tanh(xh))
+        return round_f16(fn(xh))
 
 
-_GELU_F16 = _gelu_table()
+def _f16_lookup(table: Array, x: Array) -> Array:
+    """table at f16(x), as ggml's CPU kernels index their F16 tables."""
+    with np.errstate(over="ignore"):
+        bits = np.asarray(x, dtype=F32).astype(np.float16).view(np.uint16)
+    return table[bits]
+
+
+_GELU_F16 = _f16_table(gelu_tanh)
 
 
 def gelu_f16_table(x: Array) -> Array:
     """ggml's GELU: the tanh formula at f16(x), stored as F16 (ggml_table_gelu_f16)."""
-    with np.errstate(over="ignore"):
-        bits = np.asarray(x, dtype=F32).astype(np.float16).view(np.uint16)
-    y = _GELU_F16[bits]
+    y = _f16_lookup(_GELU_F16, x)
     y = np.where(x <= -GELU_LINEAR_ABOVE, F32(0.0), y)
     return np.where(x >= GELU_LINEAR_ABOVE, x, y).astype(F32)
 
@@ -245,18 +251,9 @@ def gelu_quick(x: Array) -> Array:
         return x * (F32(1.0) / (F32(1.0) + exp_f32(_GELU_QUICK_COEF * x)))
 
 
-def _gelu_quick_table() -> Array:
-    # ggml_table_gelu_quick_f16: quick GELU at every F16 value, stored as F16
-    xh = np.arange(1 << 16, dtype=np.uint16).view(np.float16).astype(F32)
-    with np.errstate(invalid="ignore", over="ignore"):
-        return round_f16(gelu_quick(xh))
-
-
-_GELU_QUICK_F16 = _gelu_quick_table()
+_GELU_QUICK_F16 = _f16_table(gelu_quick)  # ggml_table_gelu_quick_f16
 
 
 def gelu_quick_f16_table(x: Array) -> Array:
     """ggml's CPU quick GELU (GGML_GELU_QUICK_FP16): the table at f16(x), no linear ends."""
-    with np.errstate(over="ignore"):
-        bits = np.asarray(x, dtype=F32).astype(np.float16).view(np.uint16)
-    return _GELU_QUICK_F16[bits].astype(F32)
+    return _f16_lookup(_GELU_QUICK_F16, x).astype(F32)
