@@ -8,9 +8,15 @@ are added in position order, so a row's denominator is the same whichever query 
 fully masked blocks add exact zeros. exp is engine/models/numerics.py's `exp_f32`. Follows
 llama.cpp's non-flash `build_attn_mha` (spec: gguf-and-models.md section 4.3): softmax(scale * q.k)
 with the probabilities rounded to F16 before p.v when `f16_probs`.
+
+Since keys a query does not see change nothing, a decode step of several sequences
+(`attention_steps`) lays their caches side by side over the union of their key blocks and
+attends in one call: the per-call cost is paid once per step, not once per sequence.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import numpy as np
 import numpy.typing as npt
@@ -25,57 +31,76 @@ Array = npt.NDArray[np.float32]
 
 QUERY_CHUNK = 128  # at most this many query rows per score matrix
 SCORE_ELEMENTS = 1 << 21  # and at most ~this many (H, rows, S) scores: memory stays flat in S
+_GROUP = 16  # decode queries of this many sequences per batched call
 
 
-def _norm(x: npt.NDArray[np.float64], axis: int) -> npt.NDArray[np.float64]:
-    return np.sqrt(np.square(x).sum(axis=axis))
+def _norm(x: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+    """Euclidean norms of the last axis (only bounds rounding errors: any summation order)."""
+    return np.sqrt(np.einsum("...i,...i->...", x, x))
+
+
+def _visible(
+    q_pos: npt.NDArray[np.int64],
+    lo: int,
+    hi: int,
+    window: int,
+    span: tuple[int, int] | None,
+) -> npt.NDArray[np.bool_]:
+    """(N, T, S) mask: which of the keys at positions lo..hi-1 each query at q_pos (N, T) sees."""
+    qp = q_pos[:, :, None]
+    k_pos = np.arange(lo, hi)[None, None, :]
+    visible = k_pos <= qp
+    if span:  # positions inside the span see each other both ways (llama.cpp causal_attn off)
+        visible |= (span[0] <= qp) & (qp < span[1]) & (span[0] <= k_pos) & (k_pos < span[1])
+    if window:
+        visible &= qp - k_pos < window
+    return visible
 
 
 def _attend(
     q: Array,
-    k_cache: Array,
-    v_cache: Array,
-    pos0: int,
-    window: int,
+    k64: npt.NDArray[np.float64],
+    v64: npt.NDArray[np.float64],
+    visible: npt.NDArray[np.bool_],
     scale: float,
     f16_probs: bool,
-    span: tuple[int, int] | None = None,
 ) -> Array:
-    """Queries at positions pos0.. (T, Hkv, G, Dh) over the keys they may see -> (T, Hkv, G, Dv)."""
-    T, Hkv, G, Dh = q.shape
-    Dv = v_cache.shape[2]
-    first = max(0, pos0 - window + 1) // KEY_BLOCK if window else 0
-    last = max(pos0 + T, span[1]) if span else pos0 + T
-    lo, hi = first * KEY_BLOCK, -(-last // KEY_BLOCK) * KEY_BLOCK
-    q64 = q.transpose(1, 0, 2, 3).reshape(Hkv, T * G, Dh).astype(F64)  # (Hkv, T*G, Dh)
-    k64 = k_cache[:, lo:hi].astype(F64)  # (Hkv, S, Dh)
-    v64 = v_cache[:, lo:hi].astype(F64)  # (Hkv, S, Dv)
-    kt = k64.transpose(0, 2, 1)
-    scores = rounded_matmul(q64, kt, _norm(q64, -1), _norm(k64, -1))
-    scores = scores.reshape(Hkv, T, G, hi - lo) * F32(scale)  # (Hkv, T, G, S)
-    q_pos = np.arange(pos0, pos0 + T)[:, None]  # (T, 1)
-    k_pos = np.arange(lo, hi)[None, :]  # (1, S)
-    visible = k_pos <= q_pos
-    if span:  # positions inside the span see each other both ways (llama.cpp causal_attn off)
-        visible |= (span[0] <= q_pos) & (q_pos < span[1]) & (span[0] <= k_pos) & (k_pos < span[1])
-    if window:
-        visible &= q_pos - k_pos < window
-    scores = np.where(visible[None, :, None, :], scores, F32(-np.inf))
+    """Queries (N, T, Hkv, G, Dh) of N sequences over their keys (N, Hkv, S, Dh), values
+    (N, Hkv, S, Dv) -> (N, T, Hkv, G, Dv). The keys cover whole KEY_BLOCKs; `visible` (N, T, S)
+    masks each query's.
+    """
+    N, T, Hkv, G, Dh = q.shape
+    S, Dv = k64.shape[2], v64.shape[3]
+    q64 = q.transpose(0, 2, 1, 3, 4).reshape(N, Hkv, T * G, Dh).astype(F64)
+    kt = k64.transpose(0, 1, 3, 2)
+    scores = rounded_matmul(q64, kt, _norm(q64), _norm(k64))
+    scores = scores.reshape(N, Hkv, T, G, S) * F32(scale)
+    scores = np.where(visible[:, None, :, None, :], scores, F32(-np.inf))
     m = scores.max(axis=-1, keepdims=True)
     e = exp_f32(scores - m)  # masked keys are exactly 0
-    nb = (hi - lo) // KEY_BLOCK
-    den_blocks = e.reshape(Hkv, T, G, nb, KEY_BLOCK).sum(axis=-1, dtype=F64)
+    nb = S // KEY_BLOCK
+    den_blocks = e.reshape(N, Hkv, T, G, nb, KEY_BLOCK).sum(axis=-1, dtype=F64)
     den = den_blocks[..., 0]
-    for b in range(1, nb):  # in position order
+    for b in range(1, nb):  # in position order; blocks before a query's window add exact zeros
         den = den + den_blocks[..., b]
     # as ggml's soft_max: the sum in double, then e times float(1 / sum)
     p = e * (1.0 / den).astype(F32)[..., None]
     if f16_probs:
         p = round_f16(p)
-    p64 = p.reshape(Hkv, T * G, hi - lo).astype(F64)
+    p64 = p.reshape(N, Hkv, T * G, S).astype(F64)
     # |p.v| <= sum(p) * max|v|: a tighter bound than the norms, since p >= 0 sums to ~1
-    out = rounded_matmul(p64, v64, p64.sum(axis=-1), np.abs(v64).max(axis=1))
-    return out.reshape(Hkv, T, G, Dv).transpose(1, 0, 2, 3)
+    out = rounded_matmul(p64, v64, p64.sum(axis=-1), np.abs(v64).max(axis=2))
+    return out.reshape(N, Hkv, T, G, Dv).transpose(0, 2, 1, 3, 4)
+
+
+def _first_key(pos: int, window: int) -> int:
+    """The first position of the first key block a query at `pos` may see."""
+    return (max(0, pos - window + 1) // KEY_BLOCK if window else 0) * KEY_BLOCK
+
+
+def _end_key(pos: int) -> int:
+    """The end of the key block holding position `pos`."""
+    return (pos // KEY_BLOCK + 1) * KEY_BLOCK
 
 
 def attention(
@@ -97,11 +122,54 @@ def attention(
     """
     T, H, Dh = q.shape
     Hkv, Dv = v_cache.shape[0], v_cache.shape[2]
-    qg = np.ascontiguousarray(q).reshape(T, Hkv, H // Hkv, Dh)
+    qg = np.ascontiguousarray(q).reshape(1, T, Hkv, H // Hkv, Dh)
     out = np.empty((T, Hkv, H // Hkv, Dv), F32)
     keys = min(pos0 + T, window) if window else pos0 + T
     rows = max(1, min(QUERY_CHUNK, SCORE_ELEMENTS // (H * keys)))  # rows never affect values
     for t in range(0, T, rows):
         end = min(T, t + rows)
-        out[t:end] = _attend(qg[t:end], k_cache, v_cache, pos0 + t, window, scale, f16_probs, span)
+        p0 = pos0 + t
+        lo = _first_key(p0, window)
+        hi = _end_key(max(pos0 + end, span[1] if span else 0) - 1)
+        k64 = k_cache[None, :, lo:hi].astype(F64)
+        v64 = v_cache[None, :, lo:hi].astype(F64)
+        visible = _visible(np.arange(p0, pos0 + end)[None, :], lo, hi, window, span)
+        out[t:end] = _attend(qg[:, t:end], k64, v64, visible, scale, f16_probs)[0]
     return out.reshape(T, H, Dv)
+
+
+def attention_steps(
+    q: Array,
+    k_caches: Sequence[Array],
+    v_caches: Sequence[Array],
+    positions: Sequence[int],
+    window: int,
+    scale: float = 1.0,
+    f16_probs: bool = False,
+) -> Array:
+    """One new query for each of N sequences (a batched decode step) -> (N, H, Dv).
+
+    Query i (q[i], (H, Dh)) is at positions[i] of its own cache (k_caches[i], v_caches[i], as in
+    `attention`). Each gives exactly what `attention` gives it alone: the sequences' keys are
+    laid side by side over the union of their key blocks, and the extra positions are masked,
+    which adds exact zeros (see the module docstring).
+    """
+    N, H, Dh = q.shape
+    Hkv, Dv = v_caches[0].shape[0], v_caches[0].shape[2]
+    qg = np.ascontiguousarray(q).reshape(N, 1, Hkv, H // Hkv, Dh)
+    out = np.empty((N, Hkv, H // Hkv, Dv), F32)
+    pos = np.asarray(positions, dtype=np.int64)
+    order = np.argsort(pos, kind="stable")  # neighbours in a group span similar keys
+    for g0 in range(0, N, _GROUP):
+        group = order[g0 : g0 + _GROUP]
+        lo = min(_first_key(int(pos[i]), window) for i in group)
+        hi = _end_key(int(pos[group].max()))
+        k64 = np.zeros((len(group), Hkv, hi - lo, Dh))
+        v64 = np.zeros((len(group), Hkv, hi - lo, Dv))
+        for j, i in enumerate(group):
+            stop = min(hi, _end_key(int(pos[i])))
+            k64[j, :, : stop - lo] = k_caches[i][:, lo:stop]
+            v64[j, :, : stop - lo] = v_caches[i][:, lo:stop]
+        visible = _visible(pos[group][:, None], lo, hi, window, None)
+        out[group] = _attend(qg[group], k64, v64, visible, scale, f16_probs)[:, 0]
+    return out.reshape(N, H, Dv)

@@ -47,7 +47,7 @@ import numpy.typing as npt
 
 from engine.errors import Cancelled, GGUFError, ModelTooLarge
 from engine.gguf.reader import GGUFFile
-from engine.models.attention import attention
+from engine.models.attention import attention, attention_steps
 from engine.models.base import LoadedModel
 from engine.models.blockmatmul import (
     FloatMatrix,
@@ -287,7 +287,8 @@ def _layer(
     """One transformer block over the rows of every segment: (T, D) -> (T, D).
 
     Every step but attention is row-wise, so the rows of all segments go through it as one
-    matrix; attention runs per segment over its own cache, where this layer's k, v are written.
+    matrix; attention runs per segment over its own cache, where this layer's k, v are written,
+    the one-token segments of a decode step together (`attention_steps`, the same bits).
     """
     T = x.shape[0]
     H, Hkv, Dh, Dv = cfg.n_head, cfg.n_head_kv, cfg.head_dim, cfg.head_dim_v
@@ -321,20 +322,27 @@ def _layer(
         probe(il, "k", k)
         probe(il, "v", v)
     window = cfg.sliding_window if cfg.swa_layers[il] else 0
-    outs, row = [], 0
+    a = np.empty((T, H, Dv), F32)
+    steps, row = [], 0  # (row, segment) of the one-token segments, attended to together
     for seg in segments:
         n, pos0, cache = len(seg.tokens), seg.cache.n_past, seg.cache
         cache.k[il, :, pos0 : pos0 + n] = k[row : row + n].transpose(1, 0, 2)
         cache.v[il, :, pos0 : pos0 + n] = v[row : row + n].transpose(1, 0, 2)
-        span = (pos0, pos0 + n) if seg.bidirectional else None
-        outs.append(
-            attention(
+        if n == 1 and not seg.bidirectional:
+            steps.append((row, seg))
+        else:
+            span = (pos0, pos0 + n) if seg.bidirectional else None
+            a[row : row + n] = attention(
                 q[row : row + n], cache.k[il], cache.v[il], pos0, window, scale, numerics.kv_f16,
                 span,
-            )
-        )  # fmt: skip
+            )  # fmt: skip
         row += n
-    a = outs[0] if len(outs) == 1 else np.concatenate(outs)
+    if steps:
+        rows = [r for r, _ in steps]
+        a[rows] = attention_steps(
+            q[rows], [s.cache.k[il] for _, s in steps], [s.cache.v[il] for _, s in steps],
+            [s.cache.n_past for _, s in steps], window, scale, numerics.kv_f16,
+        )  # fmt: skip
     a = linear(a.reshape(T, H * Dv), w.wo, numerics)  # (T, D)
     if w.bo is not None:
         a = a + w.bo

@@ -76,8 +76,9 @@ def test_rows_do_not_depend_on_the_batch(t: T) -> None:
 def test_tiling_does_not_change_a_bit(t: T, monkeypatch: pytest.MonkeyPatch) -> None:
     w = matrix_from_gguf([(_random_blocks(t, N), t, (N, K))])
     x = RNG.standard_normal((70, K)).astype(np.float32)
-    whole = matmul(x, w)  # one tile
-    monkeypatch.setattr(blockmatmul, "TILE_ROWS", 3)
+    whole = matmul(x, w)  # one tile, its block sums in (blocks, columns, rows) order
+    assert len(x) > blockmatmul.NARROW_ROWS
+    monkeypatch.setattr(blockmatmul, "TILE_ROWS", 3)  # narrow tiles: (blocks, rows, columns)
     monkeypatch.setattr(blockmatmul, "CHUNK_ELEMENTS", 3 * 10 * (K // 32))  # 3 rows x 10 columns
     np.testing.assert_array_equal(matmul(x, w), whole)
 

@@ -28,6 +28,7 @@ from engine.errors import (
     UnsupportedArchitecture,
 )
 from engine.gguf.reader import GGUFFile
+from engine.models import attention as attention_module
 from engine.models.attention import attention
 from engine.models.config import ModelConfig
 from engine.models.decoder import Model
@@ -249,6 +250,34 @@ def test_batched_sequences_get_their_solo_bytes(tiny_paths: dict[str, Path], var
         for i, logits in zip(order, out, strict=True):
             np.testing.assert_array_equal(logits, solo[i])
             assert caches[i].tokens == prompts[i] + new[i]
+
+
+@pytest.mark.parametrize("variant", ["llama", "gemma3"])
+@pytest.mark.parametrize("group", [2, 16])
+def test_decode_steps_batched_across_key_blocks_get_their_solo_bytes(
+    tiny_paths: dict[str, Path], variant: str, group: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # One-token steps of sequences whose keys end in different blocks (and, for gemma3, whose
+    # sliding windows start in different blocks) are attended to in one call, `group` at a time,
+    # beside a prefill chunk; each gets the logits it gets alone.
+    m = engine.load(tiny_paths[variant])
+    rng = np.random.default_rng(3)
+    lengths = (1, KEY_BLOCK - 1, KEY_BLOCK, 2 * KEY_BLOCK + 5, 17)
+    prompts = [[int(t) for t in rng.integers(3, m.n_vocab, n)] for n in lengths]
+    new = [[int(rng.integers(3, m.n_vocab))] for _ in lengths[:-1]] + [[5, 6, 7]]
+    solo = []
+    for prompt, extra in zip(prompts, new, strict=True):
+        cache = m.new_cache(3 * KEY_BLOCK)
+        m.eval(prompt, cache)
+        solo.append(m.eval(extra, cache, last_only=True))
+    monkeypatch.setattr(attention_module, "_GROUP", group)
+    for order in ([0, 1, 2, 3, 4], [3, 4, 0, 2, 1]):
+        caches = {i: m.new_cache(3 * KEY_BLOCK) for i in order}
+        for i in order:
+            m.eval(prompts[i], caches[i])
+        out = m.eval_many([(new[i], caches[i]) for i in order])
+        for i, logits in zip(order, out, strict=True):
+            np.testing.assert_array_equal(logits, solo[i])
 
 
 def test_eval_many_refuses_a_shared_cache(tiny: Model) -> None:
