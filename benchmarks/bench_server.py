@@ -8,15 +8,19 @@ Rows: the engine's `generate` called in-process (no HTTP); then N concurrent str
 /api/generate clients (greedy, raw prompt) on one live server with OLLAMA_NUM_PARALLEL = the
 largest N, so they are batched: aggregate decode tokens/s, p50/p95 time to first token over all
 clients, the process's peak RSS so far, and whether every stream's text equals the 1-stream
-text (batch invariance). With llama-cpp-python importable, a last row streams the same prompt
-through llama_cpp's create_completion (one stream). Each timing is repeated --repeat times after
-one warm-up; rates are medians.
+text (batch invariance). A line after them gives the process's resident memory (now, not
+peak) right after the server loaded the model, after the runs, and after the model unloaded
+(keep_alive 0), the point being that the KV caches and scratch of the runs are given back.
+With llama-cpp-python importable, a last row streams the same prompt through llama_cpp's
+create_completion (one stream). Each timing is repeated --repeat times after one warm-up; rates
+are medians.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import os
 import resource
@@ -107,6 +111,24 @@ def _peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def _rss_mib() -> float:
+    """The process's resident memory now (Linux /proc)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmRSS in /proc/self/status")
+
+
+def _unload(url: str) -> None:
+    """Ask the server to unload the model (Ollama's keep_alive 0) and wait until it has."""
+    httpx.post(url + "/api/generate", json={"model": "m", "keep_alive": 0}, timeout=60)
+    deadline = time.monotonic() + 60
+    while httpx.get(url + "/api/ps").json()["models"]:
+        if time.monotonic() > deadline:
+            raise RuntimeError("the model did not unload within 60 s")
+        time.sleep(0.1)
+
+
 def _llama_cpp(path: Path, tokens: int) -> Callable[[], Timing] | None:
     try:
         import llama_cpp
@@ -166,9 +188,12 @@ def main() -> None:
     firsts, rates = _time(_engine(path, args.tokens), args.repeat)
     print(f"{'engine generate (no HTTP)':30} {statistics.median(rates):8.1f} "
           f"{statistics.median(firsts):11.3f} {'':11} {_peak_rss_mib():13.0f}")  # fmt: skip
+    gc.collect()  # the in-process model above is gone before the server loads its own
     sched = Scheduler(load, num_parallel=max(levels))
     solo_text: str | None = None
     with live_server(create_app(store, sched)) as url:
+        httpx.post(url + "/api/generate", json={"model": "m"}, timeout=600)  # load only
+        loaded = _rss_mib()
         for n in levels:
             run = _http(url, args.tokens, n)
             run()  # warm-up
@@ -183,6 +208,14 @@ def main() -> None:
             print(f"{f'HTTP, {n} streams (aggregate)':30} {statistics.median(level_rates):8.1f} "
                   f"{_pct(ttfts, 0.5):11.3f} {_pct(ttfts, 0.95):11.3f} {_peak_rss_mib():13.0f} "
                   f"{'yes' if same else 'NO':>13}")  # fmt: skip
+        after_runs = _rss_mib()
+        _unload(url)
+        gc.collect()
+        unloaded = _rss_mib()
+    print(
+        f"RSS MiB now: model loaded {loaded:.0f}, after the runs {after_runs:.0f}, "
+        f"after unload {unloaded:.0f} ({unloaded / loaded:.2f}x loaded)"
+    )
     reference = _llama_cpp(path, args.tokens)
     if reference is not None:
         firsts, rates = _time(reference, args.repeat)
