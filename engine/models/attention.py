@@ -167,7 +167,7 @@ def attention_steps(
         k64 = np.zeros((len(group), Hkv, hi - lo, Dh))
         v64 = np.zeros((len(group), Hkv, hi - lo, Dv))
         for j, i in enumerate(group):
-            stop = min(hi, _end_key(int(pos[i])))
+            stop = _end_key(int(pos[i]))  # at most hi, the group's last
             k64[j, :, : stop - lo] = k_caches[i][:, lo:stop]
             v64[j, :, : stop - lo] = v_caches[i][:, lo:stop]
         visible = _visible(pos[group][:, None], lo, hi, window, None)

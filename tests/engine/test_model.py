@@ -229,6 +229,27 @@ def test_long_sequence_chunking_across_key_blocks(
     np.testing.assert_array_equal(m.eval(ids[-1:], cache), full[-1:])
 
 
+def _assert_batches_give_solo_bytes(
+    m: Model, prompts: list[list[int]], new: list[list[int]], orders: list[list[int]]
+) -> None:
+    """Each sequence's `new` tokens, evaluated in one eval_many after its prompt (batched in
+    every order of `orders`), give the logits they give alone and extend its cache."""
+    num_ctx = 3 * KEY_BLOCK
+    solo = []
+    for prompt, extra in zip(prompts, new, strict=True):
+        cache = m.new_cache(num_ctx)
+        m.eval(prompt, cache)
+        solo.append(m.eval(extra, cache, last_only=True))
+    for order in orders:
+        caches = {i: m.new_cache(num_ctx) for i in order}
+        for i in order:
+            m.eval(prompts[i], caches[i])
+        out = m.eval_many([(new[i], caches[i]) for i in order])
+        for i, logits in zip(order, out, strict=True):
+            np.testing.assert_array_equal(logits, solo[i])
+            assert caches[i].tokens == prompts[i] + new[i]
+
+
 @pytest.mark.parametrize("variant", ["llama", "gemma3"])
 def test_batched_sequences_get_their_solo_bytes(tiny_paths: dict[str, Path], variant: str) -> None:
     # Three sequences at different positions (one prefill chunk, two decode steps) in one forward
@@ -236,20 +257,9 @@ def test_batched_sequences_get_their_solo_bytes(tiny_paths: dict[str, Path], var
     m = engine.load(tiny_paths[variant])
     rng = np.random.default_rng(2)
     prompts = [[int(t) for t in rng.integers(3, m.n_vocab, n)] for n in (5, KEY_BLOCK + 9, 40)]
-    new = [[11, 12, 13, 14], [9], [21]]
-    solo = []
-    for prompt, extra in zip(prompts, new, strict=True):
-        cache = m.new_cache(2 * KEY_BLOCK)
-        m.eval(prompt, cache)
-        solo.append(m.eval(extra, cache, last_only=True))
-    for order in ([0, 1, 2], [2, 0, 1]):
-        caches = {i: m.new_cache(2 * KEY_BLOCK) for i in order}
-        for i in order:
-            m.eval(prompts[i], caches[i])
-        out = m.eval_many([(new[i], caches[i]) for i in order])
-        for i, logits in zip(order, out, strict=True):
-            np.testing.assert_array_equal(logits, solo[i])
-            assert caches[i].tokens == prompts[i] + new[i]
+    _assert_batches_give_solo_bytes(
+        m, prompts, [[11, 12, 13, 14], [9], [21]], [[0, 1, 2], [2, 0, 1]]
+    )
 
 
 @pytest.mark.parametrize("variant", ["llama", "gemma3"])
@@ -265,19 +275,8 @@ def test_decode_steps_batched_across_key_blocks_get_their_solo_bytes(
     lengths = (1, KEY_BLOCK - 1, KEY_BLOCK, 2 * KEY_BLOCK + 5, 17)
     prompts = [[int(t) for t in rng.integers(3, m.n_vocab, n)] for n in lengths]
     new = [[int(rng.integers(3, m.n_vocab))] for _ in lengths[:-1]] + [[5, 6, 7]]
-    solo = []
-    for prompt, extra in zip(prompts, new, strict=True):
-        cache = m.new_cache(3 * KEY_BLOCK)
-        m.eval(prompt, cache)
-        solo.append(m.eval(extra, cache, last_only=True))
     monkeypatch.setattr(attention_module, "_GROUP", group)
-    for order in ([0, 1, 2, 3, 4], [3, 4, 0, 2, 1]):
-        caches = {i: m.new_cache(3 * KEY_BLOCK) for i in order}
-        for i in order:
-            m.eval(prompts[i], caches[i])
-        out = m.eval_many([(new[i], caches[i]) for i in order])
-        for i, logits in zip(order, out, strict=True):
-            np.testing.assert_array_equal(logits, solo[i])
+    _assert_batches_give_solo_bytes(m, prompts, new, [[0, 1, 2, 3, 4], [3, 4, 0, 2, 1]])
 
 
 def test_eval_many_refuses_a_shared_cache(tiny: Model) -> None:
