@@ -210,7 +210,7 @@ def main() -> None:
                   f"{'yes' if same else 'NO':>13}")  # fmt: skip
         after_runs = _rss_mib()
         _unload(url)
-        gc.collect()
+        time.sleep(2.5)  # the server's reaper returns an unloaded model's memory within 1 s
         unloaded = _rss_mib()
     print(
         f"RSS MiB now: model loaded {loaded:.0f}, after the runs {after_runs:.0f}, "

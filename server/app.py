@@ -545,6 +545,7 @@ def create_app(
                 while True:
                     await anyio.sleep(1.0)
                     sched.purge_expired()
+                    await anyio.to_thread.run_sync(sched.return_memory)
 
             tg.start_soon(reap)
             yield

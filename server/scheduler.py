@@ -22,11 +22,13 @@ together (server/batcher.py), so each sequence gets the same bytes whatever else
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import gc
 import logging
 import os
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
@@ -166,6 +168,8 @@ class Scheduler:
         # on the event loop, so a waiter that saw no room before awaiting cannot miss the wake.
         self._loop: asyncio.AbstractEventLoop | None = None
         self._changed = asyncio.Event()
+        # Engine models of dropped runners, until they are garbage (see return_memory).
+        self._unloaded: list[weakref.ref[Any]] = []
 
     @classmethod
     def from_env(cls, load: Callable[[Path], Any]) -> Scheduler:
@@ -314,6 +318,28 @@ class Scheduler:
             del self._runners[runner.key]
             log.info("unloaded %s", runner.record.name)
         runner.close()
+        self._unloaded.append(weakref.ref(runner.model))
+
+    def return_memory(self) -> None:
+        """Give the memory of unloaded models back to the operating system.
+
+        Their arrays are freed once the last request holding them finishes, but glibc keeps
+        freed heap memory for reuse (after the first large frees it serves arrays of up to 32
+        MiB from the heap instead of mmap), so the process would stay near its loaded size.
+        Once a dropped model is garbage, malloc_trim hands those pages back. Models still
+        shared with a loaded runner are not waited for. Called by the server's reaper task.
+        """
+        with self._state:
+            if not self._unloaded:
+                return
+            held = {id(r.model) for r in self._runners.values()}
+        gc.collect()
+        with self._state:
+            alive = [m for m in self._unloaded if m() is not None]
+            freed = len(alive) < len(self._unloaded)
+            self._unloaded = [m for m in alive if id(m()) not in held]
+        if freed:
+            _trim_heap()
 
     def purge_expired(self) -> None:
         now = time.time()
@@ -347,6 +373,15 @@ class Scheduler:
     def _wake(self) -> None:
         old, self._changed = self._changed, asyncio.Event()
         old.set()
+
+
+def _trim_heap() -> None:
+    """glibc's malloc_trim(0): free heap pages go back to the OS (nothing on other C libraries)."""
+    try:
+        trim = ctypes.CDLL("libc.so.6").malloc_trim
+    except (OSError, AttributeError):
+        return
+    trim(0)
 
 
 def _estimate(path: Path, num_ctx: int) -> int:

@@ -7,13 +7,14 @@
     c.is_complete()  # could the grammar end here (EOG allowed)?
 
 Compiled grammars (with their DFA) are cached by text and token tries by tokenizer, so both are
-reused across requests; masks are cached per (vocabulary, DFA state).
+reused across requests; masks are cached per (vocabulary, DFA state). A tokenizer's trie and
+masks live as long as the tokenizer, so unloading a model frees them.
 """
 
 from __future__ import annotations
 
-import functools
 import threading
+import weakref
 from collections import OrderedDict
 from typing import Protocol
 
@@ -41,6 +42,8 @@ _GRAMMAR_CACHE_SIZE = 32
 _MAX_SHARED_STATES = 32768  # a DFA grown past this (~1 KiB of table per state) starts afresh
 _grammars: OrderedDict[str, CompiledGrammar] = OrderedDict()
 _grammars_lock = threading.Lock()
+_tries: weakref.WeakKeyDictionary[TokenSource, TokenTrie] = weakref.WeakKeyDictionary()
+_tries_lock = threading.Lock()
 
 
 def compile_grammar(text: str) -> CompiledGrammar:
@@ -58,12 +61,17 @@ def compile_grammar(text: str) -> CompiledGrammar:
     return grammar
 
 
-@functools.lru_cache(maxsize=4)
 def trie_for(tokenizer: TokenSource) -> TokenTrie:
-    """The token trie of a tokenizer, built once. Pieces are the texts llama.cpp matches:
-    token_to_piece with special tokens rendered."""
-    pieces = [tokenizer.token_bytes(t) for t in range(tokenizer.n_vocab)]
-    return TokenTrie(pieces, tokenizer.eog_ids)
+    """The token trie of a tokenizer, built once and kept while the tokenizer lives. Pieces are
+    the texts llama.cpp matches: token_to_piece with special tokens rendered."""
+    with _tries_lock:
+        trie = _tries.get(tokenizer)
+    if trie is None:
+        pieces = [tokenizer.token_bytes(t) for t in range(tokenizer.n_vocab)]
+        built = TokenTrie(pieces, tokenizer.eog_ids)
+        with _tries_lock:
+            trie = _tries.setdefault(tokenizer, built)
+    return trie
 
 
 class GrammarConstraint:
@@ -78,7 +86,7 @@ class GrammarConstraint:
         # none (only bytes of an unfinished UTF-8 sequence) the grammar therefore cannot end.
         self._ended_mid_char = False
         with self.grammar.lock:
-            self._masks = self.grammar.mask_cache.setdefault(trie.key, OrderedDict())
+            self._masks = self.grammar.mask_cache.setdefault(trie, OrderedDict())
 
     def is_complete(self) -> bool:
         """True when some parse stack is empty: the grammar may end, so EOG is allowed."""

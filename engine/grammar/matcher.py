@@ -17,8 +17,10 @@ only ever see a transition once everything it points to exists.
 from __future__ import annotations
 
 import threading
+import weakref
 from collections import OrderedDict
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -97,8 +99,10 @@ class CompiledGrammar:
         self.table[DEAD] = DEAD
         self.end_ok = np.zeros(64, dtype=bool)  # (states,) may a token end in this state
         self.can_end = np.zeros(64, dtype=bool)  # (states,) is some stack empty (EOG allowed)
-        # token masks by trie key, then by state (filled by engine.grammar.constraint)
-        self.mask_cache: dict[int, OrderedDict[int, npt.NDArray[np.bool_]]] = {}
+        # token masks by token trie, then by state (filled by engine.grammar.constraint); a
+        # vocabulary's masks go when its trie does (its model unloaded)
+        self.mask_cache: weakref.WeakKeyDictionary[Any, OrderedDict[int, npt.NDArray[np.bool_]]]
+        self.mask_cache = weakref.WeakKeyDictionary()
 
         root_stacks: set[Stack] = set()
         for alt in self._alt_starts[grammar.root]:

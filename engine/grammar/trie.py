@@ -21,14 +21,11 @@ import numpy.typing as npt
 
 from engine.grammar.matcher import DEAD, CompiledGrammar
 
-_trie_ids = itertools.count(1)
-
 
 class TokenTrie:
     """Byte strings of a vocabulary arranged as a level-ordered trie. Build once per vocabulary."""
 
     def __init__(self, pieces: Sequence[bytes], eog_ids: Iterable[int]) -> None:
-        self.key = next(_trie_ids)  # identifies this vocabulary in mask caches
         self.n_vocab = len(pieces)
         self.pieces = [p.split(b"\0", 1)[0] for p in pieces]  # llama.cpp sees C strings
         self.eog = np.zeros(self.n_vocab, dtype=bool)  # (V,)

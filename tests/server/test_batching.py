@@ -244,3 +244,32 @@ def test_num_parallel_bounds_running_requests_and_max_queue_answers_503(tmp_path
         assert runner.size() == runner.weight_bytes + runner.free_slots[0].cache.nbytes
         http.post(url + "/api/generate", json={"model": "a", "keep_alive": 0})
         assert _ps(url) == [] and runner.free_slots == []  # unloading releases the caches
+
+
+def _rss_bytes() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmRSS in /proc/self/status")
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads Linux's /proc")
+def test_unloading_gives_the_memory_back(tmp_path, smollm2_path):  # issue 13's memory bound
+    store = _store(tmp_path, smollm2_path)
+    before = _rss_bytes()
+    bodies = [{**b, "model": "smollm2"} for b in _requests()[2:6]]
+    with live_server(create_app(store, Scheduler(load, num_parallel=4))) as url:
+        threads = [threading.Thread(target=_run, args=(url, b)) for b in bodies]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        grown = _rss_bytes() - before  # the weights, four caches and the steps' scratch
+        httpx.post(url + "/api/generate", json={"model": "smollm2", "keep_alive": 0})
+        assert _ps(url) == []
+        deadline = time.monotonic() + 10  # the server's reaper returns memory once a second
+        while _rss_bytes() - before > 0.1 * grown and time.monotonic() < deadline:
+            time.sleep(0.1)
+        left = _rss_bytes() - before
+    assert grown > 300 * 2**20
+    assert left <= 0.1 * grown, f"{left / 2**20:.0f} MiB of {grown / 2**20:.0f} MiB kept"
