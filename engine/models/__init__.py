@@ -4,7 +4,8 @@
 `decoder.py` holds the llama-family decoders (llama, qwen2, qwen3, gemma3) and `load`, `bert.py`
 the encoders (bert, nomic-bert), `vision.py` and `multimodal.py` the image path; `config.py`
 reads their hyperparameters; `blockmatmul.py`, `attention.py`, `numerics.py` and `rope.py` are the
-kernel-independent arithmetic (the determinism argument is in blockmatmul's docstring);
-`kvcache.py` is the per-sequence cache; `inspection.py` the logit lens and attention maps.
+kernel-independent arithmetic (the determinism argument is in blockmatmul's docstring), and
+`parallel.py` runs their independent pieces on a few threads; `kvcache.py` is the per-sequence
+cache; `inspection.py` the logit lens and attention maps.
 Imports `engine.gguf` and `engine.tokenizer` only.
 """

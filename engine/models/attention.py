@@ -21,6 +21,7 @@ from collections.abc import Sequence
 import numpy as np
 import numpy.typing as npt
 
+from engine.models import parallel
 from engine.models.blockmatmul import rounded_matmul
 from engine.models.kvcache import KEY_BLOCK
 from engine.models.numerics import exp_f32, round_f16
@@ -64,10 +65,11 @@ def _attend(
     visible: npt.NDArray[np.bool_],
     scale: float,
     f16_probs: bool,
+    v_quantum: float | None,
 ) -> Array:
     """Queries (N, T, Hkv, G, Dh) of N sequences over their keys (N, Hkv, S, Dh), values
     (N, Hkv, S, Dv) -> (N, T, Hkv, G, Dv). The keys cover whole KEY_BLOCKs; `visible` (N, T, S)
-    masks each query's.
+    masks each query's. v_quantum: 2**-24 when the values are F16 (`_f16_quantum`).
     """
     N, T, Hkv, G, Dh = q.shape
     S, Dv = k64.shape[2], v64.shape[3]
@@ -80,17 +82,23 @@ def _attend(
     e = exp_f32(scores - m)  # masked keys are exactly 0
     nb = S // KEY_BLOCK
     den_blocks = e.reshape(N, Hkv, T, G, nb, KEY_BLOCK).sum(axis=-1, dtype=F64)
-    den = den_blocks[..., 0]
-    for b in range(1, nb):  # in position order; blocks before a query's window add exact zeros
-        den = den + den_blocks[..., b]
+    # in position order (an accumulate adds each block to the sum of those before it); blocks
+    # before a query's window add exact zeros
+    den = np.add.accumulate(den_blocks, axis=-1)[..., -1]
     # as ggml's soft_max: the sum in double, then e times float(1 / sum)
     p = e * (1.0 / den).astype(F32)[..., None]
     if f16_probs:
         p = round_f16(p)
     p64 = p.reshape(N, Hkv, T * G, S).astype(F64)
     # |p.v| <= sum(p) * max|v|: a tighter bound than the norms, since p >= 0 sums to ~1
-    out = rounded_matmul(p64, v64, p64.sum(axis=-1), np.abs(v64).max(axis=2))
+    out = rounded_matmul(p64, v64, p64.sum(axis=-1), np.abs(v64).max(axis=2), v_quantum)
     return out.reshape(N, Hkv, T, G, Dv).transpose(0, 2, 1, 3, 4)
+
+
+def _f16_quantum(v_caches: Sequence[Array]) -> float | None:
+    """2**-24, which divides every F16 value, for float16 value caches: p.v's exactness proof
+    (blockmatmul's `_drop_exact`) then needs no pass over the values; None otherwise."""
+    return 2.0**-24 if all(v.dtype == np.float16 for v in v_caches) else None
 
 
 def _first_key(pos: int, window: int) -> int:
@@ -124,9 +132,11 @@ def attention(
     Hkv, Dv = v_cache.shape[0], v_cache.shape[2]
     qg = np.ascontiguousarray(q).reshape(1, T, Hkv, H // Hkv, Dh)
     out = np.empty((T, Hkv, H // Hkv, Dv), F32)
+    v_quantum = _f16_quantum([v_cache])
     keys = min(pos0 + T, window) if window else pos0 + T
     rows = max(1, min(QUERY_CHUNK, SCORE_ELEMENTS // (H * keys)))  # rows never affect values
-    for t in range(0, T, rows):
+
+    def chunk(t: int) -> None:
         end = min(T, t + rows)
         p0 = pos0 + t
         lo = _first_key(p0, window)
@@ -134,7 +144,9 @@ def attention(
         k64 = k_cache[None, :, lo:hi].astype(F64)
         v64 = v_cache[None, :, lo:hi].astype(F64)
         visible = _visible(np.arange(p0, pos0 + end)[None, :], lo, hi, window, span)
-        out[t:end] = _attend(qg[:, t:end], k64, v64, visible, scale, f16_probs)[0]
+        out[t:end] = _attend(qg[:, t:end], k64, v64, visible, scale, f16_probs, v_quantum)[0]
+
+    parallel.run_pieces(chunk, range(0, T, rows), T * H * keys)  # chunks are independent
     return out.reshape(T, H, Dv)
 
 
@@ -159,17 +171,30 @@ def attention_steps(
     qg = np.ascontiguousarray(q).reshape(N, 1, Hkv, H // Hkv, Dh)
     out = np.empty((N, Hkv, H // Hkv, Dv), F32)
     pos = np.asarray(positions, dtype=np.int64)
+    v_quantum = _f16_quantum(v_caches)
     order = np.argsort(pos, kind="stable")  # neighbours in a group span similar keys
-    for g0 in range(0, N, _GROUP):
-        group = order[g0 : g0 + _GROUP]
+    groups = [order[g0 : g0 + _GROUP] for g0 in range(0, N, _GROUP)]
+    # KV heads are independent too: with long caches, a group's heads are split over threads
+    keys = Hkv * int(pos.max() + 1) * (Dh + Dv) * N  # cache elements read
+    per = -(-Hkv // parallel.THREADS) if keys >= parallel.MIN_SPLIT_ELEMENTS else Hkv
+
+    def piece(job: tuple[npt.NDArray[np.intp], slice]) -> None:
+        group, heads = job
         lo = min(_first_key(int(pos[i]), window) for i in group)
         hi = _end_key(int(pos[group].max()))
-        k64 = np.zeros((len(group), Hkv, hi - lo, Dh))
-        v64 = np.zeros((len(group), Hkv, hi - lo, Dv))
+        n_heads = len(range(Hkv)[heads])
+        k64 = np.empty((len(group), n_heads, hi - lo, Dh))
+        v64 = np.empty((len(group), n_heads, hi - lo, Dv))
         for j, i in enumerate(group):
             stop = _end_key(int(pos[i]))  # at most hi, the group's last
-            k64[j, :, : stop - lo] = k_caches[i][:, lo:stop]
-            v64[j, :, : stop - lo] = v_caches[i][:, lo:stop]
+            k64[j, :, : stop - lo] = k_caches[i][heads, lo:stop]
+            v64[j, :, : stop - lo] = v_caches[i][heads, lo:stop]
+            k64[j, :, stop - lo :] = 0.0
+            v64[j, :, stop - lo :] = 0.0
         visible = _visible(pos[group][:, None], lo, hi, window, None)
-        out[group] = _attend(qg[group], k64, v64, visible, scale, f16_probs)[:, 0]
+        qs = qg[group][:, :, heads]
+        out[group, heads] = _attend(qs, k64, v64, visible, scale, f16_probs, v_quantum)[:, 0]
+
+    jobs = [(g, slice(h, h + per)) for g in groups for h in range(0, Hkv, per)]
+    parallel.run_pieces(piece, jobs, keys)
     return out.reshape(N, H, Dv)

@@ -42,6 +42,7 @@ from gguf import GGMLQuantizationType as GGMLType
 
 from engine.errors import UnsupportedQuantType
 from engine.gguf.quants import TYPE_SIZES, dequantize
+from engine.models import parallel
 from engine.models.numerics import (
     Rounding,
     quantize_q8_block32,
@@ -267,7 +268,8 @@ def quant_matmul(x: Array, w: QuantMatrix) -> Array:
 
     The work goes in tiles of rows x output columns whose (blocks, columns, rows) block-sum
     array fits CHUNK_ELEMENTS; a weight tile is then read once for TILE_ROWS rows, even for a
-    vocabulary-wide output. Every element's operations are the same whatever the tiling.
+    vocabulary-wide output. Every element's operations are the same whatever the tiling, so a
+    big product's tiles run on several threads (engine/models/parallel.py).
     """
     T, K = x.shape
     nb, N, B = w.q.shape
@@ -277,12 +279,19 @@ def quant_matmul(x: Array, w: QuantMatrix) -> Array:
     out = np.empty((T, N), F32)
     row_step = min(T, max(TILE_ROWS, CHUNK_ELEMENTS // (nb * N)))
     col_step = max(1, CHUNK_ELEMENTS // (nb * row_step))
+    if T * nb * N >= parallel.MIN_SPLIT_ELEMENTS:  # at least one column tile per thread
+        col_step = min(col_step, -(-N // parallel.THREADS))
+    tiles = []
     for t0 in range(0, T, row_step):
         rows = slice(t0, min(T, t0 + row_step))
         qa = np.ascontiguousarray(a.q[rows].reshape(-1, nb, B).transpose(1, 2, 0))  # (nb, B, t)
-        for n0 in range(0, N, col_step):
-            cols = slice(n0, min(N, n0 + col_step))
-            out[rows, cols] = _quant_tile(w, a, cols, rows, qa, d_act[rows])
+        tiles += [(rows, slice(n0, min(N, n0 + col_step)), qa) for n0 in range(0, N, col_step)]
+
+    def run(tile: tuple[slice, slice, Array]) -> None:
+        rows, cols, qa = tile
+        out[rows, cols] = _quant_tile(w, a, cols, rows, qa, d_act[rows])
+
+    parallel.run_pieces(run, tiles, T * nb * N)
     return out
 
 
@@ -322,12 +331,17 @@ def _quant_tile(w: QuantMatrix, a: _Q8, cols: slice, rows: slice, qa: Array, d_a
     return y if narrow else y.T
 
 
-def rounded_matmul(a: Array64, b: Array64, a_norm: Array64, b_norm: Array64) -> Array:
+def rounded_matmul(
+    a: Array64, b: Array64, a_norm: Array64, b_norm: Array64, b_quantum: float | None = None
+) -> Array:
     """float32 of the exactly rounded float64 (..., M, K) @ (..., K, N), for float32 inputs.
 
     a_norm (..., M) and b_norm (..., N) bound a's rows and b's columns so that their product
-    bounds the sum of |a_ik * b_kj| (Euclidean norms do, by Cauchy-Schwarz). See the module
-    docstring for why the result does not depend on BLAS.
+    bounds the sum of |a_ik * b_kj| (Euclidean norms do, by Cauchy-Schwarz). b_quantum, when
+    given, is a power of two dividing every element of b (2**-24 for F16 values): `_drop_exact`
+    then uses it instead of measuring b's columns, which for attention's values costs a pass
+    over the whole cache. Either way the result is the same; see the module docstring for why
+    it does not depend on BLAS.
     """
     r = np.matmul(a, b)
     K = a.shape[-1]
@@ -336,7 +350,7 @@ def rounded_matmul(a: Array64, b: Array64, a_norm: Array64, b_norm: Array64) -> 
     unsure = ((r - bound).astype(F32) != (r + bound).astype(F32)) & np.isfinite(r)
     result = r.astype(F32)
     if unsure.any():
-        _drop_exact(a, b, a_norm, b_norm, unsure)
+        _drop_exact(a, b, a_norm, b_norm, unsure, b_quantum)
     if unsure.any():
         _settle(a, b, unsure, result)
     return result
@@ -352,14 +366,19 @@ def quanta(x: Array64, axis: int) -> Array64:
 
 
 def _quanta_of(x: Array64, index: tuple[npt.NDArray[np.intp], ...]) -> Array64:
-    """quanta of the (..., K) vectors x[index], computing each distinct vector's once."""
-    flat = x.reshape(-1, x.shape[-1])
+    """quanta of the (..., K) vectors x[index], computing each distinct vector's once (gathered
+    from x as it is: x may be a transposed view, which reshaping would copy whole)."""
     u, inverse = np.unique(np.ravel_multi_index(index, x.shape[:-1]), return_inverse=True)
-    return quanta(flat[u], -1)[inverse]
+    return quanta(x[np.unravel_index(u, x.shape[:-1])], -1)[inverse]
 
 
 def _drop_exact(
-    a: Array64, b: Array64, a_norm: Array64, b_norm: Array64, unsure: npt.NDArray[np.bool_]
+    a: Array64,
+    b: Array64,
+    a_norm: Array64,
+    b_norm: Array64,
+    unsure: npt.NDArray[np.bool_],
+    b_quantum: float | None,
 ) -> None:
     """Clear `unsure` where BLAS's float64 sum was exact, so r's float32 rounding is the answer.
 
@@ -374,7 +393,7 @@ def _drop_exact(
     idx = np.nonzero(unsure)
     rows, cols = (*idx[:-1],), (*idx[:-2], idx[-1])
     qa = _quanta_of(a, rows)
-    qb = _quanta_of(np.swapaxes(b, -1, -2), cols)
+    qb = b_quantum if b_quantum is not None else _quanta_of(np.swapaxes(b, -1, -2), cols)
     exact = a_norm[rows] * b_norm[cols] < 2.0**53 * (qa * qb)
     unsure[tuple(i[exact] for i in idx)] = False
 

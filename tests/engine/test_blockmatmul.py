@@ -11,7 +11,8 @@ import pytest
 from gguf import GGMLQuantizationType as T
 
 from engine.gguf.quants import QUANTIZERS, TYPE_SIZES, dequantize, quantize
-from engine.models import blockmatmul
+from engine.models import blockmatmul, parallel
+from engine.models.attention import attention, attention_steps
 from engine.models.blockmatmul import (
     _PLANES,
     QuantMatrix,
@@ -81,6 +82,32 @@ def test_tiling_does_not_change_a_bit(t: T, monkeypatch: pytest.MonkeyPatch) -> 
     monkeypatch.setattr(blockmatmul, "TILE_ROWS", 3)  # narrow tiles: (blocks, rows, columns)
     monkeypatch.setattr(blockmatmul, "CHUNK_ELEMENTS", 3 * 10 * (K // 32))  # 3 rows x 10 columns
     np.testing.assert_array_equal(matmul(x, w), whole)
+
+
+@pytest.mark.skipif(
+    parallel.THREADS < 2,
+    reason="one CPU: no pool (the determinism matrix still runs 2 and 4 threads)",
+)
+def test_threads_do_not_change_a_bit(monkeypatch: pytest.MonkeyPatch) -> None:
+    w = matrix_from_gguf([(_random_blocks(T.Q4_K, N), T.Q4_K, (N, K))])
+    x = RNG.standard_normal((70, K)).astype(np.float32)
+    q = np.float32(0.3) * RNG.standard_normal((300, 4, 16)).astype(np.float32)
+    k, v = RNG.standard_normal((2, 2, 384, 16)).astype(np.float16)
+    monkeypatch.setattr(blockmatmul, "CHUNK_ELEMENTS", 3 * 10 * (K // 32))  # many tiles
+    monkeypatch.setattr(parallel, "MIN_SPLIT_ELEMENTS", 2**62)  # all on this thread
+    steps = q[:3], [k, k[:, ::-1], k], [v, v, v[:, ::-1]], [383, 200, 130]
+
+    def run() -> tuple[np.ndarray, ...]:
+        return (
+            matmul(x, w),
+            attention(q, k, v, 84, 0, 0.25, True),
+            attention_steps(*steps, 0, 0.25, True),
+        )
+
+    alone = run()
+    monkeypatch.setattr(parallel, "MIN_SPLIT_ELEMENTS", 0)  # every call on the pool
+    for pooled, serial in zip(run(), alone, strict=True):
+        np.testing.assert_array_equal(pooled, serial)
 
 
 def test_block_sums_stay_exact_at_the_extremes() -> None:

@@ -1,9 +1,10 @@
 """Same bits on every machine: the determinism matrix of engine/models/decoder.py's policy.
 
 Each cell is a fresh Python process with one OPENBLAS_CORETYPE (the BLAS kernel family: the
-kernels of another CPU generation, simulated on this one), OPENBLAS_NUM_THREADS and NumPy SIMD
-dispatch (NPY_DISABLE_CPU_FEATURES switching off every dispatched target, so NumPy runs its
-baseline loops). It prints sha256 digests of SmolLM2's and Gemma 3's prompt logits under
+kernels of another CPU generation, simulated on this one), one thread count (OpenBLAS's and the
+engine's own pool, engine/models/parallel.py) and NumPy SIMD dispatch on or off
+(NPY_DISABLE_CPU_FEATURES switching off every dispatched target, so NumPy runs its baseline
+loops). It prints sha256 digests of SmolLM2's and Gemma 3's prompt logits under
 several chunkings and of 32 seeded decode steps (tokens and every logits array the decode loop
 saw). All cells must print the same digests. The kernels named here are the ones this machine's
 bundled OpenBLAS accepts (it maps unknown names to its autodetected core).
@@ -78,7 +79,11 @@ def _cell(
     chunkings: tuple[int, ...] = (512, 5, 1),
 ) -> dict[str, object]:
     env = {k: v for k, v in os.environ.items() if k not in ("OPENBLAS_CORETYPE",)}
-    env.update(OPENBLAS_NUM_THREADS=str(threads), OMP_NUM_THREADS=str(threads))
+    env.update(
+        OPENBLAS_NUM_THREADS=str(threads),
+        OMP_NUM_THREADS=str(threads),
+        REFLLAMA_NUM_THREADS=str(threads),
+    )
     if coretype:
         env["OPENBLAS_CORETYPE"] = coretype
     if numpy_off:
