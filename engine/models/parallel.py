@@ -38,38 +38,63 @@ def _threads() -> int:
     return os.cpu_count() or 1
 
 
-def _blas_on_this_thread_only() -> None:
-    """Pool threads make their BLAS calls single-threaded (OpenBLAS's per-thread setting, in
-    the OpenBLAS NumPy wheels bundle): OpenBLAS's own threads would otherwise compete with the
-    pool's for the same cores. Elsewhere (another BLAS) nothing changes."""
+def _openblas_threads_setter() -> Callable[[int], int] | None:
+    """OpenBLAS's per-thread thread count (openblas_set_num_threads_local, returning the old
+    value), in the OpenBLAS the NumPy wheels bundle; None with another BLAS."""
     for lib in (Path(np.__file__).parent.parent / "numpy.libs").glob("libscipy_openblas*.so"):
         setter = getattr(ctypes.CDLL(str(lib)), "openblas_set_num_threads_local", None)
         if setter is not None:
-            setter(1)
+            return setter  # type: ignore[no-any-return]
+    return None
+
+
+def _blas_threads(n: int) -> int:
+    """Set this thread's BLAS thread count; the previous one (0 when it cannot be set)."""
+    return int(_set_blas_threads(n)) if _set_blas_threads is not None else 0
 
 
 THREADS = _threads()
+_set_blas_threads = _openblas_threads_setter()
+# The calling thread works too, so the pool has one thread fewer. Pool threads make their BLAS
+# calls single-threaded: OpenBLAS's own threads would compete with them for the same cores.
 _pool = (
-    ThreadPoolExecutor(THREADS, "refllama", initializer=_blas_on_this_thread_only)
+    ThreadPoolExecutor(THREADS - 1, "refllama", initializer=lambda: _blas_threads(1))
     if THREADS > 1
     else None
 )
-_worker = threading.local()  # set in pool threads: a piece never waits on the pool itself
-
-
-def _run_marked(fn: Callable[[T], None], piece: T) -> None:
-    _worker.inside = True
-    fn(piece)
+_inside = threading.local()  # set while a thread runs pieces: pieces never wait on the pool
 
 
 def run_pieces(fn: Callable[[T], None], pieces: Sequence[T], elements: int) -> None:
-    """fn(piece) for every piece, on the pool when the call is big enough (`elements`: the
-    size of its largest intermediate), else in order on this thread. Re-raises a piece's error.
-    """
+    """fn(piece) for every piece: shared between this thread and the pool's when the call is
+    big enough (`elements`: the size of its largest intermediate), else in order here.
+    Re-raises a piece's error once every piece has finished or failed."""
     small = len(pieces) < 2 or elements < MIN_SPLIT_ELEMENTS
-    if _pool is None or small or getattr(_worker, "inside", False):
+    if _pool is None or small or getattr(_inside, "on", False):
         for piece in pieces:
             fn(piece)
         return
-    for future in [_pool.submit(_run_marked, fn, p) for p in pieces]:
-        future.result()
+    todo = iter(pieces)
+    lock = threading.Lock()
+
+    def drain() -> None:
+        _inside.on = True
+        try:
+            while True:
+                with lock:
+                    piece = next(todo, None)
+                if piece is None:
+                    return
+                fn(piece)
+        finally:
+            _inside.on = False
+
+    helpers = [_pool.submit(drain) for _ in range(min(THREADS, len(pieces)) - 1)]
+    before = _blas_threads(1)
+    try:
+        drain()
+    finally:
+        if before:
+            _blas_threads(before)
+        for helper in helpers:
+            helper.result()
