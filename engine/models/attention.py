@@ -11,7 +11,9 @@ with the probabilities rounded to F16 before p.v when `f16_probs`.
 
 Since keys a query does not see change nothing, a decode step of several sequences
 (`attention_steps`) lays their caches side by side over the union of their key blocks and
-attends in one call: the per-call cost is paid once per step, not once per sequence.
+attends in one call: the per-call cost is paid once per step, not once per sequence. A prompt's
+query chunks, and the KV heads of a decode step over long caches, are independent of each
+other and run on engine/models/parallel.py's threads.
 """
 
 from __future__ import annotations
