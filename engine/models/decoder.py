@@ -47,6 +47,7 @@ import numpy.typing as npt
 
 from engine.errors import Cancelled, GGUFError, ModelTooLarge
 from engine.gguf.reader import GGUFFile
+from engine.models import parallel
 from engine.models.attention import attention, attention_steps
 from engine.models.base import LoadedModel
 from engine.models.blockmatmul import (
@@ -379,6 +380,7 @@ def _inputs(weights: Weights, cfg: ModelConfig, seg: Segment) -> Array:
     return x
 
 
+@parallel.single_threaded_blas()
 def forward(
     weights: Weights,
     cfg: ModelConfig,
@@ -406,6 +408,7 @@ def forward(
     return rms_norm(x, weights.output_norm, cfg.norm_eps)
 
 
+@parallel.single_threaded_blas()
 def output_logits(weights: Weights, cfg: ModelConfig, hidden: Array, numerics: Numerics) -> Array:
     """(T, D) final-normed hidden states -> (T, V) logits."""
     logits = linear(hidden, Linear((weights.output,)), numerics)[:, : cfg.n_vocab]

@@ -12,10 +12,11 @@ than it saves. The thread count is REFLLAMA_NUM_THREADS, else the CPUs this proc
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TypeVar
@@ -63,6 +64,20 @@ _pool = (
     else None
 )
 _inside = threading.local()  # set while a thread runs pieces: pieces never wait on the pool
+
+
+@contextlib.contextmanager
+def single_threaded_blas() -> Iterator[None]:
+    """This thread's BLAS calls run on this thread only, inside (a decorator on the forward
+    passes): the engine's products are either split by `run_pieces` or small (a decode step's),
+    and for small ones OpenBLAS's thread hand-off costs more than it saves. The process-wide
+    setting, which other code in the process may rely on, is left alone."""
+    before = _blas_threads(1)
+    try:
+        yield
+    finally:
+        if before:
+            _blas_threads(before)
 
 
 def run_pieces(fn: Callable[[T], None], pieces: Sequence[T], elements: int) -> None:
