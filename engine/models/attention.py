@@ -175,10 +175,13 @@ def attention_steps(
     pos = np.asarray(positions, dtype=np.int64)
     v_quantum = _f16_quantum(v_caches)
     order = np.argsort(pos, kind="stable")  # neighbours in a group span similar keys
-    groups = [order[g0 : g0 + _GROUP] for g0 in range(0, N, _GROUP)]
-    # KV heads are independent too: with long caches, a group's heads are split over threads
+    # Groups, and KV heads, are independent: a big step runs a group per thread, or a lone
+    # sequence's heads split over the threads.
     keys = Hkv * int(pos.max() + 1) * (Dh + Dv) * N  # cache elements read
-    per = -(-Hkv // parallel.THREADS) if keys >= parallel.MIN_SPLIT_ELEMENTS else Hkv
+    split = keys >= parallel.MIN_SPLIT_ELEMENTS
+    size = min(_GROUP, -(-N // parallel.THREADS)) if split else _GROUP
+    groups = [order[g0 : g0 + size] for g0 in range(0, N, size)]
+    per = -(-Hkv // parallel.THREADS) if split and len(groups) < parallel.THREADS else Hkv
 
     def piece(job: tuple[npt.NDArray[np.intp], slice]) -> None:
         group, heads = job
