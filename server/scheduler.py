@@ -339,7 +339,7 @@ class Scheduler:
             freed = len(alive) < len(self._unloaded)
             self._unloaded = [m for m in alive if id(m()) not in held]
         if freed:
-            _trim_heap()
+            trim_heap()
 
     def purge_expired(self) -> None:
         now = time.time()
@@ -375,7 +375,7 @@ class Scheduler:
         old.set()
 
 
-def _trim_heap() -> None:
+def trim_heap() -> None:
     """glibc's malloc_trim(0): free heap pages go back to the OS (nothing on other C libraries)."""
     try:
         trim = ctypes.CDLL("libc.so.6").malloc_trim

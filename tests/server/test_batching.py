@@ -7,6 +7,7 @@ batching can happen), never from the batched run under test.
 
 from __future__ import annotations
 
+import gc
 import json
 import socket
 import threading
@@ -21,7 +22,7 @@ from starlette.applications import Starlette
 
 from engine import load
 from server.app import create_app
-from server.scheduler import Scheduler
+from server.scheduler import Scheduler, trim_heap
 from server.store import Store
 from tests.server.live import live_server
 from tests.tiny_model import write_tiny_model
@@ -256,6 +257,8 @@ def _rss_bytes() -> int:
 @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads Linux's /proc")
 def test_unloading_gives_the_memory_back(tmp_path, smollm2_path):  # issue 13's memory bound
     store = _store(tmp_path, smollm2_path)
+    gc.collect()
+    trim_heap()  # memory earlier tests freed would otherwise serve this model's arrays
     before = _rss_bytes()
     bodies = [{**b, "model": "smollm2"} for b in _requests()[2:6]]
     with live_server(create_app(store, Scheduler(load, num_parallel=4))) as url:
