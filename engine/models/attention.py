@@ -93,7 +93,8 @@ def _attend(
         p = round_f16(p)
     p64 = p.reshape(N, Hkv, T * G, S).astype(F64)
     # |p.v| <= sum(p) * max|v|: a tighter bound than the norms, since p >= 0 sums to ~1
-    out = rounded_matmul(p64, v64, p64.sum(axis=-1), np.abs(v64).max(axis=2), v_quantum)
+    p_quantum = 2.0**-24 if f16_probs else None  # F16 probabilities, as the values below
+    out = rounded_matmul(p64, v64, p64.sum(axis=-1), np.abs(v64).max(axis=2), p_quantum, v_quantum)
     return out.reshape(N, Hkv, T, G, Dv).transpose(0, 2, 1, 3, 4)
 
 

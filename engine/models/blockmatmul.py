@@ -332,16 +332,21 @@ def _quant_tile(w: QuantMatrix, a: _Q8, cols: slice, rows: slice, qa: Array, d_a
 
 
 def rounded_matmul(
-    a: Array64, b: Array64, a_norm: Array64, b_norm: Array64, b_quantum: float | None = None
+    a: Array64,
+    b: Array64,
+    a_norm: Array64,
+    b_norm: Array64,
+    a_quantum: float | None = None,
+    b_quantum: float | None = None,
 ) -> Array:
     """float32 of the exactly rounded float64 (..., M, K) @ (..., K, N), for float32 inputs.
 
     a_norm (..., M) and b_norm (..., N) bound a's rows and b's columns so that their product
-    bounds the sum of |a_ik * b_kj| (Euclidean norms do, by Cauchy-Schwarz). b_quantum, when
-    given, is a power of two dividing every element of b (2**-24 for F16 values): `_drop_exact`
-    then uses it instead of measuring b's columns, which for attention's values costs a pass
-    over the whole cache. Either way the result is the same; see the module docstring for why
-    it does not depend on BLAS.
+    bounds the sum of |a_ik * b_kj| (Euclidean norms do, by Cauchy-Schwarz). a_quantum and
+    b_quantum, when given, are powers of two dividing every element of a or b (2**-24 for F16
+    values): `_drop_exact` then uses them instead of measuring a's rows or b's columns, which
+    for attention's probabilities and values costs passes over the whole cache. Either way the
+    result is the same; see the module docstring for why it does not depend on BLAS.
     """
     r = np.matmul(a, b)
     K = a.shape[-1]
@@ -350,7 +355,7 @@ def rounded_matmul(
     unsure = ((r - bound).astype(F32) != (r + bound).astype(F32)) & np.isfinite(r)
     result = r.astype(F32)
     if unsure.any():
-        _drop_exact(a, b, a_norm, b_norm, unsure, b_quantum)
+        _drop_exact(a, b, a_norm, b_norm, unsure, a_quantum, b_quantum)
     if unsure.any():
         _settle(a, b, unsure, result)
     return result
@@ -378,6 +383,7 @@ def _drop_exact(
     a_norm: Array64,
     b_norm: Array64,
     unsure: npt.NDArray[np.bool_],
+    a_quantum: float | None,
     b_quantum: float | None,
 ) -> None:
     """Clear `unsure` where BLAS's float64 sum was exact, so r's float32 rounding is the answer.
@@ -392,7 +398,7 @@ def _drop_exact(
     """
     idx = np.nonzero(unsure)
     rows, cols = (*idx[:-1],), (*idx[:-2], idx[-1])
-    qa = _quanta_of(a, rows)
+    qa = a_quantum if a_quantum is not None else _quanta_of(a, rows)
     qb = b_quantum if b_quantum is not None else _quanta_of(np.swapaxes(b, -1, -2), cols)
     exact = a_norm[rows] * b_norm[cols] < 2.0**53 * (qa * qb)
     unsure[tuple(i[exact] for i in idx)] = False
