@@ -6,8 +6,11 @@ operations it does when run alone and writes only its own part of the output, so
 bits do not depend on the number of threads, on which thread ran which piece, or on their order
 (tests/engine/test_determinism.py runs 1, 2 and 4 threads).
 
-Small calls (a decode step's products) stay on the calling thread: handing them over costs more
-than it saves. The thread count is REFLLAMA_NUM_THREADS, else the CPUs this process may run on.
+The calling thread works through the pieces together with the pool's threads (THREADS - 1 of
+them, shared by every caller: two loaded models' batchers may split calls at once, and a caller
+never waits for a helper that has not started). Small calls (a decode step's products) stay on
+the calling thread: handing them over costs more than it saves. The thread count is
+REFLLAMA_NUM_THREADS, else the CPUs this process may run on.
 """
 
 from __future__ import annotations
@@ -113,4 +116,7 @@ def run_pieces(fn: Callable[[T], None], pieces: Sequence[T], elements: int) -> N
         if before:
             _blas_threads(before)
         for helper in helpers:
-            helper.result()
+            # A helper still queued behind another model's call has nothing left to do: drop
+            # it rather than wait for that call.
+            if not helper.cancel():
+                helper.result()

@@ -5,6 +5,7 @@ exp.
 from __future__ import annotations
 
 import math
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -106,8 +107,10 @@ def test_threads_do_not_change_a_bit(monkeypatch: pytest.MonkeyPatch) -> None:
 
     alone = run()
     monkeypatch.setattr(parallel, "MIN_SPLIT_ELEMENTS", 0)  # every call on the pool
-    for pooled, serial in zip(run(), alone, strict=True):
-        np.testing.assert_array_equal(pooled, serial)
+    with ThreadPoolExecutor(2) as callers:  # two callers share the pool (two models' batchers)
+        for result in list(callers.map(lambda _: run(), range(2))) + [run()]:
+            for pooled, serial in zip(result, alone, strict=True):
+                np.testing.assert_array_equal(pooled, serial)
 
 
 def test_block_sums_stay_exact_at_the_extremes() -> None:
