@@ -68,6 +68,7 @@ _pool = (
     else None
 )
 _inside = threading.local()  # set while a thread runs pieces: pieces never wait on the pool
+_DONE = object()
 
 
 @contextlib.contextmanager
@@ -101,10 +102,10 @@ def run_pieces(fn: Callable[[T], None], pieces: Sequence[T], elements: int) -> N
         try:
             while True:
                 with lock:
-                    piece = next(todo, None)
-                if piece is None:
+                    piece = next(todo, _DONE)
+                if piece is _DONE:
                     return
-                fn(piece)
+                fn(piece)  # type: ignore[arg-type]
         finally:
             _inside.on = False
 
