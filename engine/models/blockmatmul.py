@@ -148,7 +148,8 @@ def matrix_from_gguf(raws: list[tuple[npt.NDArray[np.uint8], GGMLType, tuple[int
     """Stack GGUF (out, in) tensors of one type along `out` into a (in, sum of outs) Matrix.
 
     The integers (`_block_integers`) are written into the (nb, N, B) layout a chunk of outputs at
-    a time, so loading needs no full-size scratch copy of the matrix.
+    a time, so loading needs no full-size scratch copy of the matrix; the chunks are converted
+    on the engine's threads (engine/models/parallel.py).
     """
     types = {t for _, t, _ in raws}
     if len(types) != 1:
@@ -167,14 +168,22 @@ def matrix_from_gguf(raws: list[tuple[npt.NDArray[np.uint8], GGMLType, tuple[int
     q = np.empty((K // B, N, B), F32)  # (nb, N, B), filled a chunk of outputs at a time
     scales, add_mins, min_ints, dmins = [], [], [], []
     n0 = 0
+    chunks = []  # (rows of blocks, their first output column in q)
+    for raw, _, shape in raws:
+        blocks = raw.reshape(shape[0], K // block, size)
+        chunks += [(blocks[r0 : r0 + _LOAD_ROWS], n0 + r0) for r0 in range(0, shape[0], _LOAD_ROWS)]
+        n0 += shape[0]
+
+    def convert(chunk: tuple[npt.NDArray[np.uint8], int]) -> None:
+        rows, col = chunk
+        n = len(rows)
+        ints = _block_integers(rows.reshape(-1, size), ggml_type, planes, (n, K))  # (n, K)
+        q[:, col : col + n] = ints.reshape(n, K // B, B).transpose(1, 0, 2)
+
+    parallel.run_pieces(convert, chunks, K * N)  # chunks write disjoint columns of q
     for raw, _, shape in raws:
         n_out, k = shape
         blocks = raw.reshape(n_out, k // block, size)
-        for r0 in range(0, n_out, _LOAD_ROWS):
-            rows = blocks[r0 : r0 + _LOAD_ROWS]  # (n, K/block, size)
-            n = len(rows)
-            ints = _block_integers(rows.reshape(-1, size), ggml_type, planes, (n, k))  # (n, K)
-            q[:, n0 + r0 : n0 + r0 + n] = ints.reshape(n, k // B, B).transpose(1, 0, 2)
         flat = blocks.reshape(-1, size)
         if planes.d_f32:
             d = flat[:, planes.d_at : planes.d_at + 4].copy().view("<f4")[:, 0]
@@ -189,7 +198,6 @@ def matrix_from_gguf(raws: list[tuple[npt.NDArray[np.uint8], GGMLType, tuple[int
             neg = dequantize(_with_fields(flat, zero_d).reshape(-1), ggml_type, shape)
             min_ints.append(-neg[:, :: planes.min_group])  # (out, K/G): y = -1 * mn there
             dmins.append(_f16_field(flat, planes.dmin_at).reshape(n_out, k // 256))
-        n0 += n_out
     add_min = None if not add_mins else np.ascontiguousarray(np.concatenate(add_mins).T)
     min_q = dmin = None
     if min_ints:
