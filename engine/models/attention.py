@@ -35,6 +35,7 @@ Array = npt.NDArray[np.float32]
 QUERY_CHUNK = 128  # at most this many query rows per score matrix
 SCORE_ELEMENTS = 1 << 21  # and at most ~this many (H, rows, S) scores: memory stays flat in S
 _GROUP = 16  # decode queries of this many sequences per batched call
+_F16_QUANTUM = 2.0**-24  # divides every F16 value (its smallest subnormal)
 
 
 def _norm(x: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
@@ -93,7 +94,7 @@ def _attend(
         p = round_f16(p)
     p64 = p.reshape(N, Hkv, T * G, S).astype(F64)
     # |p.v| <= sum(p) * max|v|: a tighter bound than the norms, since p >= 0 sums to ~1
-    p_quantum = 2.0**-24 if f16_probs else None  # F16 probabilities, as the values below
+    p_quantum = _F16_QUANTUM if f16_probs else None  # F16 probabilities, as the values
     out = rounded_matmul(p64, v64, p64.sum(axis=-1), np.abs(v64).max(axis=2), p_quantum, v_quantum)
     return out.reshape(N, Hkv, T, G, Dv).transpose(0, 2, 1, 3, 4)
 
@@ -101,7 +102,7 @@ def _attend(
 def _f16_quantum(v_caches: Sequence[Array]) -> float | None:
     """2**-24, which divides every F16 value, for float16 value caches: p.v's exactness proof
     (blockmatmul's `_drop_exact`) then needs no pass over the values; None otherwise."""
-    return 2.0**-24 if all(v.dtype == np.float16 for v in v_caches) else None
+    return _F16_QUANTUM if all(v.dtype == np.float16 for v in v_caches) else None
 
 
 def _first_key(pos: int, window: int) -> int:
@@ -179,10 +180,10 @@ def attention_steps(
     # Groups, and KV heads, are independent: a big step runs a group per thread, or a lone
     # sequence's heads split over the threads.
     keys = Hkv * int(pos.max() + 1) * (Dh + Dv) * N  # cache elements read
-    split = keys >= parallel.MIN_SPLIT_ELEMENTS
-    size = min(_GROUP, -(-N // parallel.THREADS)) if split else _GROUP
+    ways = parallel.ways(keys)
+    size = min(_GROUP, -(-N // ways))
     groups = [order[g0 : g0 + size] for g0 in range(0, N, size)]
-    per = -(-Hkv // parallel.THREADS) if split and len(groups) < parallel.THREADS else Hkv
+    per = -(-Hkv // ways) if len(groups) < ways else Hkv
 
     def piece(job: tuple[npt.NDArray[np.intp], slice]) -> None:
         group, heads = job

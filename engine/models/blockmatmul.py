@@ -168,22 +168,11 @@ def matrix_from_gguf(raws: list[tuple[npt.NDArray[np.uint8], GGMLType, tuple[int
     q = np.empty((K // B, N, B), F32)  # (nb, N, B), filled a chunk of outputs at a time
     scales, add_mins, min_ints, dmins = [], [], [], []
     n0 = 0
-    chunks = []  # (rows of blocks, their first output column in q)
-    for raw, _, shape in raws:
-        blocks = raw.reshape(shape[0], K // block, size)
-        chunks += [(blocks[r0 : r0 + _LOAD_ROWS], n0 + r0) for r0 in range(0, shape[0], _LOAD_ROWS)]
-        n0 += shape[0]
-
-    def convert(chunk: tuple[npt.NDArray[np.uint8], int]) -> None:
-        rows, col = chunk
-        n = len(rows)
-        ints = _block_integers(rows.reshape(-1, size), ggml_type, planes, (n, K))  # (n, K)
-        q[:, col : col + n] = ints.reshape(n, K // B, B).transpose(1, 0, 2)
-
-    parallel.run_pieces(convert, chunks, K * N)  # chunks write disjoint columns of q
+    chunks = []  # (rows of blocks, their first output column in q), converted below
     for raw, _, shape in raws:
         n_out, k = shape
         blocks = raw.reshape(n_out, k // block, size)
+        chunks += [(blocks[r0 : r0 + _LOAD_ROWS], n0 + r0) for r0 in range(0, n_out, _LOAD_ROWS)]
         flat = blocks.reshape(-1, size)
         if planes.d_f32:
             d = flat[:, planes.d_at : planes.d_at + 4].copy().view("<f4")[:, 0]
@@ -198,6 +187,15 @@ def matrix_from_gguf(raws: list[tuple[npt.NDArray[np.uint8], GGMLType, tuple[int
             neg = dequantize(_with_fields(flat, zero_d).reshape(-1), ggml_type, shape)
             min_ints.append(-neg[:, :: planes.min_group])  # (out, K/G): y = -1 * mn there
             dmins.append(_f16_field(flat, planes.dmin_at).reshape(n_out, k // 256))
+        n0 += n_out
+
+    def convert(chunk: tuple[npt.NDArray[np.uint8], int]) -> None:
+        rows, col = chunk
+        n = len(rows)
+        ints = _block_integers(rows.reshape(-1, size), ggml_type, planes, (n, K))  # (n, K)
+        q[:, col : col + n] = ints.reshape(n, K // B, B).transpose(1, 0, 2)
+
+    parallel.run_pieces(convert, chunks, K * N)  # chunks write disjoint columns of q
     add_min = None if not add_mins else np.ascontiguousarray(np.concatenate(add_mins).T)
     min_q = dmin = None
     if min_ints:
@@ -287,8 +285,7 @@ def quant_matmul(x: Array, w: QuantMatrix) -> Array:
     out = np.empty((T, N), F32)
     row_step = min(T, max(TILE_ROWS, CHUNK_ELEMENTS // (nb * N)))
     col_step = max(1, CHUNK_ELEMENTS // (nb * row_step))
-    if T * nb * N >= parallel.MIN_SPLIT_ELEMENTS:  # at least one column tile per thread
-        col_step = min(col_step, -(-N // parallel.THREADS))
+    col_step = min(col_step, -(-N // parallel.ways(T * nb * N)))  # a column tile per thread
     tiles = []
     for t0 in range(0, T, row_step):
         rows = slice(t0, min(T, t0 + row_step))

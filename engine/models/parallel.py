@@ -85,12 +85,19 @@ def single_threaded_blas() -> Iterator[None]:
             _blas_threads(before)
 
 
+def ways(elements: int) -> int:
+    """How many threads a call of `elements` (the size of its largest intermediate) is split
+    over: THREADS when it is big enough, else 1 (also inside a piece, which never splits)."""
+    if _pool is None or elements < MIN_SPLIT_ELEMENTS or getattr(_inside, "on", False):
+        return 1
+    return THREADS
+
+
 def run_pieces(fn: Callable[[T], None], pieces: Sequence[T], elements: int) -> None:
-    """fn(piece) for every piece: shared between this thread and the pool's when the call is
-    big enough (`elements`: the size of its largest intermediate), else in order here.
-    Re-raises a piece's error once every piece has finished or failed."""
-    small = len(pieces) < 2 or elements < MIN_SPLIT_ELEMENTS
-    if _pool is None or small or getattr(_inside, "on", False):
+    """fn(piece) for every piece: shared between this thread and the pool's when `ways` splits
+    the call, else in order here. Re-raises a piece's error once every piece has finished or
+    failed."""
+    if _pool is None or len(pieces) < 2 or ways(elements) == 1:
         for piece in pieces:
             fn(piece)
         return
@@ -110,12 +117,10 @@ def run_pieces(fn: Callable[[T], None], pieces: Sequence[T], elements: int) -> N
             _inside.on = False
 
     helpers = [_pool.submit(drain) for _ in range(min(THREADS, len(pieces)) - 1)]
-    before = _blas_threads(1)
     try:
-        drain()
+        with single_threaded_blas():
+            drain()
     finally:
-        if before:
-            _blas_threads(before)
         for helper in helpers:
             # A helper still queued behind another model's call has nothing left to do: drop
             # it rather than wait for that call.
