@@ -44,7 +44,7 @@ from engine.sampling.options import resolve  # noqa: E402
 from server.app import create_app  # noqa: E402
 from server.scheduler import Scheduler  # noqa: E402
 from server.store import Store  # noqa: E402
-from tests.server.live import live_server  # noqa: E402
+from tests.server.live import live_server, resident_bytes  # noqa: E402
 from tests.tiny_model import write_tiny_model  # noqa: E402
 
 PROMPT = "Once upon a time, in a small village by the sea, there lived"
@@ -109,14 +109,6 @@ def _http(url: str, tokens: int, clients: int) -> Callable[[], Level]:
 
 def _peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def _rss_mib() -> float:
-    """The process's resident memory now (Linux /proc)."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError("no VmRSS in /proc/self/status")
 
 
 def _unload(url: str) -> None:
@@ -193,7 +185,7 @@ def main() -> None:
     solo_text: str | None = None
     with live_server(create_app(store, sched)) as url:
         httpx.post(url + "/api/generate", json={"model": "m"}, timeout=600)  # load only
-        loaded = _rss_mib()
+        loaded = resident_bytes() / 2**20
         for n in levels:
             run = _http(url, args.tokens, n)
             run()  # warm-up
@@ -208,10 +200,10 @@ def main() -> None:
             print(f"{f'HTTP, {n} streams (aggregate)':30} {statistics.median(level_rates):8.1f} "
                   f"{_pct(ttfts, 0.5):11.3f} {_pct(ttfts, 0.95):11.3f} {_peak_rss_mib():13.0f} "
                   f"{'yes' if same else 'NO':>13}")  # fmt: skip
-        after_runs = _rss_mib()
+        after_runs = resident_bytes() / 2**20
         _unload(url)
         time.sleep(2.5)  # the server's reaper returns an unloaded model's memory within 1 s
-        unloaded = _rss_mib()
+        unloaded = resident_bytes() / 2**20
     print(
         f"RSS MiB now: model loaded {loaded:.0f}, after the runs {after_runs:.0f}, "
         f"after unload {unloaded:.0f} ({unloaded / loaded:.2f}x loaded)"

@@ -142,3 +142,11 @@ def tiny_store(root: Path) -> Store:
     store.create_from_gguf("tiny", write_tiny_model(root / "tiny.gguf"))
     store.create_from_gguf("emb", write_embedding_header(root / "emb.gguf"))
     return store
+
+
+def resident_bytes() -> int:
+    """This process's resident memory now (Linux /proc), where a live server's models live."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmRSS in /proc/self/status")

@@ -24,7 +24,7 @@ from engine import load
 from server.app import create_app
 from server.scheduler import Scheduler, trim_heap
 from server.store import Store
-from tests.server.live import live_server
+from tests.server.live import live_server, resident_bytes
 from tests.tiny_model import write_tiny_model
 
 pytestmark = pytest.mark.slow
@@ -247,19 +247,12 @@ def test_num_parallel_bounds_running_requests_and_max_queue_answers_503(tmp_path
         assert _ps(url) == [] and runner.free_slots == []  # unloading releases the caches
 
 
-def _rss_bytes() -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    raise RuntimeError("no VmRSS in /proc/self/status")
-
-
 @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads Linux's /proc")
 def test_unloading_gives_the_memory_back(tmp_path, smollm2_path):  # issue 13's memory bound
     store = _store(tmp_path, smollm2_path)
     gc.collect()
     trim_heap()  # memory earlier tests freed would otherwise serve this model's arrays
-    before = _rss_bytes()
+    before = resident_bytes()
     bodies = [{**b, "model": "smollm2"} for b in _requests()[2:6]]
     with live_server(create_app(store, Scheduler(load, num_parallel=4))) as url:
         threads = [threading.Thread(target=_run, args=(url, b)) for b in bodies]
@@ -267,12 +260,12 @@ def test_unloading_gives_the_memory_back(tmp_path, smollm2_path):  # issue 13's 
             t.start()
         for t in threads:
             t.join()
-        grown = _rss_bytes() - before  # the weights, four caches and the steps' scratch
+        grown = resident_bytes() - before  # the weights, four caches and the steps' scratch
         httpx.post(url + "/api/generate", json={"model": "smollm2", "keep_alive": 0})
         assert _ps(url) == []
         deadline = time.monotonic() + 10  # the server's reaper returns memory once a second
-        while _rss_bytes() - before > 0.1 * grown and time.monotonic() < deadline:
+        while resident_bytes() - before > 0.1 * grown and time.monotonic() < deadline:
             time.sleep(0.1)
-        left = _rss_bytes() - before
+        left = resident_bytes() - before
     assert grown > 300 * 2**20
     assert left <= 0.1 * grown, f"{left / 2**20:.0f} MiB of {grown / 2**20:.0f} MiB kept"
