@@ -10,13 +10,16 @@ from __future__ import annotations
 from pathlib import Path
 
 from engine.gguf.reader import GGUFFile
-from engine.models import bert, decoder
+from engine.models import bert, decoder, heap
 from engine.models.bert import BertModel
 from engine.models.decoder import Model
 from engine.models.kvcache import KVCache
 from engine.models.numerics import LLAMA_CPP, Numerics
 
 __all__ = ["BertModel", "KVCache", "Model", "load"]
+
+# before the engine's threads first allocate (engine/models/heap.py)
+heap.keep_scratch()
 
 
 def load(

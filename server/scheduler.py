@@ -22,7 +22,6 @@ together (server/batcher.py), so each sequence gets the same bytes whatever else
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import gc
 import logging
 import os
@@ -40,6 +39,7 @@ import numpy as np
 from engine.errors import EngineError, ModelTooLarge
 from engine.generate import Slot
 from engine.gguf.reader import GGUFFile
+from engine.models import heap
 from engine.models.config import ModelConfig
 from engine.models.decoder import DEFAULT_MEMORY_FRACTION, available_memory, memory_needed
 from engine.models.multimodal import VisionLanguageModel
@@ -323,10 +323,10 @@ class Scheduler:
     def return_memory(self) -> None:
         """Give the memory of unloaded models back to the operating system.
 
-        Their arrays are freed once the last request holding them finishes, but glibc keeps
-        freed heap memory for reuse (after the first large frees it serves arrays of up to 32
-        MiB from the heap instead of mmap), so the process would stay near its loaded size.
-        Once a dropped model is garbage, malloc_trim hands those pages back. Models still
+        Their arrays are freed once the last request holding them finishes, but the heap keeps
+        freed memory for reuse (engine/models/heap.py: arrays of up to 32 MiB come from it), so
+        the process would stay near its loaded size. Once a dropped model is garbage,
+        `heap.trim` hands those pages back. Models still
         shared with a loaded runner are not waited for. Called by the server's reaper task.
         """
         with self._state:
@@ -339,7 +339,7 @@ class Scheduler:
             freed = len(alive) < len(self._unloaded)
             self._unloaded = [m for m in alive if id(m()) not in held]
         if freed:
-            trim_heap()
+            heap.trim()
 
     def purge_expired(self) -> None:
         now = time.time()
@@ -373,15 +373,6 @@ class Scheduler:
     def _wake(self) -> None:
         old, self._changed = self._changed, asyncio.Event()
         old.set()
-
-
-def trim_heap() -> None:
-    """glibc's malloc_trim(0): free heap pages go back to the OS (nothing on other C libraries)."""
-    try:
-        trim = ctypes.CDLL("libc.so.6").malloc_trim
-    except (OSError, AttributeError):
-        return
-    trim(0)
 
 
 def _estimate(path: Path, num_ctx: int) -> int:

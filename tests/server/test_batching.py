@@ -21,8 +21,9 @@ import pytest
 from starlette.applications import Starlette
 
 from engine import load
+from engine.models import heap
 from server.app import create_app
-from server.scheduler import Scheduler, trim_heap
+from server.scheduler import Scheduler
 from server.store import Store
 from tests.server.live import live_server, resident_bytes
 from tests.tiny_model import write_tiny_model
@@ -251,7 +252,7 @@ def test_num_parallel_bounds_running_requests_and_max_queue_answers_503(tmp_path
 def test_unloading_gives_the_memory_back(tmp_path, smollm2_path):  # issue 13's memory bound
     store = _store(tmp_path, smollm2_path)
     gc.collect()
-    trim_heap()  # memory earlier tests freed would otherwise serve this model's arrays
+    heap.trim()  # memory earlier tests freed would otherwise serve this model's arrays
     before = resident_bytes()
     bodies = [{**b, "model": "smollm2"} for b in _requests()[2:6]]
     with live_server(create_app(store, Scheduler(load, num_parallel=4))) as url:
