@@ -355,11 +355,14 @@ def rounded_matmul(
     """
     r = np.matmul(a, b)
     K = a.shape[-1]
-    bound = (K * _U * (1.0 + 2.0**-20)) * (a_norm[..., :, None] * b_norm[..., None, :])
-    bound += np.abs(r) * 2.0**-50  # the interval must contain r's float64 neighbours
-    unsure = ((r - bound).astype(F32) != (r + bound).astype(F32)) & np.isfinite(r)
+    # BLAS's error is within K * _U * a_norm * b_norm. The interval must also hold r's float64
+    # neighbours, 2**-50 * |r| <= 16 * _U * a_norm * b_norm (Cauchy-Schwarz bounds |r|); 2**-20
+    # covers the rounding of the norms and of this product.
+    bound = ((K + 16) * _U * (1.0 + 2.0**-20)) * (a_norm[..., :, None] * b_norm[..., None, :])
+    unsure = (r - bound).astype(F32) != (r + bound).astype(F32)
     result = r.astype(F32)
     if unsure.any():
+        unsure[unsure] = np.isfinite(r[unsure])  # inf and NaN are their own rounding
         _drop_exact(a, b, a_norm, b_norm, unsure, a_quantum, b_quantum)
     if unsure.any():
         _settle(a, b, unsure, result)
