@@ -326,8 +326,8 @@ class Scheduler:
         Their arrays are freed once the last request holding them finishes, but the heap keeps
         freed memory for reuse (engine/models/heap.py: arrays of up to 32 MiB come from it), so
         the process would stay near its loaded size. Once a dropped model is garbage,
-        `heap.trim` hands those pages back. Models still
-        shared with a loaded runner are not waited for. Called by the server's reaper task.
+        `heap.trim` hands those pages back. Models still shared with a loaded runner are not
+        waited for. Called by the server's reaper task.
         """
         with self._state:
             if not self._unloaded:
