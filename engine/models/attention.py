@@ -24,9 +24,9 @@ import numpy as np
 import numpy.typing as npt
 
 from engine.models import parallel
-from engine.models.blockmatmul import rounded_matmul
-from engine.models.kvcache import KEY_BLOCK
-from engine.models.numerics import exp_f32, round_f16
+from engine.models.blockmatmul import exact_spans, rounded_matmul
+from engine.models.kvcache import KEY_BLOCK, KeyStats, key_stats
+from engine.models.numerics import exp_f32, round_f16_magnitudes
 
 F32 = np.float32
 F64 = np.float64
@@ -65,6 +65,7 @@ def _attend(
     q: Array,
     k64: npt.NDArray[np.float64],
     v64: npt.NDArray[np.float64],
+    stats: KeyStats,
     visible: npt.NDArray[np.bool_],
     scale: float,
     f16_probs: bool,
@@ -72,13 +73,17 @@ def _attend(
 ) -> Array:
     """Queries (N, T, Hkv, G, Dh) of N sequences over their keys (N, Hkv, S, Dh), values
     (N, Hkv, S, Dv) -> (N, T, Hkv, G, Dv). The keys cover whole KEY_BLOCKs; `visible` (N, T, S)
-    masks each query's. v_quantum: 2**-24 when the values are F16 (`_f16_quantum`).
+    masks each query's. stats: the keys' norms and spans (N, Hkv, S) and a bound on |v| for
+    each value dimension (N, Hkv, Dv). v_quantum: 2**-24 when the values are F16
+    (`_f16_quantum`).
     """
     N, T, Hkv, G, Dh = q.shape
     S, Dv = k64.shape[2], v64.shape[3]
     q64 = q.transpose(0, 2, 1, 3, 4).reshape(N, Hkv, T * G, Dh).astype(F64)
-    kt = k64.transpose(0, 1, 3, 2)
-    scores = rounded_matmul(q64, kt, _norm(q64), _norm(k64))
+    q_norm = _norm(q64)
+    # the spans prove almost every product of F16 q and k exact: those skip the interval test
+    spans = (exact_spans(q64, q_norm), stats.k_span)
+    scores = rounded_matmul(q64, k64.transpose(0, 1, 3, 2), q_norm, stats.k_norm, spans=spans)
     scores = scores.reshape(N, Hkv, T, G, S) * F32(scale)
     scores = np.where(visible[:, None, :, None, :], scores, F32(-np.inf))
     m = scores.max(axis=-1, keepdims=True)
@@ -89,13 +94,13 @@ def _attend(
     # before a query's window add exact zeros
     den = np.add.accumulate(den_blocks, axis=-1)[..., -1]
     # as ggml's soft_max: the sum in double, then e times float(1 / sum)
-    p = e * (1.0 / den).astype(F32)[..., None]
+    p = np.multiply(e, (1.0 / den).astype(F32)[..., None], out=e)
     if f16_probs:
-        p = round_f16(p)
+        round_f16_magnitudes(p)  # 0 <= p <= 1
     p64 = p.reshape(N, Hkv, T * G, S).astype(F64)
     # |p.v| <= sum(p) * max|v|: a tighter bound than the norms, since p >= 0 sums to ~1
     p_quantum = _F16_QUANTUM if f16_probs else None  # F16 probabilities, as the values
-    out = rounded_matmul(p64, v64, p64.sum(axis=-1), np.abs(v64).max(axis=2), p_quantum, v_quantum)
+    out = rounded_matmul(p64, v64, p64.sum(axis=-1), stats.v_max, p_quantum, v_quantum)
     return out.reshape(N, Hkv, T, G, Dv).transpose(0, 2, 1, 3, 4)
 
 
@@ -124,13 +129,15 @@ def attention(
     scale: float = 1.0,
     f16_probs: bool = False,
     span: tuple[int, int] | None = None,
+    stats: KeyStats | None = None,
 ) -> Array:
     """Causal (optionally sliding-window) attention of T new queries over positions 0..pos0+T-1.
 
     q: (T, H, Dh); k_cache: (Hkv, S_cap, Dh) after RoPE; v_cache: (Hkv, S_cap, Dv), both holding
     the new positions already. Returns (T, H, Dv). Query head h uses KV head h // (H / Hkv).
     span: positions [start, end) that also see later positions of the span (Gemma 3's image
-    tokens); the sliding window still applies to earlier keys.
+    tokens); the sliding window still applies to earlier keys. stats: the cache's KeyStats
+    (engine/models/kvcache.py), measured here when not given.
     """
     T, H, Dh = q.shape
     Hkv, Dv = v_cache.shape[0], v_cache.shape[2]
@@ -139,16 +146,27 @@ def attention(
     v_quantum = _f16_quantum([v_cache])
     keys = min(pos0 + T, window) if window else pos0 + T
     rows = max(1, min(QUERY_CHUNK, SCORE_ELEMENTS // (H * keys)))  # rows never affect values
+    first = _first_key(pos0, window)
+    end = _end_key(max(pos0 + T, span[1] if span else 0) - 1)
+    k64 = k_cache[None, :, first:end].astype(F64)  # every chunk's keys, converted once
+    if stats is None:
+        stats = key_stats(k_cache, v_cache)
 
     def chunk(t: int) -> None:
-        end = min(T, t + rows)
+        stop = min(T, t + rows)
         p0 = pos0 + t
         lo = _first_key(p0, window)
-        hi = _end_key(max(pos0 + end, span[1] if span else 0) - 1)
-        k64 = k_cache[None, :, lo:hi].astype(F64)
+        hi = _end_key(max(pos0 + stop, span[1] if span else 0) - 1)
         v64 = v_cache[None, :, lo:hi].astype(F64)
-        visible = _visible(np.arange(p0, pos0 + end)[None, :], lo, hi, window, span)
-        out[t:end] = _attend(qg[:, t:end], k64, v64, visible, scale, f16_probs, v_quantum)[0]
+        visible = _visible(np.arange(p0, pos0 + stop)[None, :], lo, hi, window, span)
+        chunk_stats = KeyStats(
+            stats.k_norm[None, :, lo:hi], stats.k_span[None, :, lo:hi],
+            stats.v_max[None, :, lo // KEY_BLOCK : hi // KEY_BLOCK].max(axis=2),
+        )  # fmt: skip
+        k = k64[:, :, lo - first : hi - first]
+        out[t:stop] = _attend(
+            qg[:, t:stop], k, v64, chunk_stats, visible, scale, f16_probs, v_quantum
+        )[0]
 
     parallel.run_pieces(chunk, range(0, T, rows), T * H * keys)  # chunks are independent
     return out.reshape(T, H, Dv)
@@ -162,19 +180,23 @@ def attention_steps(
     window: int,
     scale: float = 1.0,
     f16_probs: bool = False,
+    stats: Sequence[KeyStats] | None = None,
 ) -> Array:
     """One new query for each of N sequences (a batched decode step) -> (N, H, Dv).
 
     Query i (q[i], (H, Dh)) is at positions[i] of its own cache (k_caches[i], v_caches[i], as in
-    `attention`). Each gives exactly what `attention` gives it alone: the sequences' keys are
-    laid side by side over the union of their key blocks, and the extra positions are masked,
-    which adds exact zeros (see the module docstring).
+    `attention`, stats[i] its KeyStats, measured here when not given). Each gives exactly what
+    `attention` gives it alone: the sequences' keys are laid side by side over the union of
+    their key blocks, and the extra positions are masked, which adds exact zeros (see the
+    module docstring).
     """
     N, H, Dh = q.shape
     Hkv, Dv = v_caches[0].shape[0], v_caches[0].shape[2]
     qg = np.ascontiguousarray(q).reshape(N, 1, Hkv, H // Hkv, Dh)
     out = np.empty((N, Hkv, H // Hkv, Dv), F32)
     pos = np.asarray(positions, dtype=np.int64)
+    if stats is None:
+        stats = [key_stats(k, v) for k, v in zip(k_caches, v_caches, strict=True)]
     v_quantum = _f16_quantum(v_caches)
     order = np.argsort(pos, kind="stable")  # neighbours in a group span similar keys
     # Groups, and KV heads, are independent: a big step runs a group per thread, or a lone
@@ -189,18 +211,27 @@ def attention_steps(
         group, heads = job
         lo = min(_first_key(int(pos[i]), window) for i in group)
         hi = _end_key(int(pos[group].max()))
-        n_heads = len(range(Hkv)[heads])
-        k64 = np.empty((len(group), n_heads, hi - lo, Dh))
-        v64 = np.empty((len(group), n_heads, hi - lo, Dv))
+        n, n_heads = len(group), len(range(Hkv)[heads])
+        k64 = np.empty((n, n_heads, hi - lo, Dh))
+        v64 = np.empty((n, n_heads, hi - lo, Dv))
+        k_norm = np.empty((n, n_heads, hi - lo))
+        k_span = np.empty((n, n_heads, hi - lo), np.int16)
+        v_max = np.empty((n, n_heads, Dv))
         for j, i in enumerate(group):
-            stop = _end_key(int(pos[i]))  # at most hi, the group's last
-            k64[j, :, : stop - lo] = k_caches[i][heads, lo:stop]
-            v64[j, :, : stop - lo] = v_caches[i][heads, lo:stop]
-            k64[j, :, stop - lo :] = 0.0
-            v64[j, :, stop - lo :] = 0.0
+            stop = _end_key(int(pos[i]))  # at most hi, the group's last; zeros after it
+            for whole, part in (
+                (k64, k_caches[i]), (v64, v_caches[i]),
+                (k_norm, stats[i].k_norm), (k_span, stats[i].k_span),
+            ):  # fmt: skip
+                whole[j, :, : stop - lo] = part[heads, lo:stop]
+                whole[j, :, stop - lo :] = 0
+            v_max[j] = stats[i].v_max[heads, lo // KEY_BLOCK : stop // KEY_BLOCK].max(axis=1)
         visible = _visible(pos[group][:, None], lo, hi, window, None)
         qs = qg[group][:, :, heads]
-        out[group, heads] = _attend(qs, k64, v64, visible, scale, f16_probs, v_quantum)[:, 0]
+        group_stats = KeyStats(k_norm, k_span, v_max)
+        out[group, heads] = _attend(
+            qs, k64, v64, group_stats, visible, scale, f16_probs, v_quantum
+        )[:, 0]
 
     jobs = [(g, slice(h, h + per)) for g in groups for h in range(0, Hkv, per)]
     parallel.run_pieces(piece, jobs, keys)

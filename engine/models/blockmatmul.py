@@ -343,6 +343,7 @@ def rounded_matmul(
     b_norm: Array64,
     a_quantum: float | None = None,
     b_quantum: float | None = None,
+    spans: tuple[Spans, Spans] | None = None,
 ) -> Array:
     """float32 of the exactly rounded float64 (..., M, K) @ (..., K, N), for float32 inputs.
 
@@ -350,29 +351,83 @@ def rounded_matmul(
     bounds the sum of |a_ik * b_kj| (Euclidean norms do, by Cauchy-Schwarz). a_quantum and
     b_quantum, when given, are powers of two dividing every element of a or b (2**-24 for F16
     values): `_drop_exact` then uses them instead of measuring a's rows or b's columns, which
-    for attention's probabilities and values costs passes over the whole cache. Either way the
-    result is the same; see the module docstring for why it does not depend on BLAS.
+    for attention's probabilities and values costs passes over the whole cache. spans, when
+    given, are `exact_spans` of a's rows (..., M) and of b's columns (..., N): the products
+    they prove exact need no interval test at all (`_uncertified`). Either way the result is
+    the same; see the module docstring for why it does not depend on BLAS.
     """
     r = np.matmul(a, b)
-    K = a.shape[-1]
+    result = r.astype(F32)
+    idx = _uncertified(*spans) if spans is not None else None
+    if idx is not None and len(idx[0]) <= r.size // 8:  # else wide data: the test below
+        if len(idx[0]):
+            _settle(a, b, _interval_unsure(r, a_norm, b_norm, a.shape[-1], idx), result)
+        return result
     # BLAS's error is within K * _U * a_norm * b_norm. The interval must also hold r's float64
     # neighbours, 2**-50 * |r| <= 16 * _U * a_norm * b_norm (Cauchy-Schwarz bounds |r|); 2**-20
     # covers the rounding of the norms and of this product.
-    bound = ((K + 16) * _U * (1.0 + 2.0**-20)) * (a_norm[..., :, None] * b_norm[..., None, :])
+    bound = _bound(a.shape[-1], a_norm[..., :, None], b_norm[..., None, :])
     unsure = (r - bound).astype(F32) != (r + bound).astype(F32)
-    result = r.astype(F32)
     if unsure.any():
         unsure[unsure] = np.isfinite(r[unsure])  # inf and NaN are their own rounding
         _drop_exact(a, b, a_norm, b_norm, unsure, a_quantum, b_quantum)
     if unsure.any():
-        _settle(a, b, unsure, result)
+        _settle(a, b, np.nonzero(unsure), result)
     return result
+
+
+def _bound(K: int, a_norm: Array64, b_norm: Array64) -> Array64:
+    """How far BLAS's float64 sum of K products can be from the exact one, widened by r's
+    float64 neighbours (see rounded_matmul); a_norm and b_norm broadcast to the products."""
+    return ((K + 16) * _U * (1.0 + 2.0**-20)) * (a_norm * b_norm)
+
+
+def _interval_unsure(
+    r: Array64, a_norm: Array64, b_norm: Array64, K: int, idx: tuple[npt.NDArray[np.intp], ...]
+) -> tuple[npt.NDArray[np.intp], ...]:
+    """The elements r[idx] whose error interval straddles a float32 rounding boundary."""
+    rv = r[idx]
+    bound = _bound(K, a_norm[(*idx[:-1],)], b_norm[(*idx[:-2], idx[-1])])
+    unsure = ((rv - bound).astype(F32) != (rv + bound).astype(F32)) & np.isfinite(rv)
+    return tuple(i[unsure] for i in idx)
+
+
+Spans = npt.NDArray[np.int16]
+_MAX_EXACT_SPAN = 53  # float64 significand bits
+_NOT_FINITE_SPAN = 1 << 12  # a vector holding inf or NaN: never proven exact
+
+
+def exact_spans(x: Array64, norm: Array64) -> Spans:
+    """For each vector of x's last axis, the least integer s with norm / quantum < 2**s.
+
+    With `quanta` q_a, q_b of a row and a column, every partial sum of their products is a
+    multiple of q_a * q_b of magnitude at most norm_a * norm_b (as in `_drop_exact`), so when
+    s_a + s_b <= 53 every partial sum has at most 53 significant bits: BLAS's float64 sum is
+    exact in whatever order it adds. For F16 data (attention's q and keys) that holds for
+    almost every pair, which then needs no interval test. norm may be the computed norm:
+    2**-20 covers its rounding. An all-zero vector has span 0.
+    """
+    ratio = (norm * (1.0 + 2.0**-20)) / quanta(x, -1)
+    _, e = np.frexp(ratio)  # ratio = m * 2**e with m < 1, so ratio < 2**e
+    return np.where(np.isfinite(ratio), e, _NOT_FINITE_SPAN).astype(np.int16)
+
+
+def _uncertified(a_span: Spans, b_span: Spans) -> tuple[npt.NDArray[np.intp], ...]:
+    """Indices (..., i, j) of the products of a's rows and b's columns their spans do not prove
+    exact. Only rows that fail against b's widest column are compared column by column."""
+    worst_col = b_span.max(axis=-1, keepdims=True)
+    risky = np.nonzero(a_span + worst_col > _MAX_EXACT_SPAN)  # (..., i) of such rows
+    batch = risky[:-1]
+    fails = a_span[risky][:, None] + b_span[batch] > _MAX_EXACT_SPAN  # (rows, N)
+    n, j = np.nonzero(fails)
+    return (*(i[n] for i in batch), risky[-1][n], j)
 
 
 def quanta(x: Array64, axis: int) -> Array64:
     """The largest power of two dividing every element of x along `axis` (inf where all are 0)."""
     m, e = np.frexp(x)  # x = m * 2**e, 0.5 <= |m| < 1
-    ints = np.abs(m * 2.0**53).astype(np.int64)  # the 53-bit integer significands, exactly
+    with np.errstate(invalid="ignore"):  # inf and NaN: no quantum; their callers never use it
+        ints = np.abs(m * 2.0**53).astype(np.int64)  # the 53-bit integer significands, exactly
     low = (ints & -ints).astype(F64)  # each one's lowest set bit
     q = np.where(x != 0, np.ldexp(low, e - 53), np.inf)
     return q.min(axis=axis)
@@ -412,13 +467,12 @@ def _drop_exact(
     unsure[tuple(i[exact] for i in idx)] = False
 
 
-def _settle(a: Array64, b: Array64, unsure: npt.NDArray[np.bool_], result: Array) -> None:
-    """Write float32(fsum(a_i * b_j)) into `result` wherever `unsure`.
+def _settle(a: Array64, b: Array64, idx: tuple[npt.NDArray[np.intp], ...], result: Array) -> None:
+    """Write float32(fsum(a_i * b_j)) into `result` at the indices (..., i, j) `idx`.
 
     The products are summed again in x87 extended precision (64-bit significand, where NumPy
     has it), which decides almost all of them; `math.fsum`, exact, decides the rest.
     """
-    idx = np.nonzero(unsure)
     rows = a[(*idx[:-1],)]  # (n, K)
     cols = np.swapaxes(b, -1, -2)[(*idx[:-2], idx[-1])]  # (n, K)
     ext = np.longdouble

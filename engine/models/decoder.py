@@ -59,7 +59,7 @@ from engine.models.blockmatmul import (
     rounded_matmul,
 )
 from engine.models.config import ModelConfig
-from engine.models.kvcache import KEY_BLOCK, KVCache
+from engine.models.kvcache import KEY_BLOCK, KVCache, cache_bytes
 from engine.models.numerics import (
     LLAMA_CPP,
     Numerics,
@@ -118,14 +118,17 @@ class Weights:
 def memory_needed(
     gguf: GGUFFile, config: ModelConfig, num_ctx: int, numerics: Numerics = LLAMA_CPP
 ) -> int:
-    """Bytes to hold the float32 weights, a `num_ctx` KV cache (float16 elements with llama.cpp's
-    numerics, float32 otherwise, as KVCache stores them) and the load-time scratch."""
+    """Bytes to hold the float32 weights, a `num_ctx` KV cache (`cache_bytes`: float16 elements
+    with llama.cpp's numerics, float32 otherwise, as KVCache stores them, and their KeyStats)
+    and the load-time scratch."""
     weights = sum(t.n_elements for t in gguf.tensors.values()) * 4
     largest = max(t.n_elements for t in gguf.tensors.values()) * 4
     capacity = -(-num_ctx // KEY_BLOCK) * KEY_BLOCK
-    element = 2 if numerics.kv_f16 else 4
-    kv = config.n_layer * config.n_head_kv * capacity * (config.head_dim + config.head_dim_v)
-    return weights + kv * element + 2 * largest
+    kv = cache_bytes(
+        config.n_layer, config.n_head_kv, config.head_dim, config.head_dim_v, capacity,
+        numerics.kv_f16,
+    )  # fmt: skip
+    return weights + kv + 2 * largest
 
 
 def available_memory() -> int:
@@ -327,15 +330,14 @@ def _layer(
     steps, row = [], 0  # (row, segment) of the one-token segments, attended to together
     for seg in segments:
         n, pos0, cache = len(seg.tokens), seg.cache.n_past, seg.cache
-        cache.k[il, :, pos0 : pos0 + n] = k[row : row + n].transpose(1, 0, 2)
-        cache.v[il, :, pos0 : pos0 + n] = v[row : row + n].transpose(1, 0, 2)
+        cache.write(il, pos0, k[row : row + n], v[row : row + n])
         if n == 1 and not seg.bidirectional:
             steps.append((row, seg))
         else:
             span = (pos0, pos0 + n) if seg.bidirectional else None
             a[row : row + n] = attention(
                 q[row : row + n], cache.k[il], cache.v[il], pos0, window, scale, numerics.kv_f16,
-                span,
+                span, cache.stats(il),
             )  # fmt: skip
         row += n
     if steps:
@@ -343,6 +345,7 @@ def _layer(
         a[rows] = attention_steps(
             q[rows], [s.cache.k[il] for _, s in steps], [s.cache.v[il] for _, s in steps],
             [s.cache.n_past for _, s in steps], window, scale, numerics.kv_f16,
+            [s.cache.stats(il) for _, s in steps],
         )  # fmt: skip
     a = linear(a.reshape(T, H * Dv), w.wo, numerics)  # (T, D)
     if w.bo is not None:

@@ -15,14 +15,42 @@ are never read unmasked. This is the only mutable object in the forward pass.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 import numpy as np
+import numpy.typing as npt
 
 from engine.errors import ContextOverflow
+from engine.models.blockmatmul import Spans, exact_spans
 from engine.models.numerics import round_f16
 from engine.models.rope import Rope
 
 KEY_BLOCK = 128  # keys per attention block; fixed so every row's arithmetic is batch-independent
+
+
+@dataclass(frozen=True)
+class KeyStats:
+    """What attention's exactly rounded products need to know of one layer's keys and values,
+    kept beside them so that a decode step does not measure the whole cache again. Each is a
+    bound only: any larger value gives the same results (engine/models/blockmatmul.py)."""
+
+    k_norm: npt.NDArray[np.float64]  # (Hkv, S) Euclidean norm of each key
+    k_span: Spans  # (Hkv, S) `exact_spans` of each key
+    v_max: npt.NDArray[np.float64]  # (Hkv, S / KEY_BLOCK, Dv) max |v| in each key block
+
+
+def key_stats(k: np.ndarray, v: np.ndarray) -> KeyStats:
+    """KeyStats of keys (Hkv, S, Dh) and values (Hkv, S, Dv), S whole key blocks."""
+    norm, span = _key_norms(k)
+    Hkv, S, Dv = v.shape
+    v_max = np.abs(v.reshape(Hkv, S // KEY_BLOCK, KEY_BLOCK, Dv)).max(axis=2)
+    return KeyStats(norm, span, v_max.astype(np.float64))
+
+
+def _key_norms(k: np.ndarray) -> tuple[npt.NDArray[np.float64], Spans]:
+    k64 = k.astype(np.float64)
+    norm = np.sqrt(np.einsum("...i,...i->...", k64, k64))
+    return norm, exact_spans(k64, norm)
 
 
 class KVCache:
@@ -48,6 +76,11 @@ class KVCache:
         dtype = np.float16 if f16 else np.float32
         self.k = np.zeros((n_layer, n_head_kv, KEY_BLOCK, head_dim_k), dtype)  # (L, Hkv, S, Dh)
         self.v = np.zeros((n_layer, n_head_kv, KEY_BLOCK, head_dim_v), dtype)  # (L, Hkv, S, Dv)
+        # KeyStats of every layer, kept up to date by write() and shift(); zeros are the stats
+        # of the zero slots
+        self.k_norm = np.zeros((n_layer, n_head_kv, KEY_BLOCK))
+        self.k_span = np.zeros((n_layer, n_head_kv, KEY_BLOCK), np.int16)
+        self.v_max = np.zeros((n_layer, n_head_kv, 1, head_dim_v))
         self.tokens: list[int] = []  # the token at each cached position
         # Positions 0 .. n_fresh-1 have not moved since they were computed, so they hold exactly
         # what a fresh evaluation of those tokens computes (rows do not depend on how they were
@@ -61,7 +94,38 @@ class KVCache:
 
     @property
     def nbytes(self) -> int:
-        return self.k.nbytes + self.v.nbytes
+        arrays = (self.k, self.v, self.k_norm, self.k_span, self.v_max)
+        return sum(a.nbytes for a in arrays)
+
+    def write(self, layer: int, pos0: int, k: np.ndarray, v: np.ndarray) -> None:
+        """Store keys (n, Hkv, Dh) and values (n, Hkv, Dv) of positions pos0 .. pos0+n-1.
+
+        Their norms and spans are measured; a block's v_max becomes the larger of what it was
+        and the new values' |v|: still a bound for the block, whatever its other slots hold.
+        """
+        n = len(k)
+        k, v = k.transpose(1, 0, 2), v.transpose(1, 0, 2)  # (Hkv, n, D)
+        self.k[layer, :, pos0 : pos0 + n] = k
+        self.v[layer, :, pos0 : pos0 + n] = v
+        self.k_norm[layer, :, pos0 : pos0 + n], self.k_span[layer, :, pos0 : pos0 + n] = _key_norms(
+            self.k[layer, :, pos0 : pos0 + n]
+        )
+        for b in range(pos0 // KEY_BLOCK, (pos0 + n - 1) // KEY_BLOCK + 1):
+            lo, hi = max(pos0, b * KEY_BLOCK), min(pos0 + n, (b + 1) * KEY_BLOCK)
+            new_max = np.abs(self.v[layer, :, lo:hi]).max(axis=1)
+            np.maximum(self.v_max[layer, :, b], new_max, out=self.v_max[layer, :, b])
+
+    def stats(self, layer: int) -> KeyStats:
+        """The KeyStats of one layer's arrays (views)."""
+        return KeyStats(self.k_norm[layer], self.k_span[layer], self.v_max[layer])
+
+    def _measure(self, layer: int, lo: int, hi: int) -> None:
+        """Measure again the stats of positions lo .. hi-1 and of the key blocks holding them."""
+        b0, b1 = lo // KEY_BLOCK * KEY_BLOCK, _blocks(hi)
+        fresh = key_stats(self.k[layer, :, b0:b1], self.v[layer, :, b0:b1])
+        self.k_norm[layer, :, lo:hi] = fresh.k_norm[:, lo - b0 : hi - b0]
+        self.k_span[layer, :, lo:hi] = fresh.k_span[:, lo - b0 : hi - b0]
+        self.v_max[layer, :, b0 // KEY_BLOCK : b1 // KEY_BLOCK] = fresh.v_max
 
     @property
     def n_past(self) -> int:
@@ -113,6 +177,7 @@ class KVCache:
             if self.f16:
                 rotated = round_f16(rotated)
             self.k[layer, :, dst : dst + n_moved] = rotated
+            self._measure(layer, dst, n_past)  # the stale slots past the moved ones too
         del self.tokens[n_keep : n_keep + n_discard]
         self.n_fresh = min(self.n_fresh, n_keep)  # moved keys were re-rotated
 
@@ -128,6 +193,18 @@ class KVCache:
             return
         capacity = min(self.max_capacity, max(_blocks(needed), 2 * self.capacity))
         self.k, self.v = _resized(self.k, capacity), _resized(self.v, capacity)
+        self.k_norm, self.k_span = _resized(self.k_norm, capacity), _resized(self.k_span, capacity)
+        self.v_max = _resized(self.v_max, capacity // KEY_BLOCK)
+
+
+def cache_bytes(
+    n_layer: int, n_head_kv: int, head_dim_k: int, head_dim_v: int, capacity: int, f16: bool
+) -> int:
+    """What a KVCache of `capacity` positions (whole key blocks) holds: keys and values, and
+    their KeyStats (8 + 2 bytes a key, 8 bytes a value dimension per key block)."""
+    heads = n_layer * n_head_kv
+    kv = heads * capacity * (head_dim_k + head_dim_v) * (2 if f16 else 4)
+    return kv + heads * capacity * 10 + heads * (capacity // KEY_BLOCK) * head_dim_v * 8
 
 
 def _blocks(n: int) -> int:
@@ -136,7 +213,7 @@ def _blocks(n: int) -> int:
 
 
 def _resized(a: np.ndarray, capacity: int) -> np.ndarray:
-    """A copy of (L, Hkv, S, D) `a` with S = `capacity`, the new slots zero."""
-    out = np.zeros((*a.shape[:2], capacity, a.shape[3]), a.dtype)
+    """A copy of (L, Hkv, S, ...) `a` with S = `capacity`, the new slots zero."""
+    out = np.zeros((*a.shape[:2], capacity, *a.shape[3:]), a.dtype)
     out[:, :, : a.shape[2]] = a
     return out

@@ -83,38 +83,46 @@ def vec_dot_rounding(ggml_type: GGMLType) -> Rounding:
 
 
 _U32 = np.uint32
-_F16_MAX_BITS = _U32(0x477FE000)  # 65504.0, the largest finite F16
-_F16_MIN_NORMAL = F32(2.0**-14)
-_CAST_BELOW = 2048  # small arrays: the cast's per-call cost is lower than the bit path's
+_EXP_BITS = _U32(0x7F800000)
+_TO_F16_ULP = _U32(13 << 23)  # adds 13 to a float32 exponent: 2**e -> 2**(e + 13)
+_F16_MAX = F32(65504.0)
+_BEYOND_F16 = F32(2.0**17)  # rounds to inf like every value from 65520 up
+_F16_SUBNORMAL_SHIFT = F32(0.5)  # 2**-24, F16's subnormal spacing, is float32's ulp of 0.5
 
 
 def round_f16(x: Array) -> Array:
     """float32 -> nearest F16 (ties to even) -> float32, as `x.astype(float16).astype(float32)`.
 
-    Done on the float32 bits because NumPy's cast takes a slow path on subnormal inputs (softmax
-    probabilities are full of them): ~6 ns instead of ~60 ns a value; small arrays still take the
-    cast, whose fixed cost per call is lower. Normal range: round the mantissa to 10 bits; F16
-    subnormals (below 2**-14) are multiples of 2**-24, which float32 addition to 0.5 rounds to;
-    beyond 65504 is inf. Equal to the cast on all 2**32 float32 inputs
-    (checked once exhaustively, 6 min; tests/engine/test_numerics.py samples them).
+    By IEEE float32 arithmetic rather than NumPy's cast, which takes a slow path on subnormal
+    inputs (softmax probabilities are full of them). For |x| in [2**e, 2**(e+1)) F16 keeps the
+    multiples of 2**(e-10); c = 2**(e+13) has float32 ulp 2**(e-10) and |x| < c / 2**12, so
+    |x| + c rounds |x| to that grid (ties to even, the grid's parity being F16's last mantissa
+    bit) and subtracting c again is exact. Below 2**-14 F16 keeps the multiples of 2**-24, the
+    ulp of c = 0.5, hence c = max(2**(e+13), 0.5); zeros and float32 subnormals take 0.5 too.
+    Magnitudes are first capped at 2**17 (which, as every value from 65520 up, becomes inf in
+    F16), so 2**(e+13) stays finite; beyond 65504 the result is inf; NaN goes through.
+    Equal to the cast on all 2**32 float32 inputs (checked once exhaustively;
+    tests/engine/test_numerics.py samples them).
     """
     x = np.ascontiguousarray(x, dtype=F32)
-    if x.size <= _CAST_BELOW:
-        with np.errstate(over="ignore"):  # beyond the F16 range is inf, as in ggml
-            return x.astype(np.float16).astype(F32)
-    bits = x.view(_U32)
-    mag = bits & _U32(0x7FFFFFFF)
-    r = (mag + (_U32(0xFFF) + ((mag >> 13) & _U32(1)))) & _U32(0xFFFFE000)
-    a = mag.view(F32)
-    small = a < _F16_MIN_NORMAL
-    if small.any():
-        with np.errstate(invalid="ignore"):  # signalling NaN inputs; kept as NaN below
-            r = np.where(small, ((a + F32(0.5)) - F32(0.5)).view(_U32), r)
-    r = np.where(r > _F16_MAX_BITS, _U32(0x7F800000), r)
-    r |= bits & _U32(0x80000000)
-    out = r.view(F32)
-    nan = np.isnan(x)
-    return np.where(nan, x, out) if nan.any() else out
+    y = np.minimum(np.abs(x), _BEYOND_F16)  # 2**(e+13) must stay finite; NaN stays NaN
+    round_f16_magnitudes(y)
+    with np.errstate(invalid="ignore"):
+        y[y > _F16_MAX] = np.inf
+    return np.copysign(y, x, out=y)
+
+
+def round_f16_magnitudes(a: Array) -> None:
+    """`round_f16` in place of float32 values in [+0, 65504], such as probabilities: the
+    passes for signs and overflow are not needed (-0.0 would become +0.0). Equal to the cast on
+    all of them (checked once exhaustively)."""
+    c = a.view(_U32) & _EXP_BITS
+    c += _TO_F16_ULP
+    c = c.view(F32)
+    np.maximum(c, _F16_SUBNORMAL_SHIFT, out=c)
+    with np.errstate(invalid="ignore"):  # signalling NaN inputs stay NaN
+        a += c
+        a -= c
 
 
 def _round_bf16(x: Array) -> Array:
@@ -190,15 +198,25 @@ _EXP_MIN, _EXP_MAX = F32(-105.0), F32(89.0)  # below: 0 after rounding; above: i
 def exp_f32(x: Array) -> Array:
     """e**x elementwise in float32, the same bits on every CPU. -inf -> 0, NaN -> NaN."""
     x = np.asarray(x, dtype=F32)
-    c = np.clip(x, _EXP_MIN, _EXP_MAX)
-    n = np.rint(c * _LOG2E)
-    r = (c - n * _LN2_HI) - n * _LN2_LO
-    p = np.full_like(r, _EXP_TAYLOR[0])
-    for coef in _EXP_TAYLOR[1:]:
-        p = p * r + coef
+    c = np.clip(np.atleast_1d(x), _EXP_MIN, _EXP_MAX)
+    n = c * _LOG2E
+    np.rint(n, out=n)
+    r = n * _LN2_HI
+    np.subtract(c, r, out=r)
+    np.multiply(n, _LN2_LO, out=c)
+    r -= c  # (c - n * _LN2_HI) - n * _LN2_LO
+    p = r * _EXP_TAYLOR[0]  # Horner's scheme, in place: the same operations, fewer arrays
+    p += _EXP_TAYLOR[1]
+    for coef in _EXP_TAYLOR[2:]:
+        p *= r
+        p += coef
     with np.errstate(over="ignore", invalid="ignore"):
-        y = np.ldexp(p, n.astype(np.int32))
-    return np.where(np.isnan(x), x, y)
+        y = np.ldexp(p, n.astype(np.int32), out=p)
+    y = y.reshape(x.shape)
+    nan = np.isnan(x)
+    if nan.any():
+        y[nan] = x[nan]
+    return y
 
 
 def tanh_f32(x: Array) -> Array:

@@ -17,6 +17,7 @@ from engine.models.attention import attention, attention_steps
 from engine.models.blockmatmul import (
     _PLANES,
     QuantMatrix,
+    exact_spans,
     matmul,
     matrix_from_gguf,
     output_columns,
@@ -207,3 +208,34 @@ def test_rounded_matmul_with_quanta_is_the_float32_of_the_exact_sum() -> None:
         [[np.float32(math.fsum(a64[i] * b64[:, j])) for j in range(30)] for i in range(40)]
     )
     assert np.array_equal(got, want)
+
+
+def test_spans_prove_exactness_and_the_rest_is_still_rounded_exactly() -> None:
+    rng = np.random.default_rng(11)
+    # F16 rows and columns; some hold one tiny element, so their span is wide and their
+    # products with other wide ones are not proven exact and take the interval test
+    a = (rng.standard_normal((60, 64)) * 2.0 ** rng.integers(-6, 4, (60, 64))).astype(np.float16)
+    b = (rng.standard_normal((64, 50)) * 2.0 ** rng.integers(-6, 4, (64, 50))).astype(np.float16)
+    a[::3, 5], b[7, ::4] = 2.0**-24, 2.0**-20
+    a64, b64 = a.astype(np.float64), b.astype(np.float64)
+    na, nb = np.sqrt((a64 * a64).sum(-1)), np.sqrt((b64 * b64).sum(0))
+    sa, sb = exact_spans(a64, na), exact_spans(b64.T, nb)
+    assert (na / quanta(a64, -1) < 2.0 ** sa.astype(float)).all()
+    assert (na / quanta(a64, -1) >= 2.0 ** (sa - 1.0)).all()  # the least such integer
+    certified = sa[:, None] + sb[None, :] <= 53
+    assert 0 < certified.sum() < certified.size  # both kinds of pairs occur
+    got = rounded_matmul(a64, b64, na, nb, spans=(sa, sb))
+    assert np.array_equal(got, _fsum_matmul(a64, b64))
+    assert np.array_equal(got, rounded_matmul(a64, b64, na, nb))  # the same as without spans
+    batched = rounded_matmul(
+        np.stack([a64, a64[::-1]]), np.stack([b64, b64]), np.stack([na, na[::-1]]),
+        np.stack([nb, nb]), spans=(np.stack([sa, sa[::-1]]), np.stack([sb, sb])),
+    )  # fmt: skip
+    assert np.array_equal(batched[0], got) and np.array_equal(batched[1], got[::-1])
+
+
+def test_spans_of_zero_and_non_finite_vectors() -> None:
+    x = np.array([[0.0, 0.0], [np.inf, 1.0], [np.nan, 1.0], [1.0, 0.0]])
+    spans = exact_spans(x, np.sqrt((x * x).sum(-1)))
+    assert spans[0] == 0 and spans[3] == 1  # 1 / 1 < 2**1
+    assert spans[1] > 53 and spans[2] > 53  # never proven exact

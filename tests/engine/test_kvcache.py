@@ -44,7 +44,8 @@ def test_capacity_grows_in_whole_key_blocks_up_to_num_ctx(tiny: Model) -> None:
     assert cache.capacity == 4 * KEY_BLOCK
     tiny.eval(list(range(3, 3 + 2 * KEY_BLOCK)), cache)
     assert cache.capacity == 6 * KEY_BLOCK and cache.n_free == 0  # capped at num_ctx's blocks
-    assert cache.nbytes == cache.k.nbytes + cache.v.nbytes
+    stats = cache.k_norm.nbytes + cache.k_span.nbytes + cache.v_max.nbytes
+    assert cache.nbytes == cache.k.nbytes + cache.v.nbytes + stats
 
 
 @pytest.mark.parametrize("numerics", [LLAMA_CPP, FLOAT32], ids=["llama_cpp", "float32"])

@@ -1,5 +1,5 @@
-"""engine/models/numerics.py: round_f16 (bits for large arrays, the cast for small) equals the
-cast.
+"""engine/models/numerics.py: round_f16 and round_f16_magnitudes (IEEE float32 arithmetic)
+equal NumPy's cast.
 """
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engine.models.numerics import gelu_quick_f16_table, round_f16
+from engine.models.numerics import gelu_quick_f16_table, round_f16, round_f16_magnitudes
 
 F32 = np.float32
 U32 = np.uint32
@@ -35,9 +35,20 @@ def test_round_f16_edges() -> None:
     edges += [2.0**-14, 2.0**-14 * (1 - 2**-12), 2.0**-24, 2.0**-25, 2.0**-25 * 1.0001]
     edges += [3 * 2.0**-25, 1e-45, 1 + 2**-11, 1 + 3 * 2**-11, 1 + 2**-11 + 2**-23]
     x = np.array(edges + [-e for e in edges], F32)
-    assert _same_bits(round_f16(x), _cast(x)).all()  # a small array: the cast itself
-    big = np.tile(x, 1000)  # the bit path
-    assert _same_bits(round_f16(big), _cast(big)).all()
+    assert _same_bits(round_f16(x), _cast(x)).all()
+    assert _same_bits(round_f16(x[:1].reshape(())), _cast(x[:1])).all()  # a 0-d input
+
+
+def test_round_f16_magnitudes_equals_the_cast_on_probabilities() -> None:
+    # non-negative values up to 65504: softmax outputs (many F16 subnormals) and exact ties
+    rng = np.random.default_rng(1)
+    bits = rng.integers(0, 0x477FE001, 2_000_000, dtype=np.uint64).astype(U32)
+    p = np.concatenate([bits.view(F32), np.exp(-rng.uniform(0, 30, 100_000)).astype(F32)])
+    ties = np.arange(1, 4096, dtype=F32) * F32(2.0**-25)  # halfway between F16 subnormals
+    p = np.concatenate([p, ties, np.array([0.0, 1.0, 65504.0, 2.0**-14], F32)])
+    want = _cast(p)
+    round_f16_magnitudes(p)
+    assert _same_bits(p, want).all()
 
 
 @settings(max_examples=300, deadline=None)
