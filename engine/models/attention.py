@@ -24,7 +24,7 @@ import numpy as np
 import numpy.typing as npt
 
 from engine.models import parallel
-from engine.models.blockmatmul import exact_spans, rounded_matmul
+from engine.models.blockmatmul import norms_and_spans, rounded_matmul
 from engine.models.kvcache import KEY_BLOCK, KeyStats, key_stats
 from engine.models.numerics import exp_f32, round_f16_magnitudes
 
@@ -36,11 +36,6 @@ QUERY_CHUNK = 128  # at most this many query rows per score matrix
 SCORE_ELEMENTS = 1 << 21  # and at most ~this many (H, rows, S) scores: memory stays flat in S
 _GROUP = 16  # decode queries of this many sequences per batched call
 _F16_QUANTUM = 2.0**-24  # divides every F16 value (its smallest subnormal)
-
-
-def _norm(x: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
-    """Euclidean norms of the last axis (only bounds rounding errors: any summation order)."""
-    return np.sqrt(np.einsum("...i,...i->...", x, x))
 
 
 def _visible(
@@ -80,9 +75,9 @@ def _attend(
     N, T, Hkv, G, Dh = q.shape
     S, Dv = k64.shape[2], v64.shape[3]
     q64 = q.transpose(0, 2, 1, 3, 4).reshape(N, Hkv, T * G, Dh).astype(F64)
-    q_norm = _norm(q64)
+    q_norm, q_span = norms_and_spans(q64)
     # the spans prove almost every product of F16 q and k exact: those skip the interval test
-    spans = (exact_spans(q64, q_norm), stats.k_span)
+    spans = (q_span, stats.k_span)
     scores = rounded_matmul(q64, k64.transpose(0, 1, 3, 2), q_norm, stats.k_norm, spans=spans)
     scores = scores.reshape(N, Hkv, T, G, S) * F32(scale)
     scores = np.where(visible[:, None, :, None, :], scores, F32(-np.inf))

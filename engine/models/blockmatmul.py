@@ -367,7 +367,7 @@ def rounded_matmul(
     # neighbours, 2**-50 * |r| <= 16 * _U * a_norm * b_norm (Cauchy-Schwarz bounds |r|); 2**-20
     # covers the rounding of the norms and of this product.
     bound = _bound(a.shape[-1], a_norm[..., :, None], b_norm[..., None, :])
-    unsure = (r - bound).astype(F32) != (r + bound).astype(F32)
+    unsure = _straddles(r, bound)
     if unsure.any():
         unsure[unsure] = np.isfinite(r[unsure])  # inf and NaN are their own rounding
         _drop_exact(a, b, a_norm, b_norm, unsure, a_quantum, b_quantum)
@@ -388,8 +388,13 @@ def _interval_unsure(
     """The elements r[idx] whose error interval straddles a float32 rounding boundary."""
     rv = r[idx]
     bound = _bound(K, a_norm[(*idx[:-1],)], b_norm[(*idx[:-2], idx[-1])])
-    unsure = ((rv - bound).astype(F32) != (rv + bound).astype(F32)) & np.isfinite(rv)
+    unsure = _straddles(rv, bound) & np.isfinite(rv)
     return tuple(i[unsure] for i in idx)
+
+
+def _straddles(r: Array64, bound: Array64) -> npt.NDArray[np.bool_]:
+    """Where [r - bound, r + bound] holds more than one float32 rounding."""
+    return (r - bound).astype(F32) != (r + bound).astype(F32)
 
 
 Spans = npt.NDArray[np.int16]
@@ -410,6 +415,13 @@ def exact_spans(x: Array64, norm: Array64) -> Spans:
     ratio = (norm * (1.0 + 2.0**-20)) / quanta(x, -1)
     _, e = np.frexp(ratio)  # ratio = m * 2**e with m < 1, so ratio < 2**e
     return np.where(np.isfinite(ratio), e, _NOT_FINITE_SPAN).astype(np.int16)
+
+
+def norms_and_spans(x: Array64) -> tuple[Array64, Spans]:
+    """Euclidean norms of x's last-axis vectors (they only bound rounding errors: any summation
+    order will do) and their `exact_spans`."""
+    norm = np.sqrt(np.einsum("...i,...i->...", x, x))
+    return norm, exact_spans(x, norm)
 
 
 def _uncertified(a_span: Spans, b_span: Spans) -> tuple[npt.NDArray[np.intp], ...]:

@@ -21,7 +21,7 @@ import numpy as np
 import numpy.typing as npt
 
 from engine.errors import ContextOverflow
-from engine.models.blockmatmul import Spans, exact_spans
+from engine.models.blockmatmul import Spans, norms_and_spans
 from engine.models.numerics import round_f16
 from engine.models.rope import Rope
 
@@ -41,16 +41,10 @@ class KeyStats:
 
 def key_stats(k: np.ndarray, v: np.ndarray) -> KeyStats:
     """KeyStats of keys (Hkv, S, Dh) and values (Hkv, S, Dv), S whole key blocks."""
-    norm, span = _key_norms(k)
+    norm, span = norms_and_spans(k.astype(np.float64))
     Hkv, S, Dv = v.shape
     v_max = np.abs(v.reshape(Hkv, S // KEY_BLOCK, KEY_BLOCK, Dv)).max(axis=2)
     return KeyStats(norm, span, v_max.astype(np.float64))
-
-
-def _key_norms(k: np.ndarray) -> tuple[npt.NDArray[np.float64], Spans]:
-    k64 = k.astype(np.float64)
-    norm = np.sqrt(np.einsum("...i,...i->...", k64, k64))
-    return norm, exact_spans(k64, norm)
 
 
 class KVCache:
@@ -104,12 +98,9 @@ class KVCache:
         and the new values' |v|: still a bound for the block, whatever its other slots hold.
         """
         n = len(k)
-        k, v = k.transpose(1, 0, 2), v.transpose(1, 0, 2)  # (Hkv, n, D)
-        self.k[layer, :, pos0 : pos0 + n] = k
-        self.v[layer, :, pos0 : pos0 + n] = v
-        self.k_norm[layer, :, pos0 : pos0 + n], self.k_span[layer, :, pos0 : pos0 + n] = _key_norms(
-            self.k[layer, :, pos0 : pos0 + n]
-        )
+        at = (layer, slice(None), slice(pos0, pos0 + n))
+        self.k[at], self.v[at] = k.transpose(1, 0, 2), v.transpose(1, 0, 2)  # (Hkv, n, D)
+        self.k_norm[at], self.k_span[at] = norms_and_spans(self.k[at].astype(np.float64))
         for b in range(pos0 // KEY_BLOCK, (pos0 + n - 1) // KEY_BLOCK + 1):
             lo, hi = max(pos0, b * KEY_BLOCK), min(pos0 + n, (b + 1) * KEY_BLOCK)
             new_max = np.abs(self.v[layer, :, lo:hi]).max(axis=1)
