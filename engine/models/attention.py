@@ -34,6 +34,7 @@ Array = npt.NDArray[np.float32]
 
 QUERY_CHUNK = 128  # at most this many query rows per score matrix
 SCORE_ELEMENTS = 1 << 21  # and at most ~this many (H, rows, S) scores: memory stays flat in S
+SOFTMAX_ELEMENTS = 1 << 17  # scores per softmax block (`_probabilities`): its passes stay in cache
 _GROUP = 16  # decode queries of this many sequences per batched call
 _F16_QUANTUM = 2.0**-24  # divides every F16 value (its smallest subnormal)
 
@@ -79,24 +80,48 @@ def _attend(
     # the spans prove almost every product of F16 q and k exact: those skip the interval test
     spans = (q_span, stats.k_span)
     scores = rounded_matmul(q64, k64.transpose(0, 1, 3, 2), q_norm, stats.k_norm, spans=spans)
-    scores = scores.reshape(N, Hkv, T, G, S) * F32(scale)
-    scores = np.where(visible[:, None, :, None, :], scores, F32(-np.inf))
-    m = scores.max(axis=-1, keepdims=True)
-    e = exp_f32(scores - m)  # masked keys are exactly 0
-    nb = S // KEY_BLOCK
-    den_blocks = e.reshape(N, Hkv, T, G, nb, KEY_BLOCK).sum(axis=-1, dtype=F64)
-    # in position order (an accumulate adds each block to the sum of those before it); blocks
-    # before a query's window add exact zeros
-    den = np.add.accumulate(den_blocks, axis=-1)[..., -1]
-    # as ggml's soft_max: the sum in double, then e times float(1 / sum)
-    p = np.multiply(e, (1.0 / den).astype(F32)[..., None], out=e)
-    if f16_probs:
-        round_f16_magnitudes(p)  # 0 <= p <= 1
-    p64 = p.reshape(N, Hkv, T * G, S).astype(F64)
+    p64, p_sum = _probabilities(scores.reshape(N, Hkv, T, G, S), visible, scale, f16_probs)
+    p64, p_sum = p64.reshape(N, Hkv, T * G, S), p_sum.reshape(N, Hkv, T * G)
     # |p.v| <= sum(p) * max|v|: a tighter bound than the norms, since p >= 0 sums to ~1
     p_quantum = _F16_QUANTUM if f16_probs else None  # F16 probabilities, as the values
-    out = rounded_matmul(p64, v64, p64.sum(axis=-1), stats.v_max, p_quantum, v_quantum)
+    out = rounded_matmul(p64, v64, p_sum, stats.v_max, p_quantum, v_quantum)
     return out.reshape(N, Hkv, T, G, Dv).transpose(0, 2, 1, 3, 4)
+
+
+def _probabilities(
+    scores: Array, visible: npt.NDArray[np.bool_], scale: float, f16_probs: bool
+) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
+    """softmax(scale * scores) over each query's visible keys, as float64, and its row sums.
+
+    scores (N, Hkv, T, G, S), overwritten; visible (N, T, S). As ggml's soft_max: the
+    denominator summed in float64 (per KEY_BLOCK, the blocks in position order: an accumulate
+    adds each to the sum of those before it, and blocks a query does not see add exact zeros),
+    then e times float(1 / sum), rounded to F16 when `f16_probs`. Every operation is
+    elementwise or along a row, so it runs on blocks of ~SOFTMAX_ELEMENTS scores at a time
+    while they are in cache; the blocking changes no value.
+    """
+    N, Hkv, T, G, S = scores.shape
+    hidden = ~visible
+    p64 = np.empty(scores.shape, F64)
+    p_sum = np.empty(scores.shape[:-1], F64)
+    rows = max(1, SOFTMAX_ELEMENTS // (G * S))
+    for n in range(N):
+        for h in range(Hkv):
+            for t0 in range(0, T, rows):
+                t = slice(t0, min(T, t0 + rows))
+                s = scores[n, h, t]  # (rows, G, S)
+                s *= F32(scale)
+                np.copyto(s, F32(-np.inf), where=hidden[n, t, None, :])
+                s -= s.max(axis=-1, keepdims=True)
+                e = exp_f32(s)  # masked keys are exactly 0
+                den_blocks = e.reshape(*e.shape[:2], -1, KEY_BLOCK).sum(axis=-1, dtype=F64)
+                den = np.add.accumulate(den_blocks, axis=-1)[..., -1]
+                e *= (1.0 / den).astype(F32)[..., None]
+                if f16_probs:
+                    round_f16_magnitudes(e)  # 0 <= p <= 1
+                p64[n, h, t] = e
+                p_sum[n, h, t] = p64[n, h, t].sum(axis=-1)
+    return p64, p_sum
 
 
 def _f16_quantum(v_caches: Sequence[Array]) -> float | None:
