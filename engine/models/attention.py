@@ -98,30 +98,33 @@ def _probabilities(
     adds each to the sum of those before it, and blocks a query does not see add exact zeros),
     then e times float(1 / sum), rounded to F16 when `f16_probs`. Every operation is
     elementwise or along a row, so it runs on blocks of ~SOFTMAX_ELEMENTS scores at a time
-    while they are in cache; the blocking changes no value.
+    while they are in cache, the rows of all heads and sequences alike (a decode step's few
+    rows per head then take one block, not one per head); the blocking changes no value.
     """
     N, Hkv, T, G, S = scores.shape
+    R = N * Hkv * T  # rows (n, h, t) of G queries each; row r sees what visible[n, t] shows
+    flat = scores.reshape(R, G, S)
     hidden = ~visible
-    p64 = np.empty(scores.shape, F64)
-    p_sum = np.empty(scores.shape[:-1], F64)
-    rows = max(1, SOFTMAX_ELEMENTS // (G * S))
-    for n in range(N):
-        for h in range(Hkv):
-            for t0 in range(0, T, rows):
-                t = slice(t0, min(T, t0 + rows))
-                s = scores[n, h, t]  # (rows, G, S)
-                s *= F32(scale)
-                np.copyto(s, F32(-np.inf), where=hidden[n, t, None, :])
-                s -= s.max(axis=-1, keepdims=True)
-                e = exp_f32(s)  # masked keys are exactly 0
-                den_blocks = e.reshape(*e.shape[:2], -1, KEY_BLOCK).sum(axis=-1, dtype=F64)
-                den = np.add.accumulate(den_blocks, axis=-1)[..., -1]
-                e *= (1.0 / den).astype(F32)[..., None]
-                if f16_probs:
-                    round_f16_magnitudes(e)  # 0 <= p <= 1
-                p64[n, h, t] = e
-                p_sum[n, h, t] = p64[n, h, t].sum(axis=-1)
-    return p64, p_sum
+    seq, step = np.divmod(np.arange(R), Hkv * T)
+    step %= T
+    p64 = np.empty((R, G, S), F64)
+    p_sum = np.empty((R, G), F64)
+    rows = max(1, SOFTMAX_ELEMENTS // (G * S))  # a block may span heads and sequences
+    for r0 in range(0, R, rows):
+        b = slice(r0, min(R, r0 + rows))
+        s = flat[b]  # (rows, G, S)
+        s *= F32(scale)
+        np.copyto(s, F32(-np.inf), where=hidden[seq[b], step[b]][:, None, :])
+        s -= s.max(axis=-1, keepdims=True)
+        e = exp_f32(s)  # masked keys are exactly 0
+        den_blocks = e.reshape(*e.shape[:2], -1, KEY_BLOCK).sum(axis=-1, dtype=F64)
+        den = np.add.accumulate(den_blocks, axis=-1)[..., -1]
+        e *= (1.0 / den).astype(F32)[..., None]
+        if f16_probs:
+            round_f16_magnitudes(e)  # 0 <= p <= 1
+        p64[b] = e
+        p_sum[b] = p64[b].sum(axis=-1)
+    return p64.reshape(N, Hkv, T, G, S), p_sum.reshape(N, Hkv, T, G)
 
 
 def _f16_quantum(v_caches: Sequence[Array]) -> float | None:
