@@ -1,5 +1,5 @@
 """engine/models/numerics.py: round_f16 and round_f16_magnitudes (IEEE float32 arithmetic)
-equal NumPy's cast.
+equal NumPy's cast, and the F16 lookup tables are indexed as by the cast's F16 bits.
 """
 
 from __future__ import annotations
@@ -8,7 +8,14 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engine.models.numerics import gelu_quick_f16_table, round_f16, round_f16_magnitudes
+from engine.models.numerics import (
+    gelu_f16_table,
+    gelu_quick,
+    gelu_quick_f16_table,
+    gelu_tanh,
+    round_f16,
+    round_f16_magnitudes,
+)
 
 F32 = np.float32
 U32 = np.uint32
@@ -74,3 +81,19 @@ def test_gelu_quick_table_is_the_formula_at_every_f16_value() -> None:
         gelu_quick_f16_table(np.float32([1.0 + 2.0**-12, 1.0 + 3 * 2.0**-12])),
         gelu_quick_f16_table(np.float32([1.0, 1.0 + 2.0**-10])),
     )
+
+
+def test_f16_tables_take_the_entry_of_the_cast_f16_bits() -> None:
+    """The tables are keyed by float32 bits >> 13 of round_f16(x); ggml indexes by the F16 bit
+    pattern of the cast. Same entry on random float32 bit patterns (NaN for NaN) and at every
+    F16 value; GELU is x from 10 up and 0 from -10 down, as ggml_vec_gelu_f32."""
+    xh = np.arange(1 << 16, dtype=np.uint16).view(np.float16).astype(F32)
+    bits = np.random.default_rng(1).integers(0, 2**32, 2_000_000, dtype=np.uint64).astype(U32)
+    x = np.concatenate([bits.view(F32), xh])
+    with np.errstate(over="ignore", invalid="ignore"):
+        f16_bits = x.astype(np.float16).view(np.uint16)
+        quick = round_f16(gelu_quick(xh))[f16_bits]
+        gelu = round_f16(gelu_tanh(xh))[f16_bits]
+        gelu = np.where(x >= 10, x, np.where(x <= -10, F32(0.0), gelu))
+    assert _same_bits(gelu_quick_f16_table(x), quick).all()
+    assert _same_bits(gelu_f16_table(x), gelu).all()
