@@ -283,6 +283,7 @@ def _layer(
     w: LayerWeights,
     cfg: ModelConfig,
     rope: Rope,
+    trig: tuple[Array, Array],
     segments: Sequence[Segment],
     il: int,
     numerics: Numerics,
@@ -307,10 +308,7 @@ def _layer(
     if w.q_norm is not None and w.k_norm is not None:
         q = rms_norm(q, w.q_norm, eps)
         k = rms_norm(k, w.k_norm, eps)
-    positions = np.concatenate(
-        [np.arange(s.cache.n_past, s.cache.n_past + len(s.tokens)) for s in segments]
-    )
-    cos, sin = rope.cos_sin(positions)  # (T, n_rot/2)
+    cos, sin = trig  # (T, n_rot/2): `rope.cos_sin` of the rows' positions
     q = rope.apply(q, cos[:, None], sin[:, None])
     k = rope.apply(k, cos[:, None], sin[:, None])
     # gemma3 scales q before q.k (llama.cpp: ggml_scale, then kq_scale 1); the others scale
@@ -403,9 +401,15 @@ def forward(
     x = np.concatenate([_inputs(weights, cfg, s) for s in segments])  # (T, D)
     if probe is not None:
         probe(-1, "embedding", x)
+    positions = np.concatenate(
+        [np.arange(s.cache.n_past, s.cache.n_past + len(s.tokens)) for s in segments]
+    )
+    trig: dict[int, tuple[Array, Array]] = {}  # cos and sin once per distinct rope, not per layer
     for il, (w, rope) in enumerate(zip(weights.layers, ropes, strict=True)):
         _check_cancelled(cancelled)
-        x = _layer(x, w, cfg, rope, segments, il, numerics, probe)
+        if id(rope) not in trig:
+            trig[id(rope)] = rope.cos_sin(positions)
+        x = _layer(x, w, cfg, rope, trig[id(rope)], segments, il, numerics, probe)
     for seg in segments:
         seg.cache.append(seg.tokens)
     return rms_norm(x, weights.output_norm, cfg.norm_eps)
