@@ -15,6 +15,11 @@ Measured: load time; prefill tokens/s over a --prompt-tokens random prompt (logi
 position only, as llama.cpp computes them); decode tokens/s over --decode-tokens greedy one-token
 steps (as the server's decode loop); peak RSS. Each timing is repeated --repeat times after
 --warmup untimed rounds (default 1); the table shows the median and the best.
+
+For refllama also its decode floor: a decode step reads every weight matrix once, held as
+float32 integers (4 bytes per weight, engine/models/blockmatmul.py), so the BLAS block sums of
+one row over all of them, and nothing else, bound the decode rate; the table gives that rate
+and the GB/s it streams at.
 """
 
 from __future__ import annotations
@@ -96,7 +101,40 @@ def _measure(
             prefills.append(t1 - t0)
             decodes.append(t2 - t1)
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    return {"load": load, "prefill": prefills, "decode": decodes, "rss": rss}
+    result = {"load": load, "prefill": prefills, "decode": decodes, "rss": rss}
+    if engine == "refllama":
+        result["stream"], result["weight_bytes"] = _weight_stream(m.weights, repeat)
+    return result
+
+
+def _weight_stream(weights: object, repeat: int) -> tuple[list[float], int]:
+    """Seconds for the BLAS part of one decode row over every weight matrix (--repeat times),
+    and the bytes those matrices hold."""
+    import numpy as np
+
+    from engine.models.blockmatmul import FloatMatrix, QuantMatrix
+    from engine.models.decoder import Linear
+    from engine.models.parallel import single_threaded_blas
+
+    mats = [weights.output]  # type: ignore[attr-defined]
+    for layer in weights.layers:  # type: ignore[attr-defined]
+        for value in vars(layer).values():
+            if isinstance(value, Linear):
+                mats += value.parts
+    rows = []
+    for w in mats:
+        if isinstance(w, QuantMatrix):
+            rows.append((w.q, np.ones((w.q.shape[0], w.q.shape[2], 1), np.float32)))
+        elif isinstance(w, FloatMatrix):
+            rows.append((np.ones((1, w.w.shape[0])), w.w))
+    times = []
+    with single_threaded_blas():
+        for _ in range(repeat):
+            t0 = time.perf_counter()
+            for a, b in rows:
+                np.matmul(a, b)
+            times.append(time.perf_counter() - t0)
+    return times, sum(a.nbytes + b.nbytes for a, b in rows)
 
 
 def _run_engine(engine: str, args: argparse.Namespace, model: str, prompt_tokens: int) -> dict:
@@ -216,6 +254,15 @@ def _print_table(engines: list[str], results: dict, prompt_tokens: int, decode_t
         if ratio is not None:
             line += f"{ratio:9.2f}x"
         print(line)
+    ours = results["refllama"]
+    if "stream" in ours:
+        best = min(ours["stream"])
+        decode = statistics.median(decode_tokens / t for t in ours["decode"])
+        print(
+            f"refllama decode floor: {ours['weight_bytes'] / 1e9:.2f} GB of float32 weights per "
+            f"step, streamed at {ours['weight_bytes'] / best / 1e9:.1f} GB/s by the block sums "
+            f"alone = {1 / best:.1f} tok/s; decode runs at {decode * best:.0%} of it"
+        )
 
 
 if __name__ == "__main__":
