@@ -42,6 +42,8 @@ def test_round_f16_edges() -> None:
     edges += [2.0**-14, 2.0**-14 * (1 - 2**-12), 2.0**-24, 2.0**-25, 2.0**-25 * 1.0001]
     edges += [3 * 2.0**-25, 1e-45, 1 + 2**-11, 1 + 3 * 2**-11, 1 + 2**-11 + 2**-23]
     x = np.array(edges + [-e for e in edges], F32)
+    wide = np.tile(x, 4)  # 160 values: the arithmetic; x alone (40) takes the cast
+    assert _same_bits(round_f16(wide), _cast(wide)).all()
     assert _same_bits(round_f16(x), _cast(x)).all()
     assert _same_bits(round_f16(x[:1].reshape(())), _cast(x[:1])).all()  # a 0-d input
 
@@ -63,6 +65,8 @@ def test_round_f16_magnitudes_equals_the_cast_on_probabilities() -> None:
 def test_round_f16_hypothesis(values: list[float]) -> None:
     x = np.array(values, F32).reshape(-1, 1)  # any shape, rows like activations
     assert _same_bits(round_f16(x), _cast(x)).all()
+    wide = np.tile(x, (1, 64))  # 64 values and more: the arithmetic, not the cast
+    assert _same_bits(round_f16(wide), _cast(wide)).all()
 
 
 def test_gelu_quick_table_is_the_formula_at_every_f16_value() -> None:
