@@ -10,8 +10,10 @@ thread count: the same row gave other bits with OPENBLAS_CORETYPE=Haswell vs San
   in float32. Every product and every partial sum is an integer below 2**24 (the bound is checked
   per type in `_PLANES`), so each is exact and the block sums are the same in any order, on any
   kernel. The scales are then applied and the blocks added by NumPy elementwise operations in an
-  order this module fixes (`tree_sum`), each correctly rounded IEEE float32: d_w * S, times d_act,
-  plus Q4_1/Q5_1's min term m_w * s_act, then the blocks pairwise, as llama.cpp's per-block
+  order this module fixes (`tree_sum`), each correctly rounded IEEE float32: S times
+  d = d_w * d_act for the 32-element Q8 types (both F16, so d is exact and S * d is rounded once,
+  as llama.cpp's `d0*d1*sumi`), d_w * S times d_act for Q8_K's float32 d_act, plus Q4_1/Q5_1's
+  min term m_w * s_act, then the blocks pairwise, as llama.cpp's per-block
   `sumf += d_w*d_a*sumi + m_w*s_a` does in its own (ISA-dependent) order.
 * Float weights and attention (`rounded_matmul`): the result is defined as the float32 rounding of
   the exactly rounded float64 value of the dot product. Products of two float32 values are exact
@@ -322,8 +324,11 @@ def _quant_tile(w: QuantMatrix, a: _Q8, cols: slice, rows: slice, qa: Array, d_a
         return v[:, :, None] if narrow else v[:, None, :]
 
     s = order(s)
-    s *= per_col(w.d[:, cols])
-    s *= per_row(d_act)
+    if w.rounding is Rounding.Q8_BLOCK32:  # f16 * f16 scales: their product d is exact
+        s *= per_col(w.d[:, cols]) * per_row(d_act)
+    else:
+        s *= per_col(w.d[:, cols])
+        s *= per_row(d_act)
     if w.add_min is not None and a.s is not None:
         s += per_col(w.add_min[:, cols]) * per_row(a.s[rows])
     y = tree_sum(s)

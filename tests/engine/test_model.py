@@ -383,10 +383,10 @@ def _agreement(model: Model, name: str) -> tuple[float, float, int, int]:
 # last-bit differences grow into visible logit differences, so no engine that computes each row
 # one way can be held to much more (bit-exact agreement in one regime is engine/exact/'s job,
 # tests/engine/test_exact.py). Measured for this engine (default numerics, the same on every
-# machine): SmolLM2 top-1 97.11% of 1349 positions, mean KL 2.53e-3, greedy 13/30; gemma3 97.93%
-# of 1352, 3.47e-3, 16/30. Bounds = measured - 0.5 points top-1, x1.5 KL, -2 greedy (the margin
+# machine): SmolLM2 top-1 97.26% of 1349 positions, mean KL 2.53e-3, greedy 15/30; gemma3 98.00%
+# of 1352, 3.51e-3, 16/30. Bounds = measured - 0.5 points top-1, x1.5 KL, -2 greedy (the margin
 # tests/engine/test_agreement.py's decode bounds take), so a change that costs agreement fails.
-AGREEMENT_BOUNDS = {"smollm2": (0.9661, 3.8e-3, 11), "gemma3": (0.9743, 5.2e-3, 14)}
+AGREEMENT_BOUNDS = {"smollm2": (0.9676, 3.8e-3, 13), "gemma3": (0.9750, 5.3e-3, 14)}
 
 
 @pytest.mark.slow
