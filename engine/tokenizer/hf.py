@@ -137,15 +137,11 @@ def spm_merges(vocab: Vocab) -> list[tuple[str, str]]:
     ids, tokens = vocab.ids, vocab.tokens
     order = np.argsort(-vocab.scores.astype(np.float64), kind="stable")  # (V,) best first
     merges: list[tuple[str, str]] = []
-    append = merges.append
+    extend = merges.extend
     for i in order.tolist():
         t = tokens[i]
-        for k in range(1, len(t)):  # the hot loop of the build: ~1.2M splits for Gemma 3
-            a = t[:k]
-            if a in ids:
-                b = t[k:]
-                if b in ids:
-                    append((a, b))
+        if len(t) > 1:  # the hot loop of the build, ~1.8M splits for Gemma 3: a comprehension
+            extend([(t[:k], t[k:]) for k in range(1, len(t)) if t[:k] in ids and t[k:] in ids])
     return merges
 
 
