@@ -16,6 +16,7 @@ from engine import BertModel, load
 from engine.errors import Cancelled
 from engine.gguf.fetch import model_path
 from tests.conftest import HAVE_LLAMA_CPP, needs_oracle
+from tests.golden.oracle_build import isa_mismatch
 from tests.tiny_bert import ARCHS, write_tiny_bert
 
 GOLDEN = Path(__file__).resolve().parents[1] / "golden" / "embed_nomic.json"
@@ -140,7 +141,12 @@ def test_nomic_golden_live(nomic: BertModel, golden: dict):
         str(nomic.path), embedding=True, n_ctx=N_CTX, n_batch=N_CTX, n_ubatch=N_CTX,
         n_threads=2, verbose=False,
     )  # fmt: skip
+    # The golden's bits are its build's: another ISA's llama.cpp sums in another order (an AVX2
+    # build gave cosine 0.9999996 against the AVX512 golden), so only a same-ISA oracle must
+    # reproduce them; ours is compared with whichever runs here.
+    same_build = isa_mismatch(golden["header"]["oracle"]["isa"]) is None
     for case in golden["cases"][::10]:
         live = llm.embed(case["text"], normalize=False)
-        assert cosine(live, case["embedding"]) >= 1 - 1e-12, case["text"]
+        if same_build:
+            assert cosine(live, case["embedding"]) >= 1 - 1e-12, case["text"]
         assert cosine(pooled(nomic, case["ids"]), live) >= MIN_COSINE

@@ -6,8 +6,12 @@ engine's own pool, engine/models/parallel.py) and NumPy SIMD dispatch on or off
 (NPY_DISABLE_CPU_FEATURES switching off every dispatched target, so NumPy runs its baseline
 loops). It prints sha256 digests of SmolLM2's and Gemma 3's prompt logits under
 several chunkings and of 32 seeded decode steps (tokens and every logits array the decode loop
-saw). All cells must print the same digests. The kernels named here are the ones this machine's
-bundled OpenBLAS accepts (it maps unknown names to its autodetected core).
+saw). All cells must print the same digests.
+
+Another machine cannot be simulated whole, so the real models' digests are also compared with
+tests/golden/determinism_record.json: the digests tests/golden/make_determinism_record.py
+printed on the machine it names (not an oracle's output: the engine's own, which every machine
+must reproduce bit for bit).
 """
 
 from __future__ import annotations
@@ -21,105 +25,45 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from numpy._core import _multiarray_umath as umath
 
+from tests.determinism_cells import (
+    REAL_CHUNKINGS,
+    RECORD,
+    machine,
+    numpy_dispatch_off,
+    run_cell,
+)
 from tests.tiny_model import write_tiny_model
 
-ROOT = Path(__file__).resolve().parents[2]
-
-_SCRIPT = r"""
-import hashlib, json, sys
-import numpy as np
-from engine.generate import generate
-from engine.models.decoder import load
-from engine.sampling.options import Options
-
-text = "<|im_start|>user\nWrite one sentence about the sea.<|im_end|>\n<|im_start|>assistant\n"
-out = {}
-chunkings = json.loads(sys.argv[2])
-for name, path in json.loads(sys.argv[1]).items():
-    model = load(path)
-    ids = model.tokenize(text)
-    for num_batch in chunkings:
-        cache = model.new_cache(len(ids))
-        logits = model.eval(ids, cache, num_batch=num_batch)
-        out[f"{name}/prefill/{num_batch}"] = hashlib.sha256(logits.tobytes()).hexdigest()
-
-    class Recorder:  # hashes every logits array the decode loop sees
-        def __init__(self):
-            self.tokenizer, self.sha = model.tokenizer, hashlib.sha256()
-
-        def new_cache(self, n):
-            return model.new_cache(n)
-
-        def eval(self, tokens, cache, num_batch, last_only=False, cancelled=None):
-            x = model.eval(tokens, cache, num_batch, last_only=last_only, cancelled=cancelled)
-            self.sha.update(x.tobytes())
-            return x
-
-    rec = Recorder()
-    opts = Options(seed=1234, num_predict=32, temperature=0.9)
-    tokens = [s.token for s in generate(rec, ids, opts)]
-    out[f"{name}/decode"] = [tokens, rec.sha.hexdigest()]
-print(json.dumps(out))
-"""
-
-
-def _numpy_dispatch_off() -> str:
-    """Every SIMD target this NumPy dispatches to on this CPU, for NPY_DISABLE_CPU_FEATURES."""
-    from numpy._core import _multiarray_umath as umath
-
-    return " ".join(f for f in umath.__cpu_dispatch__ if umath.__cpu_features__.get(f))
-
-
-def _cell(
-    models: dict[str, str],
-    threads: int,
-    coretype: str | None,
-    numpy_off: bool,
-    chunkings: tuple[int, ...] = (512, 5, 1),
-) -> dict[str, object]:
-    env = {k: v for k, v in os.environ.items() if k not in ("OPENBLAS_CORETYPE",)}
-    env.update(
-        OPENBLAS_NUM_THREADS=str(threads),
-        OMP_NUM_THREADS=str(threads),
-        REFLLAMA_NUM_THREADS=str(threads),
-    )
-    if coretype:
-        env["OPENBLAS_CORETYPE"] = coretype
-    if numpy_off:
-        env["NPY_DISABLE_CPU_FEATURES"] = _numpy_dispatch_off()
-    res = subprocess.run(
-        [sys.executable, "-c", _SCRIPT, json.dumps(models), json.dumps(chunkings)],
-        env=env,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    assert res.returncode == 0, res.stderr[-3000:]
-    return json.loads(res.stdout)  # type: ignore[no-any-return]
-
-
+# OPENBLAS_CORETYPE values and the NumPy CPU features their kernels need. The bundled OpenBLAS
+# honours any of them on any CPU (it maps unknown names to its autodetected core; Prescott runs
+# its generic "Katmai" kernels), and a kernel the CPU lacks dies of SIGILL, so the matrix takes
+# the ones this CPU can run: all five on an AVX512 machine, SkylakeX left out on an AVX2 one.
+KERNELS = {
+    "Haswell": ("AVX2", "FMA3"),
+    "Sandybridge": ("AVX",),
+    "SkylakeX": ("AVX512_SKX",),
+    "Nehalem": ("SSE42",),
+    "Prescott": ("SSE3",),
+}
+RUNNABLE: list[str | None] = [None] + [
+    core for core, needs in KERNELS.items() if all(umath.__cpu_features__.get(f) for f in needs)
+]
 # (threads, OPENBLAS_CORETYPE, NumPy dispatch off). None: OpenBLAS autodetects (SkylakeX on an
 # AVX512 machine, Haswell on an AVX2 one). The tiny models run the whole matrix; the two real
 # models (about a minute a cell on two cores) a cover of it: every kernel, every thread count and
 # both NumPy settings appear at least once.
 MATRIX = [
     (threads, core, numpy_off)
-    for core in (None, "Haswell", "Sandybridge", "SkylakeX", "Nehalem")
+    for core in RUNNABLE
     for threads in (1, 2, 4)
     for numpy_off in (False, True)
 ]
-# Prompt chunkings: the tiny models also go one token at a time; the real ones, whose ~25-token
-# prompt would then take 25 forward passes per model and cell, in chunks of 3.
-REAL_CHUNKINGS = (512, 7, 3)
-REAL_CELLS = [
-    (1, None, False),
-    (2, "Sandybridge", False),
-    (4, "Haswell", False),
-    (2, "SkylakeX", True),
-    (1, "Nehalem", True),
-]
+# Prompt chunkings: the tiny models also go one token at a time (run_cell's default); the real
+# ones, whose ~25-token prompt would then take 25 forward passes per model and cell, in chunks
+# of 3 (REAL_CHUNKINGS).
+REAL_CELLS = [((1, 2, 4)[i % 3], core, i % 2 == 1) for i, core in enumerate(RUNNABLE)]
 
 
 def _assert_all_equal(cells: dict[tuple[int, str | None, bool], dict[str, object]]) -> None:
@@ -138,24 +82,32 @@ def _assert_all_equal(cells: dict[tuple[int, str | None, bool], dict[str, object
 
 def test_determinism_matrix_tiny(tmp_path: Path) -> None:
     models = {v: str(write_tiny_model(tmp_path / f"{v}.gguf", v)) for v in ("llama", "gemma3")}
-    _assert_all_equal({cell: _cell(models, *cell) for cell in MATRIX})
+    _assert_all_equal({cell: run_cell(models, *cell) for cell in MATRIX})
 
 
 @pytest.mark.slow
 def test_determinism_matrix_real_models(smollm2_path: Path, gemma3_path: Path) -> None:
     models = {"smollm2": str(smollm2_path), "gemma3": str(gemma3_path)}
-    cells = {cell: _cell(models, *cell, chunkings=REAL_CHUNKINGS) for cell in REAL_CELLS}
+    cells = {cell: run_cell(models, *cell, chunkings=REAL_CHUNKINGS) for cell in REAL_CELLS}
     for name in models:
         tokens, _ = cells[REAL_CELLS[0]][f"{name}/decode"]  # type: ignore[misc]
         assert len(tokens) == 32, name
     _assert_all_equal(cells)
+    record = json.loads(RECORD.read_text())
+    assert record["models"] == {n: Path(p).name for n, p in models.items()}
+    here = cells[REAL_CELLS[0]]
+    differing = sorted(k for k in record["digests"] if here.get(k) != record["digests"][k])
+    assert not differing, (
+        f"{differing} differ from the digests recorded on {record['machine']}; "
+        f"this machine: {machine()}"
+    )
 
 
 def test_numpy_dispatch_switch_takes_effect() -> None:
     # The matrix's NumPy cells mean something only if the variable really changes NumPy's loops:
     # NumPy's own exp differs between its SIMD paths on these inputs (float64 between its AVX512
     # and AVX2 loops, float32 between AVX2 and baseline).
-    off = _numpy_dispatch_off()
+    off = numpy_dispatch_off()
     if not off:
         pytest.skip("this NumPy dispatches to no SIMD target on this CPU")
     probe = "import numpy as np, hashlib; x = np.linspace(-80, 80, 1 << 20)\n"

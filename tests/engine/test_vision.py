@@ -12,6 +12,13 @@ GELU tables give a neighbouring F16 value, which the projector's GELU passes str
 output (gemma3's pooling and norms dilute such flips). F16 weights add F16 activation roundings,
 hence more such flips: 2e-6..5e-5 for Gemma 3, 8e-7..1.05e-4 for LLaVA at this tiny width, so
 those variants are checked on two images (the JPEG and the WebP).
+
+The flips are the oracle's too, and land elsewhere in another build: llama.cpp's AVX2 build
+differs from its AVX512 build (the golden's) by up to 7.5e-7 (Gemma 3), 3.9e-6 (Gemma 3 F16),
+7.2e-5 (LLaVA) and 1.70e-4 / 1.53e-4 (LLaVA F16, JPEG / WebP) on the same pixels; ours differs
+from the AVX2 build by exactly those 1.70e-4 / 1.53e-4 there. So the live check allows the
+F16 LLaVA variant 2e-4, llama.cpp's own spread across builds; every other case, and every
+golden comparison, 1e-4.
 """
 
 from __future__ import annotations
@@ -76,6 +83,8 @@ def _relative_error(ours: np.ndarray, ref: np.ndarray) -> float:
     return float(np.abs(ours - ref).max() / np.linalg.norm(ref, axis=1).max())
 
 
+# llama.cpp's own AVX2 vs AVX512 spread on this variant (module docstring)
+LIVE_TOLERANCE = {"llava_f16": 2e-4}
 EMBEDDING_CASES = [(name, i) for name, v in VARIANTS.items() for i in v.images]
 LOGITS_VARIANTS = [name for name, v in VARIANTS.items() if v.logits_prompt is not None]
 
@@ -95,7 +104,7 @@ def test_image_embeddings_match_mtmd(
     ref = oracle.image_embeddings(chunk)
     ours = load_projector(files[variant][1]).encode_pixels(pixels)
     assert ours.shape == (VARIANTS[variant].n_image_tokens, D_TEXT)
-    assert _relative_error(ours, ref) <= 1e-4
+    assert _relative_error(ours, ref) <= LIVE_TOLERANCE.get(variant, 1e-4)
 
 
 def _vlm(files: dict[str, tuple[Path, Path]], variant: str) -> VisionLanguageModel:
