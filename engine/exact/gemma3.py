@@ -2,9 +2,11 @@
 
 Companion of engine/exact/llama.py (llama / SmolLM2), whose float32 helpers it reuses (the FMA
 emulation, lane sums, hsum8, Q8_0 matmul, rms_norm, RoPE cache, F16 q.k / p.v, soft_max): read
-that docstring first. Same build (x86-64, -march=native with AVX512F/VL/BW/DQ/VNNI, FMA, F16C,
-GCC contracting scalar a*b + c into FMA), same regime: every token evaluated alone, F16 KV
-cache, no flash attention. `load_exact(path)` picks the emulator for the GGUF's architecture.
+that docstring first. Same builds (x86-64, -march=native, `isa` "avx512" or "avx2", GCC
+contracting scalar a*b + c into FMA; the K-quant kernels below have no AVX512 branch of their
+own, so only q.k, p.v and the softmax differ between the two), same regime: every token
+evaluated alone, F16 KV cache, no flash attention. `load_exact(path, isa=...)` picks the
+emulator for the GGUF's architecture.
 
 The gemma3 graph (src/models/gemma3.cpp), op by op:
 - get_rows Q8_0, then `ggml_scale` by sqrtf(n_embd): one float32 multiply.
@@ -326,7 +328,9 @@ _NORMS = (
 class Gemma3ExactModel:
     """llama.cpp's single-token gemma3 forward pass, bit for bit, with its own F16 KV cache."""
 
-    def __init__(self, path: str | Path, n_ctx: int = 512) -> None:
+    def __init__(self, path: str | Path, n_ctx: int = 512, isa: str = "avx512") -> None:
+        exact.f16_lanes(isa)  # a known build
+        self.isa = isa
         f = GGUFFile(path)
         cfg = ModelConfig.from_gguf(f.metadata)
         if cfg.arch != "gemma3":
@@ -447,9 +451,9 @@ class Gemma3ExactModel:
         kv_head = np.arange(cfg.n_head) // (cfg.n_head // cfg.n_head_kv)
         k = self.k_cache[il, :n_kv].transpose(1, 0, 2)  # (Hkv, n_kv, Dh)
         v = self.v_cache[il, :n_kv].transpose(1, 2, 0)  # (Hkv, Dh, n_kv)
-        kq = exact.dot_f16(k[kv_head], q16[:, None, :])  # (H, n_kv)
-        p16 = exact.round_f16(exact.soft_max(kq, 1.0, n_valid))
-        return exact.dot_f16(v[kv_head], p16[:, None, :]).reshape(-1)
+        kq = exact.dot_f16(k[kv_head], q16[:, None, :], self.isa)  # (H, n_kv)
+        p16 = exact.round_f16(exact.soft_max(kq, 1.0, n_valid, self.isa))
+        return exact.dot_f16(v[kv_head], p16[:, None, :], self.isa).reshape(-1)
 
     def logits(self, tokens: list[int]) -> Array:
         """Reset, then evaluate tokens one at a time. (T,) -> (T, V) float32."""
@@ -457,9 +461,12 @@ class Gemma3ExactModel:
         return np.stack([self.step(t) for t in tokens])
 
 
-def load_exact(path: str | Path, n_ctx: int = 512) -> exact.ExactModel | Gemma3ExactModel:
-    """The bit-exact emulator for the GGUF's architecture (llama or gemma3)."""
+def load_exact(
+    path: str | Path, n_ctx: int = 512, isa: str = "avx512"
+) -> exact.ExactModel | Gemma3ExactModel:
+    """The bit-exact emulator of the `isa` llama.cpp build for the GGUF's architecture (llama
+    or gemma3)."""
     arch = GGUFFile(path).metadata.get("general.architecture")
     if arch == "gemma3":
-        return Gemma3ExactModel(path, n_ctx)
-    return exact.ExactModel(path, n_ctx)
+        return Gemma3ExactModel(path, n_ctx, isa)
+    return exact.ExactModel(path, n_ctx, isa)

@@ -1,9 +1,14 @@
 """Bit-exact emulation of llama.cpp's CPU forward pass, one token at a time (decode regime).
 
 Slow and explicit on purpose: every float operation llama.cpp performs for a single-token
-`llama_decode` on an x86-64 build with -march=native (AVX512F/VL/BW/DQ/VNNI, FMA, F16C; GCC 12,
-which contracts scalar `a*b + c` into FMA) is done here in the same order with the same
-rounding, so the logits agree bit for bit. Scope: the llama architecture with Q4_1 weight
+`llama_decode` on an x86-64 build with -march=native is done here in the same order with the
+same rounding, so the logits agree bit for bit. Two builds are emulated, chosen by `isa`:
+"avx512" (AVX512F/VL/BW/DQ/VNNI, FMA, F16C) and "avx2" (AVX2, FMA, F16C, no AVX512), both GCC 12,
+which contracts scalar `a*b + c` into FMA. They differ only where ggml's code has an AVX512
+branch of its own: `ggml_vec_dot_f16`'s accumulator width and reduction, `ggml_v_expf` (a
+different formulation on AVX2) and the lane width of the softmax sum. The quantized dot
+products take the same AVX2 branch in both builds (VNNI only changes how the exact integer lane
+sums are formed), and norms and RoPE are scalar code. Scope: the llama architecture with Q4_1 weight
 matrices, a Q8_0 token embedding (tied output or Q8_0 output), F32 norms, F16 KV cache, no
 flash attention, no RoPE scaling: SmolLM2-135M-Instruct Q4_1. Anything else raises
 UnsupportedArchitecture / UnsupportedQuantType naming what is missing. gemma3 (Gemma 3 270M
@@ -22,11 +27,15 @@ Kernels emulated (ggml/src/ggml-cpu, file: function):
 - rope, normal mode (ops.cpp `ggml_rope_cache_init`, `rotate_pairs`, GCC-contracted scalar loop):
   theta_0 = pos, theta_{i+1} = theta_i * powf(base, -2/n_dims) in float32, glibc sincosf;
   y0 = fma(x0, cos, -fp32(x1*sin)), y1 = fma(sin, x0, fp32(cos*x1)).
-- q.k and p.v (vec.cpp `ggml_vec_dot_f16`, AVX512 without FP16: 4 accumulators of 16 lanes,
-  step 64, reduce (a0+a2)+(a1+a3), then `_mm512_reduce_add_ps`); q and p rounded to F16.
-- soft_max_ext (ops.cpp / vec.cpp `ggml_vec_soft_max_f32`): x*scale + mask, max, the AVX512
-  `ggml_v_expf` polynomial per 16 lanes, double sum of 16-lane reductions, y *= (float)(1/sum).
-- swiglu (`ggml_vec_swiglu_f32`): x / (1 + v_expf(0 - x)) * g.
+- q.k and p.v (vec.cpp `ggml_vec_dot_f16`; q and p rounded to F16). AVX512 without FP16: 4
+  accumulators of 16 lanes, step 64, reduce (a0+a2)+(a1+a3), then `_mm512_reduce_add_ps`.
+  AVX2: 4 accumulators of 8 lanes, step 32, the same (a0+a2)+(a1+a3), then `GGML_F32x8_REDUCE`'s
+  halves added and two `hadd`s.
+- soft_max_ext (ops.cpp / vec.cpp `ggml_vec_soft_max_f32`): x*scale + mask, max, `ggml_v_expf`
+  (AVX512: polynomial + 1 then `scalef`; AVX2: fma(k, poly, k) with k = 2**n built from the
+  exponent bits, and its own scaling for |n| > 126), double sum of 16- (AVX512) or 8-lane (AVX2)
+  reductions, y *= (float)(1/sum).
+- swiglu (`ggml_vec_swiglu_f32`): x / (1 + v_expf(0 - x)) * g, v_expf of the build.
 - the KV cache spans n_kv = max(256, pad256(n_used)) cells (llama-kv-cache.cpp `get_n_kv`).
 
 Cost: ~0.35 s per token and ~0.8 GB resident for SmolLM2 (quants unpacked to float32 so that
@@ -61,6 +70,7 @@ Array = npt.NDArray[np.float32]
 Array64 = npt.NDArray[np.float64]
 QK = 32  # elements per Q4_1 / Q8_0 / Q8_1 block
 LANES = 8  # float lanes of the AVX2 accumulators in the quantized dot products
+ISAS = ("avx512", "avx2")  # the llama.cpp builds emulated (module docstring)
 KV_PAD = 256  # llama_kv_cache::get_n_kv pads the attended cell count to a multiple of this
 
 _LIBM = ctypes.CDLL(ctypes.util.find_library("m"))
@@ -110,6 +120,13 @@ def hsum8(acc: Array) -> Array:
     q = acc[..., 4:8] + acc[..., 0:4]
     h = q[..., 0:2] + q[..., 2:4]
     return h[..., 0] + h[..., 1]
+
+
+def reduce8(v: Array) -> Array:
+    """`GGML_F32x8_REDUCE`'s last step over the last axis (8 lanes): t = lo4 + hi4, then two
+    `hadd`s: (t0+t1) + (t2+t3)."""
+    t = v[..., 0:4] + v[..., 4:8]
+    return (t[..., 0] + t[..., 1]) + (t[..., 2] + t[..., 3])
 
 
 def reduce16(v: Array) -> Array:
@@ -256,8 +273,10 @@ _P1 = _c("0x1.ffffecp-1")
 _ONE = F32(1)
 
 
-def v_expf(x: Array) -> Array:
-    """The AVX512 `ggml_v_expf`, elementwise, bit for bit."""
+def v_expf(x: Array, isa: str) -> Array:
+    """`ggml_v_expf` of the `isa` build, elementwise, bit for bit."""
+    if isa == "avx2":
+        return _v_expf_avx2(x)
     x = np.asarray(x, dtype=F32)
     with np.errstate(invalid="ignore", over="ignore", under="ignore"):
         z = fma(x, _LOG2E, _SHIFT)
@@ -275,9 +294,36 @@ def v_expf(x: Array) -> Array:
         return np.where(big, alt, res).astype(F32)
 
 
-def swiglu(g: Array, u: Array) -> Array:
+_U32 = np.uint32
+
+
+def _v_expf_avx2(x: Array) -> Array:
+    """The AVX2 `ggml_v_expf`: the same reduction and polynomial without its constant 1, then
+    fma(k, j, k) with k = 2**n made by shifting z's low bits into the exponent field; lanes with
+    |n| > 126 are scaled in two factors s1, s2 instead, and |n| > 192 gives s1 * s1 (inf or 0)."""
+    x = np.asarray(x, dtype=F32)
+    with np.errstate(invalid="ignore", over="ignore", under="ignore"):
+        z = fma(x, _LOG2E, _SHIFT)
+        n = z - _SHIFT
+        b = fma(-n, _LN2_LO, fma(-n, _LN2_HI, x))
+        e = z.view(_U32) << _U32(23)
+        k = (e + _ONE.view(_U32)).view(F32)
+        u = b * b
+        j = fma(fma(fma(_P[0], b, _P[1]), u, fma(_P[2], b, _P[3])), u, _P1 * b)
+        res = fma(k, j, k)
+        scaled = np.abs(n) > 126
+        if not scaled.any():
+            return res
+        g = np.where(n <= 0, _U32(0x82000000), _U32(0))
+        s1 = (g + _U32(0x7F000000)).view(F32)
+        s2 = (e - g).view(F32)
+        far = np.where(np.abs(n) > 192, s1 * s1, fma(s2, j, s2) * s1)
+        return np.where(scaled, far, res).astype(F32)
+
+
+def swiglu(g: Array, u: Array, isa: str) -> Array:
     """silu(g) * u with silu(x) = x / (1 + v_expf(0 - x))."""
-    return g / (_ONE + v_expf(F32(0) - g)) * u
+    return g / (_ONE + v_expf(F32(0) - g, isa)) * u
 
 
 def rope_cache(pos: int, n_dims: int, base: float) -> tuple[Array, Array]:
@@ -306,24 +352,35 @@ def rope_normal(x: Array, cos: Array, sin: Array) -> Array:
 # --- attention ----------------------------------------------------------------------------
 
 
-def dot_f16(x: Array, y: Array) -> Array:
+def f16_lanes(isa: str) -> int:
+    """Float lanes of the `isa` build's F16 dot product and softmax sum (ValueError: unknown)."""
+    if isa not in ISAS:
+        raise ValueError(f"isa must be one of {ISAS}, got {isa!r}")
+    return 16 if isa == "avx512" else 8
+
+
+def dot_f16(x: Array, y: Array, isa: str) -> Array:
     """`ggml_vec_dot_f16` over the last axis; x, y hold F16 values, length a multiple of 64."""
+    lanes = f16_lanes(isa)
     p = x * y  # products of two F16 values are exact in float32
-    steps = p.reshape(*p.shape[:-1], -1, 4, 16)
+    steps = p.reshape(*p.shape[:-1], -1, 4, lanes)  # 4 accumulators of `lanes` each
     acc = steps[..., 0, :, :]
     for i in range(1, steps.shape[-3]):
         acc = acc + steps[..., i, :, :]
     a = acc[..., 0:2, :] + acc[..., 2:4, :]
-    return reduce16(a[..., 0, :] + a[..., 1, :])
+    reduce = reduce16 if lanes == 16 else reduce8
+    return reduce(a[..., 0, :] + a[..., 1, :])
 
 
-def soft_max(kq: Array, scale: float, n_valid: int) -> Array:
+def soft_max(kq: Array, scale: float, n_valid: int, isa: str) -> Array:
     """soft_max_ext over the last axis (n_kv cells; cells >= n_valid masked with -inf)."""
+    lanes = f16_lanes(isa)
     w = kq * F32(scale)
     w[..., n_valid:] = -np.inf
     mx = w.max(axis=-1, keepdims=True)
-    val = v_expf(w - mx)
-    chunks = reduce16(val.reshape(*val.shape[:-1], -1, 16)).astype(F64)
+    val = v_expf(w - mx, isa)
+    reduce = reduce16 if lanes == 16 else hsum8  # AVX2's 8-lane sum is hsum_float_8's order
+    chunks = reduce(val.reshape(*val.shape[:-1], -1, lanes)).astype(F64)
     total = np.cumsum(chunks, axis=-1)[..., -1]
     inv = (1.0 / total).astype(F32)
     return val * inv[..., None]
@@ -355,7 +412,9 @@ class Layer:
 class ExactModel:
     """llama.cpp's single-token forward pass, bit for bit, with its own F16 KV cache."""
 
-    def __init__(self, path: str | Path, n_ctx: int = 512) -> None:
+    def __init__(self, path: str | Path, n_ctx: int = 512, isa: str = "avx512") -> None:
+        f16_lanes(isa)  # a known build
+        self.isa = isa
         f = GGUFFile(path)
         cfg = ModelConfig.from_gguf(f.metadata)
         if cfg.arch != "llama":
@@ -436,7 +495,7 @@ class ExactModel:
             x = matvec(layer.wo, attn) + x
             h = rms_norm(x, layer.ffn_norm, cfg.norm_eps)
             gu = matvec(layer.w_gate_up, h)
-            x = matvec(layer.w_down, swiglu(gu[: cfg.n_ff], gu[cfg.n_ff :])) + x
+            x = matvec(layer.w_down, swiglu(gu[: cfg.n_ff], gu[cfg.n_ff :], self.isa)) + x
         self.n_past = pos + 1
         return matvec(self.output, rms_norm(x, self.output_norm, cfg.norm_eps))
 
@@ -447,10 +506,10 @@ class ExactModel:
         k = self.k_cache[il, :n_kv].transpose(1, 0, 2)  # (Hkv, n_kv, Dh)
         v = self.v_cache[il, :n_kv].transpose(1, 2, 0)  # (Hkv, Dh, n_kv)
         kv_head = np.arange(cfg.n_head) // group
-        kq = dot_f16(k[kv_head], q16[:, None, :])  # (H, n_kv)
+        kq = dot_f16(k[kv_head], q16[:, None, :], self.isa)  # (H, n_kv)
         scale = F32(1) / np.sqrt(F32(cfg.head_dim))  # kq_scale = 1.0f/sqrtf(n_embd_head)
-        p16 = round_f16(soft_max(kq, scale, n_valid))
-        return dot_f16(v[kv_head], p16[:, None, :]).reshape(-1)  # (H, Dh) -> (H*Dh,)
+        p16 = round_f16(soft_max(kq, scale, n_valid, self.isa))
+        return dot_f16(v[kv_head], p16[:, None, :], self.isa).reshape(-1)  # (H*Dh,)
 
     def logits(self, tokens: list[int]) -> Array:
         """Reset, then evaluate tokens one at a time. (T,) -> (T, V) float32."""

@@ -7,7 +7,7 @@ strict: at every position of prompt + continuation[:-1], our top-20 ids and our 
 to 4 decimals equal the golden ones (hence top-1 100% and identical greedy continuations). CI
 checks 2 of the 30 cases (GOLDEN_CASES; the emulation takes ~0.4 s per token, so all 30 would
 take ~10 min); the @needs_oracle test compares whole logit vectors with a live llama.cpp bit for
-bit.
+bit, emulating the build that runs here (AVX512 or AVX2).
 """
 
 from __future__ import annotations
@@ -24,13 +24,13 @@ from engine.exact import llama as exact
 from engine.exact.gemma3 import Gemma3ExactModel
 from engine.exact.llama import ExactModel
 from tests.conftest import needs_oracle
-from tests.golden.oracle_build import isa_mismatch
+from tests.golden.oracle_build import oracle_build
 from tests.tiny_model import write_tiny_model
 
 GOLDEN = Path(__file__).resolve().parents[1] / "golden" / "forward_smollm2_tokenwise.json"
 # "What is 2+2?" (chat-wrapped, 47 positions), "Paris is the capital of" (36 positions)
 GOLDEN_CASES = (0, 21)
-EMULATED_ISA = "avx512"  # the llama.cpp build engine/exact/llama.py and exact_gemma3.py reproduce
+GOLDEN_ISA = "avx512"  # the build that recorded the tokenwise goldens (their headers say so)
 F32 = np.float32
 
 
@@ -125,27 +125,51 @@ def test_matvec_q4_1_adds_min_times_block_sum() -> None:
     assert exact.matvec(m, x)[0] == 63.5  # lanes 0, summs = m * fp16(d * 127)
 
 
-def test_v_expf_special_values_and_accuracy() -> None:
-    assert list(exact.v_expf(f32(0.0, -np.inf, 100.0, -200.0))) == [1.0, 0.0, np.inf, 0.0]
-    x = np.linspace(-80, 80, 4001, dtype=F32)
-    got = exact.v_expf(x).astype(np.float64)
+@pytest.mark.parametrize("isa", exact.ISAS)
+def test_v_expf_special_values_and_accuracy(isa: str) -> None:
+    # AVX2: 100 and -200 take the |n| > 126 scaling (inf), -200 and -inf the |n| > 192 one (0)
+    special = f32(0.0, -np.inf, 100.0, -200.0, -100.0, 88.0)
+    assert list(exact.v_expf(special, isa)[:4]) == [1.0, 0.0, np.inf, 0.0]
+    x = np.concatenate([np.linspace(-80, 80, 4001, dtype=F32), special[4:]])
+    got = exact.v_expf(x, isa).astype(np.float64)
     want = np.exp(x.astype(np.float64))
     ulp = np.spacing(want.astype(F32)).astype(np.float64)
     assert (np.abs(got - want) / ulp).max() < 3.0  # documented: 1.45 ulp + 0.5 ulp rounding
 
 
+def test_v_expf_builds_round_differently() -> None:
+    # the two formulations (poly + 1 then scalef, vs fma(k, poly, k)) round apart somewhere
+    x = np.linspace(-80, 80, 4001, dtype=F32)
+    assert (exact.v_expf(x, "avx2") != exact.v_expf(x, "avx512")).any()
+
+
 def test_dot_f16_accumulator_order() -> None:
-    # 64 products land in 4 accumulators of 16 lanes, reduced (a0+a2)+(a1+a3) then by halving
+    # AVX512: 64 products land in 4 accumulators of 16 lanes, reduced (a0+a2)+(a1+a3) then by
+    # halving
     x = np.zeros(64, dtype=F32)
     y = np.ones(64, dtype=F32)
     x[0], x[32], x[16] = 2048.0, 0.5, -2048.0  # F16 values
     # a0 lane 0 = 2048, a2 lane 0 = 0.5 -> a0+a2 = 2048.5 exactly; a1 lane 0 = -2048 -> 0.5
-    assert exact.dot_f16(x, y) == 0.5
+    assert exact.dot_f16(x, y, "avx512") == 0.5
 
 
-def test_soft_max_masks_and_normalizes() -> None:
+def test_dot_f16_final_lane_order_per_build() -> None:
+    # Lanes 0, 1, 2 hold a, -a, c with c below half an ulp of a. AVX2's two hadds add
+    # (l0 + l1) + (l2 + l3): a cancels first and c survives. AVX512's halving adds
+    # (l0 + l2) + (l1 + l3): c is absorbed into a, then a cancels.
+    x = np.zeros(64, dtype=F32)
+    x[0], x[1], x[2] = 32768.0, -32768.0, 2.0**-9  # F16 values
+    y = np.ones(64, dtype=F32)
+    assert exact.dot_f16(x, y, "avx2") == F32(2.0**-9)
+    assert exact.dot_f16(x, y, "avx512") == 0.0
+    with pytest.raises(ValueError, match="isa"):
+        exact.dot_f16(x, y, "sse2")
+
+
+@pytest.mark.parametrize("isa", exact.ISAS)
+def test_soft_max_masks_and_normalizes(isa: str) -> None:
     kq = np.zeros((1, 256), dtype=F32)
-    p = exact.soft_max(kq, 0.125, 3)
+    p = exact.soft_max(kq, 0.125, 3, isa)
     assert list(p[0, :3]) == [F32(1 / 3)] * 3  # exp(0) = 1, sum 3, 1 * (float)(1/3)
     assert not p[0, 3:].any()
 
@@ -188,7 +212,8 @@ def _top(row: np.ndarray, k: int) -> tuple[list[int], list[float]]:
 
 @pytest.fixture(scope="module")
 def smollm2_exact(smollm2_path: Path) -> ExactModel:
-    return ExactModel(smollm2_path)
+    assert json.loads(GOLDEN.read_text())["header"]["oracle"]["isa"] == GOLDEN_ISA
+    return ExactModel(smollm2_path, isa=GOLDEN_ISA)
 
 
 @pytest.mark.slow
@@ -210,23 +235,30 @@ def test_matches_llama_cpp_tokenwise_golden(smollm2_exact: ExactModel, index: in
 @needs_oracle
 @pytest.mark.oracle
 @pytest.mark.slow
-def test_bit_identical_to_live_llama_cpp(smollm2_path: Path, smollm2_exact: ExactModel) -> None:
-    assert_bit_identical_to_live(smollm2_path, smollm2_exact, b"Water is made of hydrogen and", 3)
+def test_bit_identical_to_live_llama_cpp(smollm2_path: Path) -> None:
+    isa = live_isa()
+    model = ExactModel(smollm2_path, isa=isa)
+    assert_bit_identical_to_live(smollm2_path, model, b"Water is made of hydrogen and", 3)
+    if isa != GOLDEN_ISA:  # and the other build's emulation is not what runs here
+        other = ExactModel(smollm2_path, isa=GOLDEN_ISA)
+        with pytest.raises(AssertionError, match="logits differ at position 0"):
+            assert_bit_identical_to_live(smollm2_path, other, b"Water", 0)
+
+
+def live_isa() -> str:
+    """The ISA of the importable llama.cpp build when it is one the exact engines emulate."""
+    build = oracle_build()
+    if build["isa"] not in exact.ISAS:
+        pytest.skip(f"llama.cpp here is an {build['isa']} build; emulated: {exact.ISAS}")
+    return str(build["isa"])
 
 
 def assert_bit_identical_to_live(
     path: Path, model: ExactModel | Gemma3ExactModel, text: bytes, greedy_steps: int
 ) -> None:
-    """Whole logit vectors equal a live llama.cpp's over `text`, then `greedy_steps` steps.
-
-    The exact engines emulate llama.cpp's AVX512 code path (engine/exact/llama.py); an AVX2 build of
-    llama.cpp sums in another order, so against it there is nothing bit-exact to check.
-    """
+    """Whole logit vectors equal a live llama.cpp's over `text`, then `greedy_steps` steps;
+    `model` emulates the live build's ISA (`live_isa`)."""
     import llama_cpp
-
-    reason = isa_mismatch(EMULATED_ISA)
-    if reason:
-        pytest.skip(reason)
 
     # One thread: every kernel here computes a row independently of the thread split (the
     # 2-thread golden agrees bit for bit too), and 2 spinning threads on a loaded 2-core machine

@@ -29,7 +29,7 @@ from engine.exact.gemma3 import Gemma3ExactModel, load_exact
 from engine.gguf.quants import dequantize
 from tests.agreement import compare, summarize
 from tests.conftest import needs_oracle
-from tests.engine.test_exact import assert_bit_identical_to_live
+from tests.engine.test_exact import GOLDEN_ISA, assert_bit_identical_to_live, live_isa
 from tests.tiny_model import write_tiny_model
 
 GOLDEN = Path(__file__).resolve().parents[1] / "golden" / "forward_gemma3_tokenwise.json"
@@ -156,7 +156,8 @@ def _top(row: np.ndarray, k: int) -> tuple[list[int], list[float]]:
 
 @pytest.fixture(scope="module")
 def gemma3_exact(gemma3_path: Path) -> Gemma3ExactModel:
-    model = load_exact(gemma3_path)
+    assert json.loads(GOLDEN.read_text())["header"]["oracle"]["isa"] == GOLDEN_ISA
+    model = load_exact(gemma3_path, isa=GOLDEN_ISA)
     assert isinstance(model, Gemma3ExactModel)
     return model
 
@@ -196,5 +197,6 @@ def test_gelu_table_equals_the_librarys() -> None:
 @needs_oracle
 @pytest.mark.oracle
 @pytest.mark.slow
-def test_bit_identical_to_live_llama_cpp(gemma3_path: Path, gemma3_exact: Gemma3ExactModel) -> None:
-    assert_bit_identical_to_live(gemma3_path, gemma3_exact, b"Water is made of hydrogen and", 4)
+def test_bit_identical_to_live_llama_cpp(gemma3_path: Path) -> None:
+    model = load_exact(gemma3_path, isa=live_isa())
+    assert_bit_identical_to_live(gemma3_path, model, b"Water is made of hydrogen and", 4)
