@@ -8,12 +8,14 @@ which contracts scalar `a*b + c` into FMA. They differ only where ggml's code ha
 branch of its own: `ggml_vec_dot_f16`'s accumulator width and reduction, `ggml_v_expf` (a
 different formulation on AVX2) and the lane width of the softmax sum. The quantized dot
 products take the same AVX2 branch in both builds (VNNI only changes how the exact integer lane
-sums are formed), and norms and RoPE are scalar code. Scope: the llama architecture with Q4_1 weight
-matrices, a Q8_0 token embedding (tied output or Q8_0 output), F32 norms, F16 KV cache, no
-flash attention, no RoPE scaling: SmolLM2-135M-Instruct Q4_1. Anything else raises
-UnsupportedArchitecture / UnsupportedQuantType naming what is missing. gemma3 (Gemma 3 270M
-Q4_K_M: Q5_0, Q4_K, Q6_K kernels) is emulated in engine/exact/gemma3.py;
-`engine.exact.gemma3.load_exact(path)` returns the emulator for a GGUF's architecture.
+sums are formed), and norms and RoPE are scalar code.
+
+Scope: the llama architecture with Q4_1 weight matrices, a Q8_0 token embedding (tied output or
+Q8_0 output), F32 norms, F16 KV cache, no flash attention, no RoPE scaling:
+SmolLM2-135M-Instruct Q4_1. Anything else raises UnsupportedArchitecture /
+UnsupportedQuantType naming what is missing. gemma3 (Gemma 3 270M Q4_K_M: Q5_0, Q4_K, Q6_K
+kernels) is emulated in engine/exact/gemma3.py; `engine.exact.gemma3.load_exact(path, isa=...)`
+returns the emulator for a GGUF's architecture.
 
 Kernels emulated (ggml/src/ggml-cpu, file: function):
 - get_rows Q8_0 (`dequantize_row_q8_0`): d * q, exact.
@@ -275,7 +277,7 @@ _ONE = F32(1)
 
 def v_expf(x: Array, isa: str) -> Array:
     """`ggml_v_expf` of the `isa` build, elementwise, bit for bit."""
-    if isa == "avx2":
+    if f16_lanes(isa) == 8:
         return _v_expf_avx2(x)
     x = np.asarray(x, dtype=F32)
     with np.errstate(invalid="ignore", over="ignore", under="ignore"):
