@@ -17,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
+from tests.golden.oracle_build import cpu_model
+
 ROOT = Path(__file__).resolve().parents[1]
 RECORD = ROOT / "tests" / "golden" / "determinism_record.json"
 # Prompt chunkings for the real models: whole, and two that split the ~25-token prompt.
@@ -105,16 +107,10 @@ def machine() -> dict[str, object]:
     the BLAS NumPy was built with."""
     from numpy._core import _multiarray_umath as umath
 
-    cpu = platform.processor() or "unknown"
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
     blas = np.show_config(mode="dicts")["Build Dependencies"]["blas"]
     features = sorted(f for f, on in umath.__cpu_features__.items() if on)
     return {
-        "cpu": cpu,
+        "cpu": cpu_model(),
         "simd": [f for f in features if f.startswith(("AVX", "FMA", "F16C"))],
         "python": platform.python_version(),
         "numpy": np.__version__,

@@ -82,12 +82,9 @@ def _live_isa() -> str:
 
 
 def _live(name: str):  # type: ignore[no-untyped-def]
-    import llama_cpp
+    from tests.golden.make_forward_golden import real_llm  # imports llama_cpp
 
-    return llama_cpp.Llama(
-        str(model_path(name)), n_ctx=512, n_threads=1, n_threads_batch=1, logits_all=True,
-        verbose=False,
-    )  # fmt: skip
+    return real_llm(name, n_threads=1)  # one-row kernels: the same bits for any thread split
 
 
 def _live_logits(llm, tokens: list[int]) -> np.ndarray:  # type: ignore[no-untyped-def]

@@ -126,12 +126,12 @@ def _write(name: str, header: dict, cases: list[dict]) -> None:
     print(f"wrote {path} ({len(cases)} cases)")
 
 
-def real_llm(name: str) -> llama_cpp.Llama:
+def real_llm(name: str, n_threads: int = N_THREADS) -> llama_cpp.Llama:
     return llama_cpp.Llama(
         str(model_path(name)),
         n_ctx=512,
-        n_threads=N_THREADS,
-        n_threads_batch=N_THREADS,
+        n_threads=n_threads,
+        n_threads_batch=n_threads,
         logits_all=True,
         verbose=False,
     )

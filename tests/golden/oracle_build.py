@@ -11,7 +11,8 @@ from __future__ import annotations
 import platform
 
 
-def _cpu_model() -> str:
+def cpu_model() -> str:
+    """The CPU model from /proc/cpuinfo, else what `platform` knows."""
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
@@ -42,7 +43,7 @@ def oracle_build() -> dict[str, object]:
         "llama_cpp_python": llama_cpp.__version__,
         "isa": isa,
         "ggml_cpu_features": features,
-        "cpu": _cpu_model(),
+        "cpu": cpu_model(),
     }
 
 
