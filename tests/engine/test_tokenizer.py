@@ -22,6 +22,8 @@ from hypothesis import strategies as st
 from engine.errors import TokenizerError
 from engine.gguf.reader import GGUFFile
 from engine.tokenizer import StreamDetokenizer, Tokenizer
+from engine.tokenizer.hf import spm_merges
+from engine.tokenizer.vocab import load_vocab
 from tests.conftest import HAVE_LLAMA_CPP, needs_oracle
 
 GOLDEN_DIR = Path(__file__).resolve().parents[1] / "golden"
@@ -272,6 +274,41 @@ def test_spm_defaults_merges_by_score_and_byte_fallback() -> None:
     assert tok.decode([1, 7, 5]) == "<s> ab"
     assert tok.decode([1, 7, 5], special=False) == " ab"
     assert tok.eog_ids == frozenset({2})  # eos, and "</s>" by text
+
+
+def _thue_morse(n: int, a: str, b: str) -> str:
+    """The Thue-Morse word of length 2**n over a, b (over b, a: its complement). For n >= 11 the
+    two have equal polynomial hashes modulo 2**64 whatever the odd multiplier."""
+    return "".join(b if bin(i).count("1") % 2 else a for i in range(2**n))
+
+
+def _splits_by_definition(tokens: list[str], scores: list[float]) -> list[tuple[str, str]]:
+    known = set(tokens)
+    by_score = sorted(range(len(tokens)), key=lambda i: (-scores[i], i))
+    return [
+        (tokens[i][:k], tokens[i][k:])
+        for i in by_score
+        for k in range(1, len(tokens[i]))
+        if tokens[i][:k] in known and tokens[i][k:] in known
+    ]
+
+
+_COLLIDING = [_thue_morse(n, a, b) for n in (11, 10) for a, b in ("ab", "ba")]
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    tokens=st.lists(st.text("a▁\x00é", min_size=1, max_size=4), max_size=60, unique=True),
+    choices=st.lists(st.sampled_from([0.0, -1.0, -2.5]), min_size=1, max_size=40),
+)
+@example(tokens=_COLLIDING, choices=[-1.0, 0.0])
+def test_spm_merges_are_every_split_in_score_order(tokens: list[str], choices: list[float]) -> None:
+    # Every split of a token into two tokens, best-scoring token first (ties: lower id), then
+    # by split point; also for a vocabulary whose hashes collide (the example's 2048-long pair).
+    scores = [choices[i % len(choices)] for i in range(len(tokens))]
+    meta = _meta("llama", tokens, [NORMAL] * len(tokens), add_bos_token=False)
+    meta["tokenizer.ggml.scores"] = np.array(scores, np.float32)
+    assert spm_merges(load_vocab(meta)) == _splits_by_definition(tokens, scores)
 
 
 def test_eog_set_follows_llama_cpp_text_rules() -> None:
