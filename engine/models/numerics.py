@@ -200,6 +200,7 @@ _LN2_HI = F32(0.693359375)
 _LN2_LO = F32(-2.1219444005469057e-4)
 _EXP_TAYLOR = tuple(F32(1.0 / math.factorial(k)) for k in range(7, -1, -1))
 _EXP_MIN, _EXP_MAX = F32(-105.0), F32(89.0)  # below: 0 after rounding; above: inf
+_F32_BIAS, _F32_MANT = np.int32(127), np.int32(23)  # float32 exponent bias, mantissa bits
 
 
 def exp_f32(x: Array) -> Array:
@@ -218,12 +219,27 @@ def exp_f32(x: Array) -> Array:
         p *= r
         p += coef
     with np.errstate(over="ignore", invalid="ignore"):
-        y = np.ldexp(p, n.astype(np.int32), out=p)
+        y = times_pow2(p, n.astype(np.int32))
     y = y.reshape(x.shape)
     nan = np.isnan(x)
     if nan.any():
         y[nan] = x[nan]
     return y
+
+
+def times_pow2(p: Array, n: npt.NDArray[np.int32]) -> Array:
+    """p * 2**n in place, for |n| <= 250: what `np.ldexp(p, n)` gives, at a fifth of its cost.
+
+    n = h + (n - h) with h = n // 2, so both powers of two are normal float32 numbers, built
+    from their exponent bits. For p in exp_f32's range [0.5, 2), p * 2**h is then a normal
+    number, an exact product; the second product rounds once, to subnormal, normal or inf, as
+    ldexp's one correctly rounded result does. (NumPy's ldexp is a scalar loop: 7.7 ns a value
+    on the AVX2 EPYC, against 0.2-0.4 ns for an add or a shift.)
+    """
+    h = n >> 1
+    p *= ((h + _F32_BIAS) << _F32_MANT).view(F32)
+    p *= ((n - h + _F32_BIAS) << _F32_MANT).view(F32)
+    return p
 
 
 def tanh_f32(x: Array) -> Array:

@@ -15,6 +15,7 @@ from engine.models.numerics import (
     gelu_tanh,
     round_f16,
     round_f16_magnitudes,
+    times_pow2,
 )
 
 F32 = np.float32
@@ -34,6 +35,19 @@ def test_round_f16_equals_the_cast_on_random_bit_patterns() -> None:
     bits = np.random.default_rng(0).integers(0, 2**32, 2_000_000, dtype=np.uint64).astype(U32)
     x = bits.view(F32)
     assert _same_bits(round_f16(x), _cast(x)).all()
+
+
+def test_times_pow2_is_ldexp() -> None:
+    # Every exponent it takes, against the C library's ldexp, on mantissas across [0.5, 2)
+    # (random bit patterns and the ends): subnormal, normal and overflowing results alike.
+    bits = np.random.default_rng(3).integers(0x3F000000, 0x40000000, 20_000, dtype=U32)
+    p = np.concatenate([bits.view(F32), [F32(0.5), F32(1.0), np.nextafter(F32(2), F32(0))]])
+    n = np.arange(-250, 251, dtype=np.int32)
+    p, n = np.broadcast_arrays(p[:, None], n[None, :])
+    with np.errstate(over="ignore"):
+        want = np.ldexp(p, n)
+        got = times_pow2(p.copy(), n)
+    assert _same_bits(got, want).all()
 
 
 def test_round_f16_edges() -> None:
