@@ -1,7 +1,9 @@
 """`Tokenizer`: llama.cpp-identical tokenize/detokenize built from GGUF metadata.
 
-Encoding runs on HF `tokenizers` (engine/tokenizer/hf.py); decoding uses a table of the bytes
-each token contributes, computed here exactly as llama.cpp's `token_to_piece` computes them.
+Encoding runs on HF `tokenizers` (engine/tokenizer/hf.py), which for SPM vocabularies only
+splits the text at special tokens, the fragments then tokenized by engine/tokenizer/spm.py;
+decoding uses a table of the bytes each token contributes, computed here exactly as llama.cpp's
+`token_to_piece` computes them.
 Spec: gguf-and-models.md section 6; sources: llama.cpp `src/llama-vocab.cpp`.
 
 Detokenization is the concatenation of the token pieces (llama-server's `/detokenize` and the
@@ -24,7 +26,8 @@ from typing import Any
 from engine.errors import TokenizerError
 from engine.gguf.reader import GGUFFile
 from engine.tokenizer import hf
-from engine.tokenizer.vocab import SPECIAL, Attr, Vocab, load_vocab
+from engine.tokenizer.spm import Spm
+from engine.tokenizer.vocab import SPACE_MARK, SPECIAL, Attr, Vocab, load_vocab
 
 # Texts this long are encoded with encode_batch, which gives the same ids but lets other
 # threads (the server's event loop) run meanwhile; plain encode holds the GIL throughout.
@@ -80,7 +83,7 @@ def _pieces(vocab: Vocab) -> list[bytes]:
     if vocab.model == "gpt2":
         pieces = [_gpt2_piece(t) for t in tokens]
     else:
-        pieces = [t.replace(hf.SPACE_MARK, " ").encode() for t in tokens]
+        pieces = [t.replace(SPACE_MARK, " ").encode() for t in tokens]
     # plain int masks: int & int, ~10x faster than Attr's own & over a 262k-token vocabulary
     verbatim, normal = int(SPECIAL | Attr.USER_DEFINED), int(Attr.NORMAL)
     for i in [i for i, a in enumerate(attrs) if a & verbatim or not a & normal]:
@@ -122,6 +125,13 @@ class Tokenizer:
         self.eog_ids: frozenset[int] = vocab.eog_ids
         self._prefix, self._suffix = _added_by_add_special(vocab)
         self._hf = hf.build(vocab)
+        self._spm = Spm(vocab) if vocab.model == "llama" else None
+        # the SPM partitioner numbers the added tokens itself (hf._partitioner)
+        self._vocab_id = (
+            {self._hf.token_to_id(vocab.tokens[i]): i for i in vocab.special_ids}
+            if self._spm
+            else {}
+        )
         # HF's switch for "special tokens are plain text" is state on the tokenizer object.
         self._hf_lock = threading.Lock()
         self._special_pieces = _pieces(vocab)
@@ -151,16 +161,31 @@ class Tokenizer:
             with self._hf_lock:
                 self._hf.encode_special_tokens = not parse_special
                 if len(text) < _GIL_FREE_CHARS:
-                    ids: list[int] = self._hf.encode(text, add_special_tokens=False).ids
+                    encoding = self._hf.encode(text, add_special_tokens=False)
                 else:  # same ids; encode_batch releases the GIL while Rust works
-                    ids = self._hf.encode_batch([text], add_special_tokens=False)[0].ids
+                    encoding = self._hf.encode_batch([text], add_special_tokens=False)[0]
         except Exception as e:  # the Rust side raises plain Exception subclasses
             raise TokenizerError(f"cannot tokenize text: {e}") from e
-        if self.vocab.model == "gpt2" and self.n_vocab in ids:
+        ids: list[int] = encoding.ids
+        if self._spm is not None:
+            ids = self._spm_fragments(text, ids, encoding.offsets)
+        elif self.vocab.model == "gpt2" and self.n_vocab in ids:
             ids = [i for i in ids if i != self.n_vocab]  # hf.MISSING_BYTE: dropped as llama.cpp
         if not add_special:
             return ids
         return [*self._prefix, *ids, *self._suffix]
+
+    def _spm_fragments(
+        self, text: str, hf_ids: list[int], offsets: list[tuple[int, int]]
+    ) -> list[int]:
+        """The partitioner's output (hf._partitioner) with each raw fragment tokenized."""
+        ids: list[int] = []
+        for hf_id, (start, end) in zip(hf_ids, offsets, strict=True):
+            if hf_id:
+                ids.append(self._vocab_id[hf_id])
+            else:
+                ids += self._spm.encode(text[start:end])  # type: ignore[union-attr]
+        return ids
 
     def _check(self, token: int) -> None:
         if not 0 <= token < self.n_vocab:

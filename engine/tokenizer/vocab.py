@@ -59,6 +59,7 @@ _ATTR_BY_TYPE = {
     TokenType.BYTE: Attr.BYTE,
 }
 _ATTR_OF_TYPE = [int(_ATTR_BY_TYPE[t]) for t in sorted(TokenType)]  # indexed by type value
+SPACE_MARK = "\u2581"  # ▁, SentencePiece's visible space (SPM, WPM and Gemma 4 pieces)
 SPECIAL = int(Attr.CONTROL | Attr.UNKNOWN)  # hidden unless rendered/parsed "special"
 SPLIT_OUT = int(Attr.CONTROL | Attr.USER_DEFINED | Attr.UNKNOWN)  # matched before the model
 

@@ -22,8 +22,6 @@ from hypothesis import strategies as st
 from engine.errors import TokenizerError
 from engine.gguf.reader import GGUFFile
 from engine.tokenizer import StreamDetokenizer, Tokenizer
-from engine.tokenizer.hf import spm_merges
-from engine.tokenizer.vocab import load_vocab
 from tests.conftest import HAVE_LLAMA_CPP, needs_oracle
 
 GOLDEN_DIR = Path(__file__).resolve().parents[1] / "golden"
@@ -276,41 +274,6 @@ def test_spm_defaults_merges_by_score_and_byte_fallback() -> None:
     assert tok.eog_ids == frozenset({2})  # eos, and "</s>" by text
 
 
-def _thue_morse(n: int, a: str, b: str) -> str:
-    """The Thue-Morse word of length 2**n over a, b (over b, a: its complement). For n >= 11 the
-    two have equal polynomial hashes modulo 2**64 whatever the odd multiplier."""
-    return "".join(b if bin(i).count("1") % 2 else a for i in range(2**n))
-
-
-def _splits_by_definition(tokens: list[str], scores: list[float]) -> list[tuple[str, str]]:
-    known = set(tokens)
-    by_score = sorted(range(len(tokens)), key=lambda i: (-scores[i], i))
-    return [
-        (tokens[i][:k], tokens[i][k:])
-        for i in by_score
-        for k in range(1, len(tokens[i]))
-        if tokens[i][:k] in known and tokens[i][k:] in known
-    ]
-
-
-_COLLIDING = [_thue_morse(n, a, b) for n in (11, 10) for a, b in ("ab", "ba")]
-
-
-@settings(max_examples=200, deadline=None)
-@given(
-    tokens=st.lists(st.text("a▁\x00é", min_size=1, max_size=4), max_size=60, unique=True),
-    choices=st.lists(st.sampled_from([0.0, -1.0, -2.5]), min_size=1, max_size=40),
-)
-@example(tokens=_COLLIDING, choices=[-1.0, 0.0])
-def test_spm_merges_are_every_split_in_score_order(tokens: list[str], choices: list[float]) -> None:
-    # Every split of a token into two tokens, best-scoring token first (ties: lower id), then
-    # by split point; also for a vocabulary whose hashes collide (the example's 2048-long pair).
-    scores = [choices[i % len(choices)] for i in range(len(tokens))]
-    meta = _meta("llama", tokens, [NORMAL] * len(tokens), add_bos_token=False)
-    meta["tokenizer.ggml.scores"] = np.array(scores, np.float32)
-    assert spm_merges(load_vocab(meta)) == _splits_by_definition(tokens, scores)
-
-
 def test_eog_set_follows_llama_cpp_text_rules() -> None:
     # <|im_end|> typed NORMAL is forced to CONTROL and ends generation; with <|return|> and
     # <|call|> present, <|end|> is dropped from the set (gpt-oss) and renders as user text.
@@ -508,3 +471,65 @@ def test_live_variants(
     tok, llm = variant_oracles[vname]
     parse_special = data.draw(st.booleans())
     assert tok.encode(text, True, parse_special) == _oracle_ids(llm, text, parse_special)
+
+
+_SPM_ALPHABET = "ab▁é"  # the tokens' characters; "c" (and "é" unless drawn) has no token
+
+
+def _spm_gguf(path: Path, tokens: list[str], scores: list[float], space_prefix: bool) -> Path:
+    """A vocab-only SPM GGUF: <unk> <s> </s>, the 256 byte tokens, then `tokens`."""
+    from gguf import GGUFWriter
+
+    texts = ["<unk>", "<s>", "</s>"] + [f"<0x{b:02X}>" for b in range(256)] + tokens
+    types = [UNKNOWN, CONTROL, CONTROL] + [BYTE] * 256 + [NORMAL] * len(tokens)
+    w = GGUFWriter(str(path), "llama")
+    for key, value in (
+        ("context_length", 64), ("embedding_length", 8), ("block_count", 1),
+        ("feed_forward_length", 16), ("attention.head_count", 2),
+    ):  # fmt: skip
+        w.add_uint32(f"llama.{key}", value)
+    w.add_float32("llama.attention.layer_norm_rms_epsilon", 1e-5)
+    w.add_tokenizer_model("llama")
+    w.add_token_list(texts)
+    w.add_token_scores([0.0] * 259 + scores)
+    w.add_token_types(types)
+    w.add_add_space_prefix(space_prefix)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path
+
+
+@needs_oracle
+@pytest.mark.oracle
+@settings(max_examples=150, deadline=None, derandomize=True)
+@given(
+    tokens=st.lists(st.text(_SPM_ALPHABET, min_size=1, max_size=4), max_size=30, unique=True),
+    choices=st.lists(st.sampled_from([0.0, -1.0, -2.5]), min_size=1, max_size=30),
+    texts=st.lists(st.lists(st.integers(0, 63), max_size=8), min_size=1, max_size=4),
+    space_prefix=st.booleans(),
+)
+@example(tokens=["aa"], choices=[0.0], texts=[[0, 0, 0]], space_prefix=False)  # a aa or aa a
+@example(tokens=["b▁"], choices=[0.0], texts=[[0, 1]], space_prefix=False)  # b, ▁: no tokens
+def test_live_spm_merge_order(
+    tmp_path_factory: pytest.TempPathFactory,
+    tokens: list[str],
+    choices: list[float],
+    texts: list[list[int]],
+    space_prefix: bool,
+) -> None:
+    """SPM on random vocabularies, each text a string of its tokens and of single characters:
+    equal scores (the leftmost pair wins), characters outside the vocabulary that still merge
+    with a neighbour, byte fallback."""
+    scores = [choices[i % len(choices)] for i in range(len(tokens))]
+    path = _spm_gguf(tmp_path_factory.mktemp("spm") / "v.gguf", tokens, scores, space_prefix)
+    tok, llm = (
+        Tokenizer.from_gguf(GGUFFile(path)),
+        llama_cpp.Llama(model_path=str(path), vocab_only=True, verbose=False),
+    )
+    pieces = [t.replace("▁", " ") for t in tokens] + [*"ab éc"]
+    for parts in texts:
+        text = "".join(pieces[i % len(pieces)] for i in parts)
+        want = list(llm.tokenize(text.encode("utf-8"), add_bos=False, special=False))
+        assert tok.encode(text, add_special=False, parse_special=False) == want, text
