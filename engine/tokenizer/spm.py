@@ -1,8 +1,8 @@
 """llama.cpp's SentencePiece (SPM) tokenizer, `llm_tokenizer_spm_session`, step for step.
 
 Spec: gguf-and-models.md section 6.5. A raw-text fragment (the text between special tokens,
-engine/tokenizer/hf.py `partitioner`) has its spaces replaced by ▁, and a ▁ put in front when
-`add_space_prefix` is set (llama.cpp prefixes the first fragment and every fragment after a
+engine/tokenizer/hf.py `_partitioner`) has its spaces replaced by ▁, and a ▁ put in front
+when `add_space_prefix` is set (llama.cpp prefixes the first fragment and every fragment after a
 special token, which is every raw fragment). Then:
 
 1. Every character is a symbol.

@@ -478,26 +478,26 @@ _SPM_ALPHABET = "ab▁é"  # the tokens' characters; "c" (and "é" unless drawn)
 
 def _spm_gguf(path: Path, tokens: list[str], scores: list[float], space_prefix: bool) -> Path:
     """A vocab-only SPM GGUF: <unk> <s> </s>, the 256 byte tokens, then `tokens`."""
-    from gguf import GGUFWriter
+    from gguf import GGUFValueType as T
+
+    from tests.golden import make_tokenizer_golden as golden
 
     texts = ["<unk>", "<s>", "</s>"] + [f"<0x{b:02X}>" for b in range(256)] + tokens
-    types = [UNKNOWN, CONTROL, CONTROL] + [BYTE] * 256 + [NORMAL] * len(tokens)
-    w = GGUFWriter(str(path), "llama")
-    for key, value in (
-        ("context_length", 64), ("embedding_length", 8), ("block_count", 1),
-        ("feed_forward_length", 16), ("attention.head_count", 2),
+    hparams = {"context_length": 64, "embedding_length": 8, "block_count": 1}
+    hparams |= {"feed_forward_length": 16, "attention.head_count": 2}
+    meta: dict[str, Any] = {f"llama.{k}": v for k, v in hparams.items()}
+    types: dict[str, Any] = {k: (T.UINT32, None) for k in meta}
+    for key, value, vtype in (
+        ("llama.attention.layer_norm_rms_epsilon", 1e-5, (T.FLOAT32, None)),
+        ("tokenizer.ggml.model", "llama", (T.STRING, None)),
+        ("tokenizer.ggml.tokens", texts, (T.ARRAY, T.STRING)),
+        ("tokenizer.ggml.scores", [0.0] * 259 + scores, (T.ARRAY, T.FLOAT32)),
+        ("tokenizer.ggml.token_type", [UNKNOWN, CONTROL, CONTROL] + [BYTE] * 256
+         + [NORMAL] * len(tokens), (T.ARRAY, T.INT32)),
+        ("tokenizer.ggml.add_space_prefix", space_prefix, (T.BOOL, None)),
     ):  # fmt: skip
-        w.add_uint32(f"llama.{key}", value)
-    w.add_float32("llama.attention.layer_norm_rms_epsilon", 1e-5)
-    w.add_tokenizer_model("llama")
-    w.add_token_list(texts)
-    w.add_token_scores([0.0] * 259 + scores)
-    w.add_token_types(types)
-    w.add_add_space_prefix(space_prefix)
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
+        meta[key], types[key] = value, vtype
+    golden.write_gguf(path, "llama", meta, types)
     return path
 
 
@@ -524,10 +524,9 @@ def test_live_spm_merge_order(
     with a neighbour, byte fallback."""
     scores = [choices[i % len(choices)] for i in range(len(tokens))]
     path = _spm_gguf(tmp_path_factory.mktemp("spm") / "v.gguf", tokens, scores, space_prefix)
-    tok, llm = (
-        Tokenizer.from_gguf(GGUFFile(path)),
-        llama_cpp.Llama(model_path=str(path), vocab_only=True, verbose=False),
-    )
+    from tests.golden import make_tokenizer_golden as golden
+
+    tok, llm = Tokenizer.from_gguf(GGUFFile(path)), golden.load(path)
     pieces = [t.replace("▁", " ") for t in tokens] + [*"ab éc"]
     for parts in texts:
         text = "".join(pieces[i % len(pieces)] for i in parts)
