@@ -35,13 +35,13 @@ def load(
     Arguments as engine/models/decoder.py's `load`; an encoder has no KV cache, so
     `num_ctx_hint` only sizes a decoder's.
     """
-    arch = GGUFFile(Path(path)).metadata.get("general.architecture")
-    if arch in bert.BERT_ARCHS:
+    gguf = GGUFFile(Path(path))  # parsed once: the family's loader takes it as it is
+    if gguf.metadata.get("general.architecture") in bert.BERT_ARCHS:
         return bert.load(
-            path, vocab_only=vocab_only, memory_budget=memory_budget, numerics=numerics
+            gguf, vocab_only=vocab_only, memory_budget=memory_budget, numerics=numerics
         )
     return decoder.load(
-        path,
+        gguf,
         num_ctx_hint=num_ctx_hint,
         vocab_only=vocab_only,
         memory_budget=memory_budget,

@@ -358,17 +358,18 @@ class BertModel(LoadedModel[BertConfig, BertWeights]):
 
 
 def load(
-    path: str | Path,
+    source: str | Path | GGUFFile,
     *,
     vocab_only: bool = False,
     memory_budget: int | None = None,
     numerics: Numerics = LLAMA_CPP,
 ) -> BertModel:
     """Load a bert / nomic-bert GGUF: config and tokenizer, plus the weights unless
-    `vocab_only`. ModelTooLarge when they exceed `memory_budget` (default: as decoder.load)."""
-    path = Path(path)
+    `vocab_only`. ModelTooLarge when they exceed `memory_budget` (default: as decoder.load).
+    `source`: the file's path or its parsed GGUFFile."""
     t0 = time.perf_counter()
-    gguf = GGUFFile(path)
+    gguf = source if isinstance(source, GGUFFile) else GGUFFile(source)
+    path = gguf.path
     config = BertConfig.from_gguf(gguf.metadata)
     tokenizer = Tokenizer.from_gguf(gguf)
     weights = None
