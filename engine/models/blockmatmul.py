@@ -43,7 +43,7 @@ import numpy.typing as npt
 from gguf import GGMLQuantizationType as GGMLType
 
 from engine.errors import UnsupportedQuantType
-from engine.gguf.quants import TYPE_SIZES, dequantize
+from engine.gguf.quants import CODES, TYPE_SIZES, dequantize
 from engine.models import parallel
 from engine.models.numerics import (
     Rounding,
@@ -195,7 +195,8 @@ def matrix_from_gguf(raws: list[tuple[npt.NDArray[np.uint8], GGMLType, tuple[int
         rows, col = chunk
         n = len(rows)
         ints = _block_integers(rows.reshape(-1, size), ggml_type, planes, (n, K))  # (n, K)
-        q[:, col : col + n] = ints.reshape(n, K // B, B).transpose(1, 0, 2)
+        # written in the source's order through a transposed view of q: 3x faster from int8
+        np.copyto(q[:, col : col + n].transpose(1, 0, 2), ints.reshape(n, K // B, B))
 
     parallel.run_pieces(convert, chunks, K * N)  # chunks write disjoint columns of q
     add_min = None if not add_mins else np.ascontiguousarray(np.concatenate(add_mins).T)
@@ -217,18 +218,17 @@ def matrix_from_gguf(raws: list[tuple[npt.NDArray[np.uint8], GGMLType, tuple[int
 
 def _block_integers(
     blocks: npt.NDArray[np.uint8], ggml_type: GGMLType, planes: _Planes, shape: tuple[int, int]
-) -> Array:
-    """The integers of `blocks` (n * K/block, size) as float32 (n, K), sub-block scales folded in.
+) -> npt.NDArray[np.int8] | Array:
+    """The integers of `blocks` (n * K/block, size) as (n, K), sub-block scales folded in.
 
-    Q8_0 stores them as its int8 bytes. Other types go through the library's own dequantizer
-    on a copy whose block scales are 1 (and mins 0): every value it produces is then an exact
-    small integer.
+    The 32-element types give their int8 codes (engine/gguf/quants `CODES`). The 256-element
+    types go through the library's own dequantizer on a copy whose block scale d is 1 (and
+    dmin 0): every value it produces is then an exact small integer, in float32.
     """
-    if ggml_type is GGMLType.Q8_0:
-        return blocks[:, 2:].view(np.int8).astype(F32).reshape(shape)
+    codes = CODES.get(ggml_type)
+    if codes is not None:
+        return codes(blocks).reshape(shape)
     unit = {planes.d_at: _F32_ONE if planes.d_f32 else _F16_ONE}
-    if planes.add_min_at is not None:
-        unit[planes.add_min_at] = np.zeros(2, np.uint8)
     if planes.dmin_at is not None:
         unit[planes.dmin_at] = np.zeros(2, np.uint8)
     return dequantize(_with_fields(blocks, unit).reshape(-1), ggml_type, shape)

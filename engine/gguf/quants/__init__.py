@@ -4,7 +4,7 @@ The public entry points are `dequantize(raw, ggml_type, shape)` and `quantize(va
 `TYPE_SIZES` gives each type's (elements, bytes) per block.
 """
 
-from engine.gguf.quants.dequant import CHUNK_ELEMENTS, QUANTS, dequantize
+from engine.gguf.quants.dequant import CHUNK_ELEMENTS, CODES, QUANTS, dequantize
 from engine.gguf.quants.quant import QUANTIZERS, quantize
 from engine.gguf.quants.types import (
     F16_SCALE_OFFSETS,
@@ -16,6 +16,7 @@ from engine.gguf.quants.types import (
 
 __all__ = [
     "CHUNK_ELEMENTS",
+    "CODES",
     "F16_SCALE_OFFSETS",
     "QUANTIZERS",
     "QUANTS",

@@ -1,9 +1,11 @@
 """Dequantization kernels for ggml tensor types, vectorized over blocks in NumPy.
 
 Each `dequantize_<type>(blocks)` takes the raw bytes reshaped to (n_blocks, block_bytes) and
-returns float32 (n_blocks, block_elements). Layouts follow ggml's `ggml-common.h` and the
-reference `dequantize_row_*` in `ggml-quants.c` (spec: gguf-and-models.md section 2); results
-match gguf-py's `gguf.quants.dequantize` bit for bit (tests/engine/test_quants.py).
+returns float32 (n_blocks, block_elements); for the 32-element types `codes_<type>(blocks)`
+gives their integers q, int8 (n_blocks, 32), of which the kernel takes d * q (+ m). Layouts
+follow ggml's `ggml-common.h` and the reference `dequantize_row_*` in `ggml-quants.c` (spec:
+gguf-and-models.md section 2); results match gguf-py's `gguf.quants.dequantize` bit for bit
+(tests/engine/test_quants.py).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from engine.errors import UnsupportedQuantType
 from engine.gguf.quants.types import TYPE_SIZES
 
 Kernel = Callable[[npt.NDArray[np.uint8]], npt.NDArray[np.float32]]
+Codes = npt.NDArray[np.int8]
 
 
 # F32 / F16 / BF16: one element per "block". F32 is returned as a view of the bytes, as in
@@ -58,20 +61,23 @@ def _bit_planes(qh: npt.NDArray[np.uint8]) -> npt.NDArray[np.uint8]:
 
 # Q4_0: 32 elements per 18-byte block (d: f16, qs: 16 bytes). Element j < 16 is the low nibble
 # of qs[j], element j + 16 its high nibble; y = d * (q - 8).  ggml: dequantize_row_q4_0.
+def codes_q4_0(blocks: npt.NDArray[np.uint8]) -> Codes:
+    return _nibbles(blocks[:, 2:18]).reshape(len(blocks), 32).view(np.int8) - np.int8(8)
+
+
 def dequantize_q4_0(blocks: npt.NDArray[np.uint8]) -> npt.NDArray[np.float32]:
-    n = len(blocks)
-    d = _f16(blocks, 0)  # (n, 1)
-    q = _nibbles(blocks[:, 2:18]).reshape(n, 32).view(np.int8) - np.int8(8)
-    return d * q.astype(np.float32)
+    return _f16(blocks, 0) * codes_q4_0(blocks).astype(np.float32)
 
 
 # Q4_1: 32 elements per 20-byte block (d: f16, m: f16, qs: 16 bytes); nibbles as Q4_0;
 # y = d * q + m.  ggml: dequantize_row_q4_1.
+def codes_q4_1(blocks: npt.NDArray[np.uint8]) -> Codes:
+    return _nibbles(blocks[:, 4:20]).reshape(len(blocks), 32).view(np.int8)
+
+
 def dequantize_q4_1(blocks: npt.NDArray[np.uint8]) -> npt.NDArray[np.float32]:
-    n = len(blocks)
     d, m = _f16(blocks, 0), _f16(blocks, 2)  # (n, 1) each
-    q = _nibbles(blocks[:, 4:20]).reshape(n, 32)
-    return d * q.astype(np.float32) + m
+    return d * codes_q4_1(blocks).astype(np.float32) + m
 
 
 def _q5_codes(qh: npt.NDArray[np.uint8], qs: npt.NDArray[np.uint8]) -> npt.NDArray[np.uint8]:
@@ -83,24 +89,33 @@ def _q5_codes(qh: npt.NDArray[np.uint8], qs: npt.NDArray[np.uint8]) -> npt.NDArr
 
 # Q5_0: 32 elements per 22-byte block (d: f16, qh: 4 bytes, qs: 16 bytes); y = d * (q - 16).
 # ggml: dequantize_row_q5_0.
+def codes_q5_0(blocks: npt.NDArray[np.uint8]) -> Codes:
+    return _q5_codes(blocks[:, 2:6], blocks[:, 6:22]).view(np.int8) - np.int8(16)
+
+
 def dequantize_q5_0(blocks: npt.NDArray[np.uint8]) -> npt.NDArray[np.float32]:
-    d = _f16(blocks, 0)  # (n, 1)
-    q = _q5_codes(blocks[:, 2:6], blocks[:, 6:22]).view(np.int8) - np.int8(16)
-    return d * q.astype(np.float32)
+    return _f16(blocks, 0) * codes_q5_0(blocks).astype(np.float32)
 
 
 # Q5_1: 32 elements per 24-byte block (d: f16, m: f16, qh: 4 bytes, qs: 16 bytes);
 # y = d * q + m.  ggml: dequantize_row_q5_1.
+def codes_q5_1(blocks: npt.NDArray[np.uint8]) -> Codes:
+    return _q5_codes(blocks[:, 4:8], blocks[:, 8:24]).view(np.int8)
+
+
 def dequantize_q5_1(blocks: npt.NDArray[np.uint8]) -> npt.NDArray[np.float32]:
     d, m = _f16(blocks, 0), _f16(blocks, 2)  # (n, 1) each
-    q = _q5_codes(blocks[:, 4:8], blocks[:, 8:24])
-    return d * q.astype(np.float32) + m
+    return d * codes_q5_1(blocks).astype(np.float32) + m
 
 
 # Q8_0: 32 elements per 34-byte block (d: f16, qs: 32 int8); y = d * q.
 # ggml: dequantize_row_q8_0.
+def codes_q8_0(blocks: npt.NDArray[np.uint8]) -> Codes:
+    return blocks[:, 2:34].view(np.int8)
+
+
 def dequantize_q8_0(blocks: npt.NDArray[np.uint8]) -> npt.NDArray[np.float32]:
-    return _f16(blocks, 0) * blocks[:, 2:34].view(np.int8).astype(np.float32)
+    return _f16(blocks, 0) * codes_q8_0(blocks).astype(np.float32)
 
 
 # Q2_K: 256 elements per 84-byte block (scales: 16 bytes, qs: 64 bytes, d: f16, dmin: f16).
@@ -198,17 +213,20 @@ def dequantize_q8_k(blocks: npt.NDArray[np.uint8]) -> npt.NDArray[np.float32]:
 
 
 # The 16 non-linear levels of IQ4_NL / IQ4_XS, indexed by the 4-bit code (ggml kvalues_iq4nl).
-_KVALUES_IQ4NL = np.array(
-    [-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113], dtype=np.float32
+_KVALUES_IQ4NL_I8 = np.array(
+    [-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113], dtype=np.int8
 )
+_KVALUES_IQ4NL = _KVALUES_IQ4NL_I8.astype(np.float32)
 
 
 # IQ4_NL: 32 elements per 18-byte block (d: f16, qs: 16 bytes); nibbles as Q4_0;
 # y = d * kvalues_iq4nl[code].  ggml: dequantize_row_iq4_nl.
+def codes_iq4_nl(blocks: npt.NDArray[np.uint8]) -> Codes:
+    return _KVALUES_IQ4NL_I8[_nibbles(blocks[:, 2:18]).reshape(len(blocks), 32)]
+
+
 def dequantize_iq4_nl(blocks: npt.NDArray[np.uint8]) -> npt.NDArray[np.float32]:
-    n = len(blocks)
-    d = _f16(blocks, 0)  # (n, 1)
-    return d * _KVALUES_IQ4NL[_nibbles(blocks[:, 2:18]).reshape(n, 32)]
+    return _f16(blocks, 0) * codes_iq4_nl(blocks).astype(np.float32)
 
 
 # IQ4_XS: 256 elements per 136-byte block (d: f16, scales_h: u16, scales_l: 4 bytes,
@@ -244,6 +262,18 @@ QUANTS: dict[GGMLType, Kernel] = {
     GGMLType.Q8_K: dequantize_q8_k,
     GGMLType.IQ4_NL: dequantize_iq4_nl,
     GGMLType.IQ4_XS: dequantize_iq4_xs,
+}
+
+
+# The 32-element types whose values are y = d * q (+ m) with one f16 d (and m) per block: their
+# integer codes q as int8 (n, 32), which engine/models/blockmatmul.py multiplies exactly.
+CODES: dict[GGMLType, Callable[[npt.NDArray[np.uint8]], Codes]] = {
+    GGMLType.Q4_0: codes_q4_0,
+    GGMLType.Q4_1: codes_q4_1,
+    GGMLType.Q5_0: codes_q5_0,
+    GGMLType.Q5_1: codes_q5_1,
+    GGMLType.Q8_0: codes_q8_0,
+    GGMLType.IQ4_NL: codes_iq4_nl,
 }
 
 
