@@ -63,6 +63,7 @@ import numpy.typing as npt
 from gguf import GGMLQuantizationType as GGMLType
 
 from engine.errors import ContextOverflow, UnsupportedArchitecture, UnsupportedQuantType
+from engine.gguf.quants.dequant import codes_q4_1, codes_q8_0
 from engine.gguf.reader import GGUFFile
 from engine.models.config import ModelConfig
 
@@ -186,15 +187,14 @@ def _block_major(q: npt.NDArray[np.int8]) -> Array:
 def unpack_q4_1(raw: npt.NDArray[np.uint8], rows: int, cols: int) -> QuantMatrix:
     """Q4_1 blocks of 20 bytes (d: f16, m: f16, qs: 16; element j low nibble, j+16 high)."""
     blocks = raw.reshape(rows, cols // QK, 20)
-    qs = blocks[..., 4:20]
-    q = np.concatenate([qs & 0x0F, qs >> 4], axis=-1).astype(np.int8)
+    q = codes_q4_1(blocks.reshape(-1, 20)).reshape(rows, -1, QK)
     return QuantMatrix(_block_major(q), _f16_field(blocks, 0), _f16_field(blocks, 2))
 
 
 def unpack_q8_0(raw: npt.NDArray[np.uint8], rows: int, cols: int) -> QuantMatrix:
     """Q8_0 blocks of 34 bytes (d: f16, qs: 32 int8)."""
     blocks = raw.reshape(rows, cols // QK, 34)
-    q = blocks[..., 2:34].view(np.int8)
+    q = codes_q8_0(blocks.reshape(-1, 34)).reshape(rows, -1, QK)
     return QuantMatrix(_block_major(q), _f16_field(blocks, 0), None)
 
 
